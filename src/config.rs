@@ -1,0 +1,509 @@
+//! Configuration: a TOML file, overridden by `VFOLDER_CONTROLLER_*` environment variables,
+//! overridden by command-line flags (applied by the CLI).
+//!
+//! Every key has a documented default, so an empty file (or none at all) gives a working
+//! single-process setup: the embedded SQLite database in the working directory and one volume,
+//! `local:volume1`, under `./var/volumes/volume1`. Unknown keys and unknown
+//! `VFOLDER_CONTROLLER_*` variables are errors, because a typo in a deletion controller's
+//! configuration should stop it rather than be silently ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable that overrides a configuration key.
+pub const ENV_PREFIX: &str = "VFOLDER_CONTROLLER_";
+
+/// The sections whose keys can be overridden from the environment as
+/// `VFOLDER_CONTROLLER_<SECTION>_<KEY>`.
+const ENV_SECTIONS: [&str; 3] = ["http", "controller", "log"];
+
+/// Environment variables with the prefix that are flags, not configuration keys.
+const ENV_NOT_KEYS: [&str; 1] = ["CONFIG"];
+
+/// Errors while loading the configuration. Each names the file, variable or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file (with the environment applied) is not a valid configuration.
+    #[error("invalid configuration{}: {message}", origin.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Invalid {
+        /// The file, when there was one.
+        origin: Option<PathBuf>,
+        /// What is wrong, with the key.
+        message: String,
+    },
+    /// An environment variable with the prefix names no configuration key.
+    #[error(
+        "unknown environment variable {0} (expected {ENV_PREFIX}DATABASE_URL or {ENV_PREFIX}<HTTP|CONTROLLER|LOG>_<KEY>)"
+    )]
+    UnknownEnv(String),
+    /// Two volumes have the same host, or a volume is otherwise unusable.
+    #[error("invalid volume configuration: {0}")]
+    Volume(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `sqlite://FILE` (embedded default) or `postgres://user@host/db`.
+    pub database_url: String,
+    /// The HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
+    pub http: HttpConfig,
+    /// The reconcile loop.
+    pub controller: ControllerConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The storage volumes this controller removes folders from.
+    pub volumes: Vec<VolumeConfig>,
+}
+
+/// The HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on; `127.0.0.1:9464` by default (use `0.0.0.0:9464` in a pod).
+    pub listen: SocketAddr,
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (human, the default) or `json` (one object per line).
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set. Default `info`.
+    pub filter: String,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The reconcile loop's knobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// Period of the safety-net resync poll on PostgreSQL (jittered). Default 10 s.
+    #[serde(with = "humane")]
+    pub resync_interval: Duration,
+    /// Period of the poll on SQLite, which has no LISTEN/NOTIFY. Default 1 s.
+    #[serde(with = "humane")]
+    pub poll_interval: Duration,
+    /// Removals running at once in this process, over all volumes. Default 8.
+    pub max_concurrent_removals: usize,
+    /// How long a claim is valid without renewal. Default 30 s.
+    #[serde(with = "humane")]
+    pub lease_duration: Duration,
+    /// How often a running removal renews its lease and flushes progress. Default 10 s.
+    #[serde(with = "humane")]
+    pub lease_renew_interval: Duration,
+    /// Attempts before a folder whose removal keeps failing goes to `delete-error`. Default 10.
+    pub max_attempts: u32,
+    /// First retry delay after a transient failure. Default 1 s.
+    #[serde(with = "humane")]
+    pub backoff_min: Duration,
+    /// Cap of the exponential retry delay. Default 10 min.
+    #[serde(with = "humane")]
+    pub backoff_max: Duration,
+    /// How long a folder stays in the trash before the timer purges it. Default 7 days.
+    #[serde(with = "humane")]
+    pub trash_retention: Duration,
+    /// How long a `delete-complete` row is kept before it is removed. Default 30 days.
+    #[serde(with = "humane")]
+    pub history_retention: Duration,
+    /// How long a graceful shutdown may take before the process exits anyway. Default 10 s.
+    #[serde(with = "humane")]
+    pub shutdown_grace: Duration,
+    /// This replica's name in leases and audit entries. Default `<hostname>-<pid>`.
+    pub replica_id: Option<String>,
+    /// Restrict this replica to these volume hosts (sharding by volume). Empty: all volumes.
+    pub only_volumes: Vec<String>,
+}
+
+/// Where a trashed folder's data lives while it is `delete-pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrashMode {
+    /// The data stays at its live path (the default).
+    InPlace,
+    /// The data is renamed into the volume's trash directory, and back on restore.
+    Move,
+}
+
+/// One storage volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    /// The `<proxy>:<volume>` host string that rows on this volume carry in `vfolders.host`.
+    pub host: String,
+    /// Where the volume is mounted on this machine.
+    pub mount: PathBuf,
+    /// OS threads one removal uses on this volume. Default: the number of cores.
+    #[serde(default = "default_removal_threads")]
+    pub removal_threads: usize,
+    /// Removals running at once on this volume. Default 4.
+    #[serde(default = "default_volume_concurrency")]
+    pub max_concurrent_removals: usize,
+    /// `in-place` (default) or `move`.
+    #[serde(default = "default_trash_mode")]
+    pub trash: TrashMode,
+    /// Refuse to work unless `mount` is a mount point. Default `true` for a configured volume,
+    /// so an unmounted volume reads as "not available", never as "already removed".
+    #[serde(default = "default_true")]
+    pub require_mount_point: bool,
+    /// A file that must exist in the volume root before anything is trusted or removed.
+    #[serde(default)]
+    pub marker_file: Option<PathBuf>,
+    /// Count the bytes of removed files (one `stat` per file; slower). Default `false`.
+    #[serde(default)]
+    pub count_bytes: bool,
+}
+
+fn default_removal_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+fn default_volume_concurrency() -> usize {
+    4
+}
+fn default_trash_mode() -> TrashMode {
+    TrashMode::InPlace
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: "sqlite://vfolder-controller.db".to_owned(),
+            http: HttpConfig::default(),
+            controller: ControllerConfig::default(),
+            log: LogConfig::default(),
+            volumes: Vec::new(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            resync_interval: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(1),
+            max_concurrent_removals: 8,
+            lease_duration: Duration::from_secs(30),
+            lease_renew_interval: Duration::from_secs(10),
+            max_attempts: 10,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(600),
+            trash_retention: Duration::from_secs(7 * 86_400),
+            history_retention: Duration::from_secs(30 * 86_400),
+            shutdown_grace: Duration::from_secs(10),
+            replica_id: None,
+            only_volumes: Vec::new(),
+        }
+    }
+}
+
+impl VolumeConfig {
+    /// The volume used when no volume is configured: `local:volume1` under
+    /// `./var/volumes/volume1`, not required to be a mount point, created on first use.
+    pub fn builtin_default() -> Self {
+        VolumeConfig {
+            host: "local:volume1".to_owned(),
+            mount: PathBuf::from("var/volumes/volume1"),
+            removal_threads: default_removal_threads(),
+            max_concurrent_removals: default_volume_concurrency(),
+            trash: TrashMode::InPlace,
+            require_mount_point: false,
+            marker_file: None,
+            count_bytes: false,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: the file (if any), then the `VFOLDER_CONTROLLER_*` variables
+    /// of `env`, then validation. With no volumes configured, the built-in default volume
+    /// is added.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Error> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>().map_err(|e| Error::Invalid {
+                    origin: Some(path.to_owned()),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| Error::Invalid {
+                    origin: file.map(Path::to_owned),
+                    message: e.to_string(),
+                })?;
+        if config.volumes.is_empty() {
+            config.volumes.push(VolumeConfig::builtin_default());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: unique volume hosts, non-zero limits, known shard filter.
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut seen = BTreeMap::new();
+        for v in &self.volumes {
+            if seen.insert(v.host.as_str(), ()).is_some() {
+                return Err(Error::Volume(format!(
+                    "volume host {:?} is configured twice",
+                    v.host
+                )));
+            }
+            if v.removal_threads == 0 || v.max_concurrent_removals == 0 {
+                return Err(Error::Volume(format!(
+                    "volume {:?}: removal_threads and max_concurrent_removals must be at least 1",
+                    v.host
+                )));
+            }
+        }
+        for host in &self.controller.only_volumes {
+            if !seen.contains_key(host.as_str()) {
+                return Err(Error::Volume(format!(
+                    "controller.only_volumes names {host:?}, which is not a configured volume"
+                )));
+            }
+        }
+        let c = &self.controller;
+        if c.max_concurrent_removals == 0 || c.max_attempts == 0 {
+            return Err(Error::Invalid {
+                origin: None,
+                message: "controller.max_concurrent_removals and controller.max_attempts must be at least 1".into(),
+            });
+        }
+        if c.lease_renew_interval >= c.lease_duration {
+            return Err(Error::Invalid {
+                origin: None,
+                message: format!(
+                    "controller.lease_renew_interval ({}) must be shorter than controller.lease_duration ({})",
+                    humantime::format_duration(c.lease_renew_interval),
+                    humantime::format_duration(c.lease_duration)
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The configured volume whose host is `host`.
+    pub fn volume(&self, host: &str) -> Option<&VolumeConfig> {
+        self.volumes.iter().find(|v| v.host == host)
+    }
+
+    /// This replica's id: the configured one or `<hostname>-<pid>`.
+    pub fn replica_id(&self) -> String {
+        self.controller.replica_id.clone().unwrap_or_else(|| {
+            let host = rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned();
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+/// Overlays `VFOLDER_CONTROLLER_*` variables onto the parsed file. A value that parses as a
+/// TOML value (number, boolean, array) is taken as one; anything else is a string.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), Error> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if ENV_NOT_KEYS.contains(&rest) {
+            continue;
+        }
+        let lower = rest.to_ascii_lowercase();
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        if lower == "database_url" {
+            table.insert(lower, parsed);
+            continue;
+        }
+        let Some((section, key)) = ENV_SECTIONS.iter().find_map(|s| {
+            lower
+                .strip_prefix(s)
+                .and_then(|k| k.strip_prefix('_'))
+                .map(|k| (*s, k))
+        }) else {
+            return Err(Error::UnknownEnv(name));
+        };
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key.to_owned(), parsed);
+            }
+            _ => {
+                return Err(Error::Invalid {
+                    origin: None,
+                    message: format!("{section} must be a table"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Serde adapter for humane durations (`500ms`, `10s`, `7d`).
+pub mod humane {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parses a humane duration string.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        humantime::parse_duration(s)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 500ms, 10s, 5m, 7d"))
+    }
+
+    /// Serializes as a humane string.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Deserializes from a humane string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_file_gives_sqlite_and_the_builtin_volume() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.database_url, "sqlite://vfolder-controller.db");
+        assert_eq!(c.volumes, vec![VolumeConfig::builtin_default()]);
+        assert_eq!(c.controller.trash_retention, Duration::from_secs(604_800));
+    }
+
+    #[test]
+    fn env_overrides_file_and_durations_are_humane() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+database_url = "sqlite://a.db"
+[controller]
+lease_duration = "45s"
+max_attempts = 3
+[[volumes]]
+host = "p:v"
+mount = "/mnt/v"
+"#,
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("VFOLDER_CONTROLLER_DATABASE_URL", "postgres://x@y/z"),
+                ("VFOLDER_CONTROLLER_CONTROLLER_MAX_ATTEMPTS", "7"),
+                ("VFOLDER_CONTROLLER_CONTROLLER_TRASH_RETENTION", "2d"),
+                ("VFOLDER_CONTROLLER_HTTP_LISTEN", "0.0.0.0:1234"),
+                ("VFOLDER_CONTROLLER_CONFIG", "ignored"),
+                ("UNRELATED", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.database_url, "postgres://x@y/z");
+        assert_eq!(c.controller.max_attempts, 7);
+        assert_eq!(c.controller.lease_duration, Duration::from_secs(45));
+        assert_eq!(c.controller.trash_retention, Duration::from_secs(172_800));
+        assert_eq!(c.http.listen.port(), 1234);
+        assert_eq!(c.volumes.len(), 1);
+        assert!(
+            c.volumes[0].require_mount_point,
+            "on for configured volumes"
+        );
+    }
+
+    #[test]
+    fn typos_are_errors_that_name_the_key() {
+        let err = Config::load(None, env(&[("VFOLDER_CONTROLLER_CONTROLER_X", "1")])).unwrap_err();
+        assert!(
+            err.to_string().contains("VFOLDER_CONTROLLER_CONTROLER_X"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            env(&[("VFOLDER_CONTROLLER_CONTROLLER_LEASE_DURATON", "1s")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("lease_duraton"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("VFOLDER_CONTROLLER_CONTROLLER_LEASE_DURATION", "soon")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"soon\""), "{err}");
+    }
+}
