@@ -1,1 +1,476 @@
-//! (in progress)
+//! Database access: everything the rest of the program needs from the database, behind one
+//! trait with a PostgreSQL and a SQLite implementation.
+//!
+//! Guarantees every implementation gives (the conformance suite in `tests/store.rs` runs the
+//! same tests on both):
+//! - Status changes go through the database trigger, which rejects illegal transitions,
+//!   appends `{status, at, actor}` to `status_history` and sets `status_changed`; writing the
+//!   status a row already has is a no-op (no history entry, no audit entry, no event).
+//! - Every change made through this trait is written to the audit log in the same
+//!   transaction as the change itself.
+//! - Lease operations take the owner and are no-ops (returning `false`) when the lease is no
+//!   longer held by that owner, so a replica that lost its lease cannot complete or fail a
+//!   folder another replica now works on.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::lifecycle::{IllegalTransition, Status};
+
+/// Errors from the store. [`Error::is_transient`] tells the controller whether to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No vfolder row with this id.
+    #[error("vfolder {0} not found")]
+    NotFound(Uuid),
+    /// The requested status change is not in the lifecycle's transition table.
+    #[error("vfolder {id}: {source}")]
+    IllegalTransition {
+        /// The folder.
+        id: Uuid,
+        /// The two statuses.
+        source: IllegalTransition,
+    },
+    /// Another live or trashed folder of the same owner already has this name.
+    #[error("vfolder name {name:?} is already taken by a live or trashed folder of the same owner")]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
+    /// `forget` was asked for a folder that is not in `delete-error`.
+    #[error(
+        "vfolder {id} is {status}; only a folder in delete-error can be forgotten (after manual cleanup)"
+    )]
+    NotForgettable {
+        /// The folder.
+        id: Uuid,
+        /// Its status.
+        status: Status,
+    },
+    /// A row holds a status text this program does not know.
+    #[error("vfolder {id} has an unknown status {status:?}")]
+    UnknownStatus {
+        /// The folder.
+        id: Uuid,
+        /// The stored text.
+        status: String,
+    },
+    /// The database URL is neither `postgres://` nor `sqlite://`.
+    #[error("unsupported database URL {0:?} (expected postgres://... or sqlite://...)")]
+    UnsupportedUrl(String),
+    /// Running the embedded migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database schema is older than this binary (run `vfolder-controller migrate`).
+    #[error("database is not migrated: {0}")]
+    NotMigrated(String),
+    /// A query failed; `context` names the operation.
+    #[error("database error while {context}: {source}")]
+    Database {
+        /// The operation, e.g. "claiming due folders".
+        context: &'static str,
+        /// The cause.
+        source: sqlx::Error,
+    },
+}
+
+impl Error {
+    /// Whether retrying later may succeed (the database is unreachable, a connection broke,
+    /// a serialization conflict), as opposed to a request that will fail again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Database { source, .. } => {
+                matches!(
+                    source,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Protocol(_)
+                        | sqlx::Error::WorkerCrashed
+                ) || source
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    .is_some_and(|c| {
+                        c.starts_with("40") || c.starts_with("08") || c.starts_with("57P")
+                    })
+            }
+            Error::NotMigrated(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A new row, as `vfolder-controller create` or a service inserts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewFolder {
+    /// Primary key.
+    pub id: Uuid,
+    /// `<proxy>:<volume>`.
+    pub host: String,
+    /// `user:<uuid>` / `project:<uuid>`, or `None` for legacy folders.
+    pub quota_scope_id: Option<String>,
+    /// The folder name, unique per owner among live and trashed folders.
+    pub name: String,
+    /// Owning user, for user-owned folders.
+    pub user: Option<Uuid>,
+    /// Owning group (project), for group-owned folders.
+    pub group: Option<Uuid>,
+    /// `user` or `group`.
+    pub ownership_type: String,
+}
+
+/// A `vfolders` row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Folder {
+    /// Primary key.
+    pub id: Uuid,
+    /// `<proxy>:<volume>`.
+    pub host: String,
+    /// `user:<uuid>` / `project:<uuid>`, or `None`.
+    pub quota_scope_id: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Owning user.
+    pub user: Option<Uuid>,
+    /// Owning group.
+    pub group: Option<Uuid>,
+    /// `user` or `group`.
+    pub ownership_type: String,
+    /// Current status.
+    pub status: Status,
+    /// When the status last changed (`None` if it never did).
+    pub status_changed: Option<DateTime<Utc>>,
+    /// When the row was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One entry of a row's `status_history` (a JSON list, oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The status the row changed to (text: history may hold legacy spellings).
+    pub status: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who, when the writer said so.
+    pub actor: Option<String>,
+}
+
+/// Where a folder's data currently is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Location {
+    /// At the live path.
+    Live,
+    /// In the volume's trash directory (`trash = "move"` volumes).
+    Trash,
+}
+
+/// Progress counters of a removal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Regular files (and other non-directory, non-symlink entries) removed.
+    pub files: u64,
+    /// Directories removed.
+    pub dirs: u64,
+    /// Symlinks removed.
+    pub symlinks: u64,
+    /// Bytes of regular files removed (0 unless the volume counts bytes).
+    pub bytes: u64,
+}
+
+/// The controller's own state for a folder (its own table, keyed by vfolder id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerState {
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not retried before this time.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The last error text.
+    pub last_error: Option<String>,
+    /// The replica holding the lease.
+    pub lease_owner: Option<String>,
+    /// When the lease expires.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Progress of the running (or last) removal.
+    pub progress: Progress,
+    /// Where the data is.
+    pub location: Location,
+    /// Per-folder trash purge time (overrides the trash retention).
+    pub purge_after: Option<DateTime<Utc>>,
+}
+
+/// A row with its history and controller state, for `show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderDetail {
+    /// The row.
+    pub folder: Folder,
+    /// Its status history, oldest first.
+    pub history: Vec<HistoryEntry>,
+    /// The controller's state, if the controller or the CLI ever touched it.
+    pub state: Option<ControllerState>,
+}
+
+/// The result of a status write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    /// The folder.
+    pub id: Uuid,
+    /// Status before.
+    pub from: Status,
+    /// Status after.
+    pub to: Status,
+    /// `false` when the row already had `to` (idempotent no-op).
+    pub changed: bool,
+}
+
+/// One entry of the append-only audit log (it outlives purged rows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Monotonic sequence number.
+    pub seq: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The folder.
+    pub vfolder_id: Uuid,
+    /// The folder's host at the time.
+    pub host: Option<String>,
+    /// The folder's name at the time.
+    pub name: Option<String>,
+    /// What happened: `create`, `trash`, `restore`, `purge`, `force-delete`, `retry`,
+    /// `forget`, `trash-timer`, `removed`, `remove-failed`, `moved-to-trash`,
+    /// `restored-from-trash`, `history-cleanup`.
+    pub action: String,
+    /// Status before, when the action changed it.
+    pub from_status: Option<String>,
+    /// Status after.
+    pub to_status: Option<String>,
+    /// Person or service (CLI `--actor`, the timer's name).
+    pub actor: Option<String>,
+    /// Controller replica that did the work.
+    pub replica: Option<String>,
+    /// What a removal removed.
+    pub progress: Option<Progress>,
+    /// How long the removal took.
+    pub duration_ms: Option<i64>,
+    /// Error text of a failure.
+    pub error: Option<String>,
+}
+
+/// Which audit entries to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this folder.
+    pub id: Option<Uuid>,
+    /// Only entries at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many, newest last. `None`: all.
+    pub limit: Option<i64>,
+}
+
+/// A status write requested by a person or service (CLI, API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRequest {
+    /// The folder.
+    pub id: Uuid,
+    /// The wanted status.
+    pub to: Status,
+    /// Who asks (recorded in history and audit).
+    pub actor: String,
+    /// The audit action name (`trash`, `restore`, `purge`, `force-delete`, `retry`).
+    pub action: &'static str,
+    /// With `to = delete-pending`: purge at this time instead of after the trash retention.
+    pub purge_after: Option<DateTime<Utc>>,
+}
+
+/// What kind of work a claimed row needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkKind {
+    /// `delete-ongoing`: remove the data (live and trash paths).
+    Remove,
+    /// `delete-pending` on a `move` volume with data at the live path: rename into the trash.
+    MoveToTrash,
+    /// `ready` on a `move` volume with data in the trash: rename back.
+    Restore,
+}
+
+/// What a replica asks for when it claims due work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// The claiming replica (lease owner).
+    pub owner: String,
+    /// Lease length.
+    pub lease: Duration,
+    /// At most this many rows.
+    pub limit: u32,
+    /// Only rows on these hosts (the volumes this replica serves).
+    pub hosts: Vec<String>,
+    /// The subset of `hosts` with `trash = "move"` (work kinds `MoveToTrash`/`Restore`).
+    pub move_hosts: Vec<String>,
+    /// Rows not to claim (already running in this process).
+    pub exclude: Vec<Uuid>,
+}
+
+/// A claimed row: the caller holds its lease until it completes, fails or releases it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The row.
+    pub folder: Folder,
+    /// What to do.
+    pub kind: WorkKind,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Where the data is.
+    pub location: Location,
+    /// The previous owner, when this claim took over an expired lease.
+    pub reclaimed_from: Option<String>,
+}
+
+/// The final numbers of a successful removal, for the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// What was removed.
+    pub progress: Progress,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// A status change announced by the database (PostgreSQL `NOTIFY`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    /// The folder.
+    pub id: Uuid,
+    /// Status before (`None` for an insert).
+    pub from: Option<String>,
+    /// Status after.
+    pub to: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Stream of status events; an `Err` item means the listener connection broke (the caller
+/// resubscribes with backoff).
+pub type EventStream = BoxStream<'static, Result<StatusEvent>>;
+
+/// The name of the PostgreSQL NOTIFY channel carrying [`StatusEvent`] JSON payloads.
+pub const EVENT_CHANNEL: &str = "vfolder_status";
+
+/// Everything the program needs from the database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `postgres` or `sqlite`.
+    fn backend(&self) -> &'static str;
+
+    /// Applies the embedded migrations; running it again is a no-op.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Ok when the database answers and every embedded migration is applied (readiness).
+    async fn check_ready(&self) -> Result<()>;
+
+    // ----- admin -----------------------------------------------------------------------
+
+    /// Inserts a row in `ready` and audits `create`.
+    async fn create_folder(&self, new: &NewFolder, actor: &str) -> Result<Folder>;
+
+    /// The row with its history and controller state.
+    async fn get_folder(&self, id: Uuid) -> Result<FolderDetail>;
+
+    /// Rows whose status is one of `statuses`, oldest first.
+    async fn list_folders(&self, statuses: &[Status]) -> Result<Vec<Folder>>;
+
+    /// Writes a requested status (legal transitions only), with history, audit and event.
+    async fn set_status(&self, req: &StatusRequest) -> Result<StatusChange>;
+
+    /// Removes a `delete-error` row after manual cleanup; the audit entry stays.
+    async fn forget(&self, id: Uuid, actor: &str) -> Result<()>;
+
+    /// Audit entries, oldest first.
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
+
+    /// Rows per status (one grouped query), for metrics.
+    async fn status_counts(&self) -> Result<Vec<(Status, i64)>>;
+
+    // ----- controller ------------------------------------------------------------------
+
+    /// Claims up to `limit` due rows in one statement (`FOR UPDATE SKIP LOCKED` on
+    /// PostgreSQL). A row is due when it needs work of a [`WorkKind`], its lease is free or
+    /// expired, and its `next_attempt_at` has passed.
+    async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>>;
+
+    /// Extends the lease and stores progress; `false` when `owner` no longer holds it.
+    async fn renew_lease(
+        &self,
+        id: Uuid,
+        owner: &str,
+        lease: Duration,
+        progress: Progress,
+    ) -> Result<bool>;
+
+    /// Releases one lease held by `owner` (no-op otherwise).
+    async fn release_lease(&self, id: Uuid, owner: &str) -> Result<()>;
+
+    /// Releases every lease held by `owner`; returns how many.
+    async fn release_all_leases(&self, owner: &str) -> Result<u64>;
+
+    /// `delete-ongoing → delete-complete` with the audit entry, in one transaction; clears
+    /// attempts and the lease. `false` when `owner` lost the lease or the row moved on.
+    async fn complete_removal(&self, id: Uuid, owner: &str, done: &Completion) -> Result<bool>;
+
+    /// Records a transient failure: attempts + 1, `next_attempt_at`, the error text, lease
+    /// released. Returns the new attempt count (`None` if `owner` lost the lease).
+    async fn record_retry(
+        &self,
+        id: Uuid,
+        owner: &str,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<Option<u32>>;
+
+    /// `delete-ongoing → delete-error` with the error text in the state row and the audit
+    /// entry. `false` when `owner` lost the lease or the row moved on.
+    async fn fail_removal(&self, id: Uuid, owner: &str, error: &str) -> Result<bool>;
+
+    /// Records that the data now is at `location` (trash move/restore), audits it and
+    /// releases the lease. `false` when `owner` lost the lease.
+    async fn record_location(&self, id: Uuid, owner: &str, location: Location) -> Result<bool>;
+
+    /// The trash timer: `delete-pending` rows whose purge time (`purge_after`, else
+    /// `status_changed + retention`) has passed → `delete-ongoing`, audited as
+    /// `trash-timer`. At most `limit` rows; returns how many. Idempotent, safe on every
+    /// replica at once.
+    async fn purge_expired_trash(
+        &self,
+        retention: Duration,
+        actor: &str,
+        limit: u32,
+    ) -> Result<u64>;
+
+    /// History cleanup: `delete-complete` rows older than `retention` are removed (with
+    /// their controller state), audited as `history-cleanup`. At most `limit` rows; returns
+    /// how many. Idempotent, safe on every replica at once.
+    async fn clean_history(&self, retention: Duration, actor: &str, limit: u32) -> Result<u64>;
+
+    /// Age of the oldest row still waiting for each kind of work (`remove`: oldest
+    /// `delete-ongoing`; `trash-timer`: most overdue `delete-pending`), for the SLO gauge.
+    async fn oldest_unconverged(
+        &self,
+        trash_retention: Duration,
+    ) -> Result<Vec<(&'static str, Duration)>>;
+
+    /// Subscribes to status events; `None` on backends without notifications (SQLite).
+    async fn subscribe(&self) -> Result<Option<EventStream>>;
+}
+
+/// Opens the database named by `url` (`postgres://…` or `sqlite://FILE`; the SQLite file is
+/// created when missing). Does not migrate.
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    Err(Error::UnsupportedUrl(url.to_owned()))
+}
