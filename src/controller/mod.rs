@@ -1,1 +1,331 @@
-//! (in progress)
+//! The reconcile loop: find unconverged rows, claim them, hand them to workers, repeat.
+//!
+//! Level-triggered: every pass asks the database which rows need work (the claim query), so
+//! a restart, a crash or a second replica never loses work, and there is no resume path
+//! beyond the normal loop. Responsibilities are kept apart (style: "when, how many, what"):
+//! - *what is due*: `Store::claim_due` (lease, backoff time, work kind) — one statement;
+//! - *how many*: a global semaphore and one per volume bound simultaneous removals;
+//! - *what to do*: [`reconcile::reconcile`] for one folder;
+//! - *when*: a LISTEN/NOTIFY wake-up ([`wakeup`]), a finished worker, or the jittered
+//!   resync poll, whichever comes first;
+//! - periodic maintenance ([`trash_timer`], [`history_cleanup`], [`status_gauges`]) runs
+//!   beside the loop on every replica; each is idempotent.
+//!
+//! Shutdown: when the token is cancelled the loop stops claiming, cancels running removals
+//! (they release their leases), waits up to `shutdown_grace`, then releases whatever
+//! leases remain. Rows stay `delete-ongoing` and are resumed by whichever replica runs next.
+
+pub mod backoff;
+pub mod history_cleanup;
+pub mod maintenance;
+pub mod reconcile;
+pub mod shutdown;
+pub mod status_gauges;
+pub mod trash_timer;
+pub mod wakeup;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::{Config, ControllerConfig, TrashMode};
+use crate::observe::{Health, Metrics};
+use crate::storage::Volumes;
+use crate::store::{ClaimRequest, Store};
+use backoff::{RetrySchedule, jittered};
+
+/// Everything a worker needs, shared by all of them.
+pub struct Context {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// The configured volumes.
+    pub volumes: Arc<Volumes>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Liveness state shared with `/healthz`.
+    pub health: Arc<Health>,
+    /// The loop's knobs.
+    pub config: ControllerConfig,
+    /// This replica's id (lease owner, audit `replica`).
+    pub replica: String,
+    /// The retry schedule for transient failures.
+    pub retry: RetrySchedule,
+}
+
+impl Context {
+    /// Builds the context from the configuration.
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Context {
+        Context {
+            store,
+            volumes: Arc::new(Volumes::new(&config.volumes)),
+            metrics,
+            health,
+            retry: RetrySchedule {
+                min: config.controller.backoff_min,
+                max: config.controller.backoff_max,
+            },
+            config: config.controller.clone(),
+            replica: config.replica_id(),
+        }
+    }
+}
+
+/// A volume this replica serves, with its concurrency limit.
+struct Served {
+    host: String,
+    moves_trash: bool,
+    slots: Arc<Semaphore>,
+}
+
+/// Runs the controller until `shutdown` is cancelled, then shuts down gracefully.
+/// `volumes` in the context decide which hosts are served (narrowed by
+/// `controller.only_volumes`); `volume_limits` gives each host's concurrency and trash mode.
+pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken) {
+    let served: Vec<Served> = config
+        .volumes
+        .iter()
+        .filter(|v| {
+            config.controller.only_volumes.is_empty()
+                || config.controller.only_volumes.contains(&v.host)
+        })
+        .map(|v| Served {
+            host: v.host.clone(),
+            moves_trash: v.trash == TrashMode::Move,
+            slots: Arc::new(Semaphore::new(v.max_concurrent_removals)),
+        })
+        .collect();
+    let hosts: Vec<&str> = served.iter().map(|s| s.host.as_str()).collect();
+    tracing::info!(replica = %ctx.replica, backend = ctx.store.backend(), volumes = ?hosts, "controller running");
+
+    let maintenance = CancellationToken::new();
+    let mut background = JoinSet::new();
+    let wake = Arc::new(Notify::new());
+    let interval = if ctx.store.backend() == "sqlite" {
+        ctx.config.poll_interval
+    } else {
+        ctx.config.resync_interval
+    };
+    background.spawn(wakeup::listen(
+        ctx.store.clone(),
+        wake.clone(),
+        ctx.metrics.clone(),
+        maintenance.clone(),
+    ));
+    background.spawn(maintenance::run_periodically(
+        trash_timer::TrashTimer {
+            store: ctx.store.clone(),
+            retention: ctx.config.trash_retention,
+        },
+        interval,
+        ctx.metrics.clone(),
+        maintenance.clone(),
+    ));
+    background.spawn(maintenance::run_periodically(
+        history_cleanup::HistoryCleanup {
+            store: ctx.store.clone(),
+            retention: ctx.config.history_retention,
+        },
+        interval,
+        ctx.metrics.clone(),
+        maintenance.clone(),
+    ));
+    background.spawn(maintenance::run_periodically(
+        status_gauges::StatusGauges {
+            store: ctx.store.clone(),
+            metrics: ctx.metrics.clone(),
+            trash_retention: ctx.config.trash_retention,
+        },
+        interval,
+        ctx.metrics.clone(),
+        maintenance.clone(),
+    ));
+
+    let work_cancel = CancellationToken::new();
+    let mut runner = Runner {
+        ctx: ctx.clone(),
+        global: Arc::new(Semaphore::new(ctx.config.max_concurrent_removals)),
+        served,
+        workers: JoinSet::new(),
+        running: HashMap::new(),
+        work_cancel: work_cancel.clone(),
+    };
+    runner.run(interval, &wake, &shutdown).await;
+
+    // Shutdown: stop maintenance, cancel removals (each releases its own lease), wait.
+    maintenance.cancel();
+    work_cancel.cancel();
+    let grace = ctx.config.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        while runner.workers.join_next().await.is_some() {}
+        while background.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "workers did not stop within the grace period; abandoning them"
+        );
+        runner.workers.abort_all();
+        background.abort_all();
+    }
+    // Whatever a worker could not release itself (aborted, database blip) goes now, with its
+    // own short timeout: the shutdown token is already cancelled.
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        ctx.store.release_all_leases(&ctx.replica),
+    )
+    .await
+    {
+        Ok(Ok(n)) if n > 0 => tracing::info!(released = n, "released remaining leases"),
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "could not release leases; they expire on their own")
+        }
+        Err(_) => tracing::warn!("releasing leases timed out; they expire on their own"),
+    }
+    tracing::info!("controller stopped");
+}
+
+/// The claiming side of the loop: semaphores, in-flight set and worker tasks.
+struct Runner {
+    ctx: Arc<Context>,
+    global: Arc<Semaphore>,
+    served: Vec<Served>,
+    workers: JoinSet<()>,
+    /// Folders running in this process, by task, so a row is never worked on twice at once
+    /// here (a second trigger for it joins the running removal by not being claimed).
+    running: HashMap<tokio::task::Id, Uuid>,
+    work_cancel: CancellationToken,
+}
+
+impl Runner {
+    async fn run(&mut self, interval: Duration, wake: &Notify, shutdown: &CancellationToken) {
+        let mut db_failures = 0u32;
+        loop {
+            match self.pass().await {
+                Ok(()) => {
+                    if db_failures > 0 {
+                        tracing::info!("database reachable again");
+                    }
+                    db_failures = 0;
+                    self.ctx.health.set_database_ok(true, None);
+                    self.ctx.health.pass_completed();
+                }
+                Err(error) => {
+                    db_failures += 1;
+                    self.ctx.metrics.database_error("claim_due");
+                    self.ctx
+                        .health
+                        .set_database_ok(false, Some(error.to_string()));
+                    tracing::warn!(%error, failures = db_failures, "claiming failed; backing off");
+                }
+            }
+            let total = self.ctx.config.max_concurrent_removals;
+            let busy = total - self.global.available_permits();
+            self.ctx.metrics.set_worker_slots(total as i64, busy as i64);
+
+            let pause = if db_failures > 0 {
+                self.ctx.retry.delay(db_failures).min(interval)
+            } else {
+                jittered(interval)
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake.notified() => {}
+                Some(done) = self.workers.join_next_with_id(), if !self.workers.is_empty() => self.finished(done),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            while let Some(done) = self.workers.try_join_next_with_id() {
+                self.finished(done);
+            }
+        }
+    }
+
+    fn finished(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let task = match done {
+            Ok((task, ())) => task,
+            Err(error) => {
+                tracing::error!(%error, "reconcile task panicked; its lease expires and the folder is retried");
+                error.id()
+            }
+        };
+        self.running.remove(&task);
+    }
+
+    /// One pass: for every served volume with free slots, claim due rows and start them.
+    async fn pass(&mut self) -> Result<(), crate::store::Error> {
+        for i in 0..self.served.len() {
+            let free = self
+                .global
+                .available_permits()
+                .min(self.served[i].slots.available_permits());
+            if free == 0 {
+                continue;
+            }
+            let host = self.served[i].host.clone();
+            let slots = self.served[i].slots.clone();
+            let request = ClaimRequest {
+                owner: self.ctx.replica.clone(),
+                lease: self.ctx.config.lease_duration,
+                limit: free as u32,
+                move_hosts: if self.served[i].moves_trash {
+                    vec![host.clone()]
+                } else {
+                    Vec::new()
+                },
+                hosts: vec![host],
+                exclude: self.running.values().copied().collect(),
+            };
+            let claims = self.ctx.store.claim_due(&request).await?;
+            for claim in claims {
+                let permits = (
+                    self.global.clone().try_acquire_owned(),
+                    slots.clone().try_acquire_owned(),
+                );
+                let (Ok(global), Ok(volume)) = permits else {
+                    // Cannot happen while this loop is the only acquirer; hand the row back.
+                    let _ = self
+                        .ctx
+                        .store
+                        .release_lease(claim.folder.id, &self.ctx.replica)
+                        .await;
+                    continue;
+                };
+                self.start(claim, [global, volume]);
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, claim: crate::store::Claim, permits: [OwnedSemaphorePermit; 2]) {
+        let id = claim.folder.id;
+        let span = tracing::info_span!(
+            "reconcile",
+            id = %id,
+            host = %claim.folder.host,
+            action = reconcile::action(claim.kind),
+            attempt = claim.attempts + 1,
+        );
+        let ctx = self.ctx.clone();
+        let cancel = self.work_cancel.clone();
+        let handle = self.workers.spawn(
+            async move {
+                let _permits = permits;
+                reconcile::reconcile(ctx, claim, cancel).await;
+            }
+            .instrument(span),
+        );
+        self.running.insert(handle.id(), id);
+    }
+}

@@ -1,0 +1,357 @@
+//! Reconcile one claimed folder: do the filesystem work its [`WorkKind`] asks for, then
+//! record the outcome in the database.
+//!
+//! This module decides *what to do* with one folder; it never decides when or how many
+//! (the runner and the claim query do). Guarantees:
+//! - While a removal runs, its lease is renewed (and progress flushed) every
+//!   `lease_renew_interval`. When a renewal finds that another replica owns the row, the
+//!   removal is cancelled and nothing is recorded: the new owner finishes it.
+//! - Cancellation (shutdown) and lease loss are never failures: no attempt is counted and
+//!   the row stays `delete-ongoing`; a cancelled folder's lease is released at once so
+//!   another replica can continue without waiting for the lease to expire.
+//! - Transient errors count an attempt and schedule the next one with backoff; after
+//!   `max_attempts`, and on any permanent error, the folder goes to `delete-error` with the
+//!   error text. Trash moves never go to `delete-error` (no such transition exists from
+//!   `ready`/`delete-pending`): they keep retrying with the capped backoff.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::Context;
+use crate::storage::{self, Counts, FolderRef, Outcome as RemoveOutcome, Progress};
+use crate::store::{self, Claim, Completion, Location, WorkKind};
+
+/// How long cleanup that must still run after cancellation (releasing a lease) may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Attempts to write an outcome to the database before leaving it to lease expiry.
+const RECORD_ATTEMPTS: u32 = 3;
+
+/// What the filesystem work ended with.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The folder's data is gone.
+    Removed {
+        /// What was removed.
+        counts: Counts,
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// The data was moved to (or restored from) the trash.
+    Moved(Location),
+    /// Shutdown interrupted the work.
+    Cancelled(Counts),
+    /// Another replica took the row over.
+    LeaseLost(Counts),
+    /// The work failed.
+    Failed {
+        /// Why.
+        error: storage::Error,
+        /// What was removed before the failure.
+        counts: Counts,
+    },
+}
+
+/// The label of a work kind in metrics and logs.
+pub fn action(kind: WorkKind) -> &'static str {
+    match kind {
+        WorkKind::Remove => "remove",
+        WorkKind::MoveToTrash => "move-to-trash",
+        WorkKind::Restore => "restore",
+    }
+}
+
+/// Reconciles one claimed folder and records the result. Never returns an error: every
+/// failure ends in the database (retry, `delete-error`) or, when even that fails, in the
+/// lease expiring so that the folder is picked up again.
+pub async fn reconcile(ctx: Arc<Context>, claim: Claim, cancel: CancellationToken) {
+    let started = Instant::now();
+    let kind = claim.kind;
+    if let Some(previous) = &claim.reclaimed_from {
+        ctx.metrics.lease_reclaimed();
+        tracing::info!(previous_owner = %previous, "took over an expired lease");
+    }
+    let outcome = match kind {
+        WorkKind::Remove => remove(&ctx, &claim, &cancel).await,
+        WorkKind::MoveToTrash | WorkKind::Restore => relocate(&ctx, &claim).await,
+    };
+    let result = record(&ctx, &claim, outcome).await;
+    ctx.metrics
+        .reconcile(action(kind), result, started.elapsed());
+}
+
+/// Runs the removal on a blocking thread while renewing the lease.
+async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -> Outcome {
+    let host = claim.folder.host.clone();
+    let progress = Arc::new(Progress::default());
+    let removal_cancel = cancel.child_token();
+    ctx.metrics.removal_started(&host);
+    let mut task = {
+        let ctx = ctx.clone();
+        let progress = progress.clone();
+        let removal_cancel = removal_cancel.clone();
+        let folder = claim.folder.clone();
+        tokio::task::spawn_blocking(move || {
+            let volume = ctx.volumes.get(&folder.host)?;
+            let target = FolderRef {
+                id: folder.id,
+                host: &folder.host,
+                quota_scope_id: folder.quota_scope_id.as_deref(),
+            };
+            volume.remove_folder(&target, &removal_cancel, &progress)
+        })
+    };
+    let mut renew = tokio::time::interval(ctx.config.lease_renew_interval);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
+    let mut lease_lost = false;
+    let joined = loop {
+        tokio::select! {
+            joined = &mut task => break joined,
+            _ = renew.tick() => {
+                let counts = progress.snapshot();
+                match ctx.store.renew_lease(claim.folder.id, &ctx.replica, ctx.config.lease_duration, to_store(counts)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!("lease lost to another replica; stopping this removal");
+                        lease_lost = true;
+                        removal_cancel.cancel();
+                    }
+                    Err(error) => {
+                        ctx.metrics.database_error("renew_lease");
+                        tracing::warn!(%error, "cannot renew lease; removal continues");
+                    }
+                }
+            }
+        }
+    };
+    let counts = progress.snapshot();
+    match joined {
+        Ok(Ok(RemoveOutcome::Completed(report))) => Outcome::Removed {
+            counts: report.counts,
+            elapsed: report.elapsed,
+        },
+        Ok(Ok(RemoveOutcome::Cancelled(report))) if lease_lost => Outcome::LeaseLost(report.counts),
+        Ok(Ok(RemoveOutcome::Cancelled(report))) => Outcome::Cancelled(report.counts),
+        Ok(Err(error)) => Outcome::Failed { error, counts },
+        Err(join) => Outcome::Failed {
+            error: storage::Error::from_panic(join.to_string()),
+            counts,
+        },
+    }
+}
+
+/// Moves the data into the trash or back (trash mode `move`).
+async fn relocate(ctx: &Arc<Context>, claim: &Claim) -> Outcome {
+    let ctx2 = ctx.clone();
+    let folder = claim.folder.clone();
+    let kind = claim.kind;
+    let joined = tokio::task::spawn_blocking(move || {
+        let volume = ctx2.volumes.get(&folder.host)?;
+        let target = FolderRef {
+            id: folder.id,
+            host: &folder.host,
+            quota_scope_id: folder.quota_scope_id.as_deref(),
+        };
+        match kind {
+            WorkKind::Restore => volume.restore_from_trash(&target).map(|()| Location::Live),
+            _ => volume.move_to_trash(&target).map(|()| Location::Trash),
+        }
+    })
+    .await;
+    match joined {
+        Ok(Ok(location)) => Outcome::Moved(location),
+        Ok(Err(error)) => Outcome::Failed {
+            error,
+            counts: Counts::default(),
+        },
+        Err(join) => Outcome::Failed {
+            error: storage::Error::from_panic(join.to_string()),
+            counts: Counts::default(),
+        },
+    }
+}
+
+/// Writes the outcome to the database; returns the result label for metrics.
+async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str {
+    let id = claim.folder.id;
+    let host = claim.folder.host.as_str();
+    let owner = ctx.replica.as_str();
+    match outcome {
+        Outcome::Removed { counts, elapsed } => {
+            ctx.metrics.removal_finished(
+                host,
+                counts.files,
+                counts.dirs,
+                counts.bytes,
+                elapsed,
+                "success",
+            );
+            let done = Completion {
+                progress: to_store(counts),
+                duration: elapsed,
+            };
+            match retry_db(ctx, "complete_removal", || {
+                ctx.store.complete_removal(id, owner, &done)
+            })
+            .await
+            {
+                Some(true) => {
+                    tracing::info!(
+                        files = counts.files,
+                        dirs = counts.dirs,
+                        symlinks = counts.symlinks,
+                        bytes = counts.bytes,
+                        elapsed_ms = elapsed.as_millis() as u64,
+                        "folder removed: delete-ongoing -> delete-complete"
+                    );
+                    "success"
+                }
+                Some(false) => {
+                    tracing::warn!(
+                        "folder removed, but the lease was lost before completion; the new owner completes it"
+                    );
+                    "lease-lost"
+                }
+                None => "database-error",
+            }
+        }
+        Outcome::Moved(location) => {
+            match retry_db(ctx, "record_location", || {
+                ctx.store.record_location(id, owner, location)
+            })
+            .await
+            {
+                Some(_) => {
+                    tracing::info!(?location, "folder data moved");
+                    "success"
+                }
+                None => "database-error",
+            }
+        }
+        Outcome::Cancelled(counts) => {
+            ctx.metrics.removal_finished(
+                host,
+                counts.files,
+                counts.dirs,
+                counts.bytes,
+                Duration::ZERO,
+                "cancelled",
+            );
+            // The runner's token is cancelled by now, so this cleanup has its own timeout.
+            match tokio::time::timeout(CLEANUP_TIMEOUT, ctx.store.release_lease(id, owner)).await {
+                Ok(Ok(())) => {
+                    tracing::info!("removal cancelled; lease released, folder stays delete-ongoing")
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "removal cancelled; releasing the lease failed, it will expire")
+                }
+                Err(_) => tracing::warn!(
+                    "removal cancelled; releasing the lease timed out, it will expire"
+                ),
+            }
+            "cancelled"
+        }
+        Outcome::LeaseLost(counts) => {
+            ctx.metrics.removal_finished(
+                host,
+                counts.files,
+                counts.dirs,
+                counts.bytes,
+                Duration::ZERO,
+                "lease-lost",
+            );
+            "lease-lost"
+        }
+        Outcome::Failed { error, counts } => {
+            if claim.kind == WorkKind::Remove {
+                ctx.metrics.removal_finished(
+                    host,
+                    counts.files,
+                    counts.dirs,
+                    counts.bytes,
+                    Duration::ZERO,
+                    "error",
+                );
+            }
+            record_failure(ctx, claim, &error).await
+        }
+    }
+}
+
+/// A transient failure schedules a retry; a permanent one (or the last attempt) ends in
+/// `delete-error`. Trash moves always retry.
+async fn record_failure(ctx: &Context, claim: &Claim, error: &storage::Error) -> &'static str {
+    let id = claim.folder.id;
+    let owner = ctx.replica.as_str();
+    let attempt = claim.attempts.saturating_add(1);
+    let exhausted = attempt >= ctx.config.max_attempts;
+    let terminal = claim.kind == WorkKind::Remove && (!error.is_transient() || exhausted);
+    if terminal {
+        let message = if error.is_transient() {
+            format!("gave up after {attempt} attempts: {error}")
+        } else {
+            error.to_string()
+        };
+        ctx.metrics.terminal_error(error.kind());
+        tracing::error!(error = %message, kind = error.kind(), "removal failed: delete-ongoing -> delete-error");
+        return match retry_db(ctx, "fail_removal", || {
+            ctx.store.fail_removal(id, owner, &message)
+        })
+        .await
+        {
+            Some(_) => "error",
+            None => "database-error",
+        };
+    }
+    let delay = ctx.retry.delay(attempt);
+    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    let message = error.to_string();
+    ctx.metrics.retry(error.kind());
+    tracing::warn!(error = %message, kind = error.kind(), attempt, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
+    match retry_db(ctx, "record_retry", || {
+        ctx.store.record_retry(id, owner, &message, next)
+    })
+    .await
+    {
+        Some(_) => "retry",
+        None => "database-error",
+    }
+}
+
+/// Runs a database write a few times with a short pause, so a blip does not cost a whole
+/// lease period. `None` when it kept failing: the lease then expires and the folder is
+/// reconciled again, which is safe because every step is idempotent.
+async fn retry_db<T, F, Fut>(ctx: &Context, operation: &'static str, mut write: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, store::Error>>,
+{
+    for attempt in 1..=RECORD_ATTEMPTS {
+        match write().await {
+            Ok(value) => return Some(value),
+            Err(error) => {
+                ctx.metrics.database_error(operation);
+                tracing::warn!(%error, operation, attempt, "database write failed");
+                if !error.is_transient() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+    }
+    None
+}
+
+/// The store's copy of the engine's counters.
+fn to_store(c: Counts) -> store::Progress {
+    store::Progress {
+        files: c.files,
+        dirs: c.dirs,
+        symlinks: c.symlinks,
+        bytes: c.bytes,
+    }
+}
