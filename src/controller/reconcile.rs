@@ -89,6 +89,7 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
     let progress = Arc::new(Progress::default());
     let removal_cancel = cancel.child_token();
     ctx.metrics.removal_started(&host);
+    tracing::info!("removal started");
     let mut task = {
         let ctx = ctx.clone();
         let progress = progress.clone();

@@ -1,0 +1,557 @@
+//! End-to-end tests of `vfolder-controller run`: real processes, real PostgreSQL and SQLite,
+//! real directories and mounts, real signals.
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use harness::{Backend, Site, Tmpfs, snapshot};
+use rustix::process::Signal;
+use uuid::Uuid;
+use vfolder_controller::lifecycle::Status;
+use vfolder_controller::store::{AuditFilter, Location};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn sentinel_snapshots(site: &Site) -> Vec<BTreeMap<std::path::PathBuf, harness::Entry>> {
+    site.sentinels().iter().map(|p| snapshot(p)).collect()
+}
+
+async fn audit_actions(site: &Site, id: Uuid) -> Vec<String> {
+    site.store
+        .audit(&AuditFilter {
+            id: Some(id),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit")
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
+both_backends!(
+    raw_sql_delete_ongoing_removes_the_tree_and_completes,
+    trash_timer_purges_after_retention_and_purge_after_wins,
+    history_cleanup_removes_old_rows_and_keeps_the_audit,
+    trash_move_mode_restores_data_byte_for_byte,
+);
+
+async fn raw_sql_delete_ongoing_removes_the_tree_and_completes(backend: Backend) {
+    let site = Site::new(backend, "", "").await;
+    let before = sentinel_snapshots(&site);
+    let folder = site.folder_with_tree("photos", 5, 20).await;
+    let path = site.folder_path(&folder);
+    let scope_dir = path.ancestors().nth(3).expect("scope dir").to_owned();
+    assert!(path.join("d0004/f0019").is_file());
+
+    let mut listener = match backend {
+        Backend::Postgres => {
+            let mut l = sqlx::postgres::PgListener::connect(&site.database_url)
+                .await
+                .expect("listener");
+            l.listen(vfolder_controller::store::EVENT_CHANNEL)
+                .await
+                .expect("listen");
+            Some(l)
+        }
+        Backend::Sqlite => None,
+    };
+
+    let proc = site.start("r1");
+    proc.wait_log("controller running", LONG);
+    site.raw_sql(&format!(
+        "UPDATE vfolders SET status = 'delete-ongoing' WHERE id = '{}'",
+        folder.id
+    ))
+    .await;
+    site.wait_for(folder.id, LONG, "delete-complete", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+
+    assert!(!path.exists(), "folder data must be gone");
+    assert!(
+        !path.parent().expect("fan-out").exists(),
+        "empty fan-out parents are removed"
+    );
+    assert!(scope_dir.is_dir(), "the quota-scope directory is kept");
+    let audit = site
+        .store
+        .audit(&AuditFilter {
+            id: Some(folder.id),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit");
+    let removed: Vec<_> = audit.iter().filter(|e| e.action == "removed").collect();
+    assert_eq!(removed.len(), 1, "one completion audit entry: {audit:#?}");
+    let progress = removed[0].progress.expect("removal counts in the audit");
+    assert_eq!(progress.files, 100);
+    assert_eq!(progress.symlinks, 5);
+    assert_eq!(removed[0].replica.as_deref(), Some("r1"));
+    assert_eq!(removed[0].to_status.as_deref(), Some("delete-complete"));
+
+    if let Some(listener) = listener.as_mut() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while !seen
+            .iter()
+            .any(|(_, to): &(String, String)| to == "delete-complete")
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, listener.recv())
+                .await
+                .expect("NOTIFY for delete-complete within 10 s")
+                .expect("notification");
+            let payload: serde_json::Value =
+                serde_json::from_str(n.payload()).expect("JSON payload");
+            if payload["id"] == folder.id.to_string() {
+                seen.push((
+                    payload["from"].as_str().unwrap_or_default().to_owned(),
+                    payload["to"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+        }
+        assert!(
+            seen.contains(&("delete-ongoing".to_owned(), "delete-complete".to_owned())),
+            "{seen:?}"
+        );
+    }
+    assert_eq!(
+        sentinel_snapshots(&site),
+        before,
+        "nothing outside the folder changed"
+    );
+}
+
+async fn trash_timer_purges_after_retention_and_purge_after_wins(backend: Backend) {
+    let site = Site::new(backend, "trash_retention = \"3s\"", "").await;
+    let default_ret = site.folder_with_tree("a", 1, 3).await;
+    let short = site.folder_with_tree("b", 1, 3).await;
+    let long = site.folder_with_tree("c", 1, 3).await;
+    let live = site.folder_with_tree("d", 1, 3).await;
+    let proc = site.start("r1");
+    proc.wait_log("controller running", LONG);
+
+    let id = |f: &vfolder_controller::store::Folder| f.id.to_string();
+    assert_eq!(site.cli(&["trash", &id(&default_ret)]).0, 0);
+    assert_eq!(
+        site.cli(&["trash", &id(&short), "--purge-after", "500ms"])
+            .0,
+        0
+    );
+    assert_eq!(site.cli(&["trash", &id(&long), "--purge-after", "1h"]).0, 0);
+    assert_eq!(
+        site.detail(default_ret.id).await.folder.status,
+        Status::DeletePending,
+        "not purged before the retention"
+    );
+    site.wait_for(short.id, LONG, "purge-after purge", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+    site.wait_for(default_ret.id, LONG, "retention purge", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+    assert!(!site.folder_path(&default_ret).exists());
+    assert!(
+        audit_actions(&site, default_ret.id)
+            .await
+            .contains(&"trash-timer".to_owned())
+    );
+    // A later purge-after wins over the shorter default retention; live folders are untouched.
+    assert_eq!(
+        site.detail(long.id).await.folder.status,
+        Status::DeletePending
+    );
+    assert!(site.folder_path(&long).join("d0000/f0000").is_file());
+    assert_eq!(site.detail(live.id).await.folder.status, Status::Ready);
+    assert!(site.folder_path(&live).join("d0000/f0000").is_file());
+}
+
+async fn history_cleanup_removes_old_rows_and_keeps_the_audit(backend: Backend) {
+    let site = Site::new(backend, "history_retention = \"1s\"", "").await;
+    let folder = site.folder_with_tree("old", 1, 2).await;
+    let keep = site.folder_with_tree("keep", 1, 2).await;
+    let proc = site.start("r1");
+    proc.wait_log("controller running", LONG);
+    assert_eq!(site.cli(&["force-delete", &folder.id.to_string()]).0, 0);
+    let deadline = Instant::now() + LONG;
+    loop {
+        match site.store.get_folder(folder.id).await {
+            Err(vfolder_controller::store::Error::NotFound(_)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "row never cleaned up:\n{}",
+            site.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let actions = audit_actions(&site, folder.id).await;
+    for expected in ["create", "force-delete", "removed", "history-cleanup"] {
+        assert!(actions.contains(&expected.to_owned()), "{actions:?}");
+    }
+    assert_eq!(site.detail(keep.id).await.folder.status, Status::Ready);
+}
+
+async fn trash_move_mode_restores_data_byte_for_byte(backend: Backend) {
+    let site = Site::new(backend, "", "trash = \"move\"").await;
+    let folder = site.folder_with_tree("moving", 4, 6).await;
+    let live = site.folder_path(&folder);
+    let trash = site.trash_path(&folder);
+    let original = snapshot(&live);
+    let proc = site.start("r1");
+    proc.wait_log("controller running", LONG);
+    let id = folder.id.to_string();
+
+    assert_eq!(site.cli(&["trash", &id]).0, 0);
+    site.wait_for(folder.id, LONG, "moved to trash", |d| {
+        d.state
+            .as_ref()
+            .is_some_and(|s| s.location == Location::Trash)
+    })
+    .await;
+    assert!(!live.exists(), "live path emptied");
+    assert_eq!(
+        snapshot(&trash),
+        original,
+        "trash holds the data byte for byte"
+    );
+
+    assert_eq!(site.cli(&["restore", &id]).0, 0);
+    site.wait_for(folder.id, LONG, "restored from trash", |d| {
+        d.state
+            .as_ref()
+            .is_some_and(|s| s.location == Location::Live)
+    })
+    .await;
+    assert_eq!(
+        snapshot(&live),
+        original,
+        "restore brings the data back byte for byte"
+    );
+    assert!(!trash.exists());
+
+    // Trash again, then purge: the data is removed from the trash path.
+    assert_eq!(site.cli(&["trash", &id]).0, 0);
+    site.wait_for(folder.id, LONG, "moved to trash again", |d| {
+        d.state
+            .as_ref()
+            .is_some_and(|s| s.location == Location::Trash)
+    })
+    .await;
+    assert_eq!(site.cli(&["purge", &id]).0, 0);
+    site.wait_for(folder.id, LONG, "purged", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+    assert!(!trash.exists() && !live.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmounted_volume_is_retried_with_backoff_until_it_returns() {
+    let site = Site::new(
+        Backend::Postgres,
+        "max_attempts = 1000",
+        "require_mount_point = true",
+    )
+    .await;
+    let mount = site.mount().to_owned();
+    let tmpfs = Tmpfs::mount(&mount);
+    let folder = site.folder_with_tree("on-tmpfs", 3, 10).await;
+    let path = site.folder_path(&folder);
+    tmpfs.unmount();
+    assert!(!path.exists());
+
+    let proc = site.start("r1");
+    proc.wait_log("controller running", LONG);
+    assert_eq!(site.cli(&["force-delete", &folder.id.to_string()]).0, 0);
+    let d = site
+        .wait_for(folder.id, LONG, "two failed attempts", |d| {
+            d.state.as_ref().is_some_and(|s| s.attempts >= 2)
+        })
+        .await;
+    let state = d.state.expect("state");
+    assert_eq!(
+        d.folder.status,
+        Status::DeleteOngoing,
+        "never success while unmounted"
+    );
+    assert!(state.next_attempt_at.is_some());
+    let error = state.last_error.expect("last error");
+    assert!(error.contains("not available"), "{error}");
+
+    // The volume comes back with the data on it: the next attempt removes it.
+    let _back = Tmpfs::mount(&mount);
+    harness::make_tree(&path, 3, 10);
+    site.wait_for(folder.id, LONG, "delete-complete after remount", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+    assert!(!path.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failure_goes_to_delete_error_and_retry_recovers() {
+    let site = Site::new(Backend::Postgres, "", "").await;
+    let folder = site.folder_with_tree("with-mount", 2, 3).await;
+    let inner = site.folder_path(&folder).join("d0001/mnt");
+    let tmpfs = Tmpfs::mount(&inner);
+    std::fs::write(inner.join("precious"), b"keep me").expect("write");
+
+    let proc = site.start("r1");
+    proc.wait_log("controller running", LONG);
+    let id = folder.id.to_string();
+    assert_eq!(site.cli(&["force-delete", &id]).0, 0);
+    let d = site
+        .wait_for(folder.id, LONG, "delete-error", |d| {
+            d.folder.status == Status::DeleteError
+        })
+        .await;
+    let error = d.state.and_then(|s| s.last_error).expect("error text");
+    assert!(error.contains("mnt"), "error names the mount: {error}");
+    assert_eq!(
+        std::fs::read(inner.join("precious")).expect("tmpfs contents survive"),
+        b"keep me"
+    );
+    let audit = site
+        .store
+        .audit(&AuditFilter {
+            id: Some(folder.id),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.to_status.as_deref() == Some("delete-error") && e.error.is_some()),
+        "{audit:#?}"
+    );
+
+    tmpfs.unmount();
+    assert_eq!(site.cli(&["retry", &id]).0, 0);
+    site.wait_for(folder.id, LONG, "delete-complete after retry", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_no_work() {
+    let site = Site::new(
+        Backend::Postgres,
+        "max_concurrent_removals = 2",
+        "removal_threads = 1\nmax_concurrent_removals = 2\ncount_bytes = true",
+    )
+    .await;
+    let before = sentinel_snapshots(&site);
+    let mut folders = Vec::new();
+    for i in 0..200 {
+        folders.push(site.folder_with_tree(&format!("f{i}"), 6, 100).await);
+    }
+    site.raw_sql("UPDATE vfolders SET status = 'delete-ongoing'")
+        .await;
+
+    let mut kills = 0;
+    let mut completed_at_kill = Vec::new();
+    while kills < 12 {
+        let mut proc = site.start(&format!("crash-{kills}"));
+        let wait = Duration::from_millis(rand::random_range(150..900));
+        std::thread::sleep(wait);
+        proc.kill9();
+        kills += 1;
+        let done = site
+            .store
+            .list_folders(&[Status::DeleteComplete])
+            .await
+            .expect("list")
+            .len();
+        completed_at_kill.push(done);
+    }
+    assert!(
+        completed_at_kill.first() < Some(&200),
+        "the kills must interrupt work: {completed_at_kill:?}"
+    );
+    let _last = site.start("final");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let done = site
+            .store
+            .list_folders(&[Status::DeleteComplete])
+            .await
+            .expect("list")
+            .len();
+        if done == folders.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} complete:\n{}",
+            site.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        site.store
+            .list_folders(&[Status::DeleteError])
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let audit = site
+        .store
+        .audit(&AuditFilter::default())
+        .await
+        .expect("audit");
+    let mut completions: BTreeMap<Uuid, usize> = BTreeMap::new();
+    for e in audit.iter().filter(|e| e.action == "removed") {
+        *completions.entry(e.vfolder_id).or_default() += 1;
+    }
+    for f in &folders {
+        assert_eq!(completions.get(&f.id), Some(&1), "folder {}", f.id);
+        assert!(!site.folder_path(f).exists());
+    }
+    assert_eq!(sentinel_snapshots(&site), before);
+    eprintln!("completed folders at each kill: {completed_at_kill:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_the_lease_and_another_replica_resumes_at_once() {
+    // A lease far longer than the test: resuming must not wait for it to expire.
+    let site = Site::new(
+        Backend::Postgres,
+        "lease_duration = \"120s\"\nlease_renew_interval = \"200ms\"",
+        "removal_threads = 1\ncount_bytes = true",
+    )
+    .await;
+    let folder = site.folder_with_tree("big", 300, 1000).await;
+    let path = site.folder_path(&folder);
+    let mut first = site.start("first");
+    first.wait_log("controller running", LONG);
+    assert_eq!(site.cli(&["force-delete", &folder.id.to_string()]).0, 0);
+    site.wait_for(folder.id, LONG, "removal in progress", |d| {
+        d.state
+            .as_ref()
+            .is_some_and(|s| s.lease_owner.as_deref() == Some("first") && s.progress.files > 0)
+    })
+    .await;
+    first.signal(Signal::TERM);
+    let status = first
+        .wait_timeout(Duration::from_secs(12))
+        .expect("exits within the grace period");
+    assert!(
+        status.success(),
+        "exit 0 on SIGTERM: {status:?}\n{}",
+        first.log_text()
+    );
+    let d = site.detail(folder.id).await;
+    assert_eq!(
+        d.folder.status,
+        Status::DeleteOngoing,
+        "cancellation is not an error"
+    );
+    let state = d.state.expect("state");
+    assert_eq!(state.lease_owner, None, "lease released on shutdown");
+    assert_eq!(
+        state.attempts, 0,
+        "cancellation is not counted as a failure"
+    );
+    assert!(path.exists(), "the tree was only partly removed");
+
+    let resumed = Instant::now();
+    let _second = site.start("second");
+    site.wait_for(folder.id, LONG, "second replica completes", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+    assert!(
+        resumed.elapsed() < Duration::from_secs(100),
+        "resumed before the 120 s lease could have expired"
+    );
+    assert!(!path.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_the_work_and_never_double_start() {
+    let site = Site::new(Backend::Postgres, "", "").await;
+    let mut folders = Vec::new();
+    for i in 0..300 {
+        folders.push(site.folder_with_tree(&format!("r{i}"), 2, 4).await);
+    }
+    let procs: Vec<_> = ["a", "b", "c"].iter().map(|r| site.start(r)).collect();
+    for p in &procs {
+        p.wait_log("controller running", LONG);
+    }
+    site.raw_sql("UPDATE vfolders SET status = 'delete-ongoing'")
+        .await;
+    let deadline = Instant::now() + LONG * 2;
+    loop {
+        let done = site
+            .store
+            .list_folders(&[Status::DeleteComplete])
+            .await
+            .expect("list")
+            .len();
+        if done == folders.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} complete:\n{}",
+            site.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audit = site
+        .store
+        .audit(&AuditFilter::default())
+        .await
+        .expect("audit");
+    let mut by_replica: BTreeMap<String, usize> = BTreeMap::new();
+    let mut per_folder: BTreeMap<Uuid, usize> = BTreeMap::new();
+    for e in audit.iter().filter(|e| e.action == "removed") {
+        *by_replica
+            .entry(e.replica.clone().unwrap_or_default())
+            .or_default() += 1;
+        *per_folder.entry(e.vfolder_id).or_default() += 1;
+    }
+    assert!(
+        per_folder.values().all(|n| *n == 1),
+        "one completion per folder"
+    );
+    assert_eq!(per_folder.len(), 300);
+    assert!(
+        by_replica.len() >= 2,
+        "work spread over replicas: {by_replica:?}"
+    );
+    // Every claim is logged when a removal starts: no folder was started twice.
+    let mut starts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in &procs {
+        for line in p
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("removal started"))
+        {
+            if let Some(id) = line.split("id=").nth(1).and_then(|s| s.get(..36)) {
+                starts
+                    .entry(id.to_owned())
+                    .or_default()
+                    .push(p.log.display().to_string());
+            }
+        }
+    }
+    assert_eq!(starts.len(), 300, "every folder's start is logged");
+    let twice: Vec<_> = starts.iter().filter(|(_, r)| r.len() != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "folders started more than once: {twice:?}"
+    );
+    eprintln!("completions by replica: {by_replica:?}");
+}
