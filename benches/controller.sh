@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Controller benchmark on PostgreSQL (not a test): convergence rate, wake-up latency, and the
+# plans and idle cost of the periodic queries with 1,000,000 rows in the table.
+#
+#   bash benches/controller.sh            # full run (about 5 minutes)
+#   bash benches/controller.sh --quick    # smaller numbers, for a smoke test
+#
+# It starts a private PostgreSQL instance (its own data directory and port, auto_explain
+# loaded so every statement the controller runs is logged with its EXPLAIN ANALYZE plan),
+# builds the release binary and runs benches/controller_bench.rs against it. The shared
+# server on 5432 is not touched. Results are printed as a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+work=$(mktemp -d /tmp/vfc-bench.XXXXXX)
+chown postgres:postgres "$work"
+port=$((20000 + RANDOM % 20000))
+cleanup() {
+  runuser -u postgres -- "$bin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+runuser -u postgres -- "$bin/initdb" -A trust -U postgres -D "$work/data" >/dev/null
+runuser -u postgres -- "$bin/pg_ctl" -D "$work/data" -w -l "$work/server.log" \
+  -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c shared_preload_libraries=auto_explain \
+      -c auto_explain.log_min_duration=0 -c auto_explain.log_analyze=on \
+      -c auto_explain.log_nested_statements=on -c fsync=on" start >/dev/null
+
+cargo build --release --bin vfolder-controller --quiet
+cargo bench --bench controller_bench --quiet -- \
+  --database-url "postgres://postgres@127.0.0.1:$port/postgres" \
+  --server-log "$work/server.log" \
+  --binary target/release/vfolder-controller \
+  --quick "$quick"
