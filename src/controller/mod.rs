@@ -229,6 +229,9 @@ impl Runner {
                         .health
                         .set_database_ok(false, Some(error.to_string()));
                     tracing::warn!(%error, failures = db_failures, "claiming failed; backing off");
+                    // The loop itself is alive and iterating; liveness must not restart the
+                    // process for a database outage (readiness reports that).
+                    self.ctx.health.pass_completed();
                 }
             }
             let total = self.ctx.config.max_concurrent_removals;
