@@ -1245,3 +1245,39 @@ async fn concurrent_claimants_never_claim_the_same_row_twice() {
     assert_eq!(unique.len(), all.len(), "a row was claimed twice");
     assert_eq!(all.len(), rows);
 }
+
+conformance!(the_database_has_the_last_word_on_transitions);
+
+/// When the database's table and the program disagree (a race with another writer, or a
+/// table edited by an operator), the trigger's rejection comes back as `IllegalTransition`.
+async fn the_database_has_the_last_word_on_transitions(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let folder = store
+        .create_folder(&new_folder("race", HOST), "alice")
+        .await
+        .unwrap();
+    raw.execute(
+        "DELETE FROM vfolder_status_transitions
+         WHERE from_status = 'ready' AND to_status = 'performing'",
+    )
+    .await
+    .unwrap();
+    let err = store
+        .set_status(&request(folder.id, Status::Performing, "perform"))
+        .await
+        .unwrap_err();
+    match err {
+        Error::IllegalTransition { id, source } => {
+            assert_eq!(id, folder.id);
+            assert_eq!(
+                (source.from, source.to),
+                (Status::Ready, Status::Performing)
+            );
+        }
+        other => panic!("expected IllegalTransition, got {other}"),
+    }
+    let detail = store.get_folder(folder.id).await.unwrap();
+    assert_eq!(detail.folder.status, Status::Ready);
+    assert_eq!(actions(&store, folder.id).await, ["create"]);
+}

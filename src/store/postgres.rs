@@ -525,7 +525,14 @@ impl Store for PgStore {
                                WHEN v.status = 'delete-pending' THEN 'move-to-trash'
                                ELSE 'restore' END AS kind
                    FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-                   WHERE v.host = ANY($1)
+                   WHERE v.id IN (
+                         -- One indexed branch per work kind; the full test follows.
+                         SELECT id FROM vfolders WHERE status = 'delete-ongoing'
+                         UNION ALL
+                         SELECT id FROM vfolders WHERE status = 'delete-pending' AND host = ANY($2)
+                         UNION ALL
+                         SELECT vfolder_id FROM vfolder_controller_state WHERE location = 'trash')
+                     AND v.host = ANY($1)
                      AND NOT (v.id = ANY($3))
                      AND (v.status = 'delete-ongoing'
                           OR (v.status = 'delete-pending' AND v.host = ANY($2)
@@ -744,12 +751,16 @@ impl Store for PgStore {
             "WITH due AS (
                  SELECT v.id FROM vfolders v
                  LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-                 WHERE v.status = 'delete-pending'
+                 WHERE v.id IN (
+                         -- One indexed branch per kind of deadline; the full test follows.
+                         SELECT id FROM vfolders WHERE status = 'delete-pending'
+                             AND status_changed <= now() - make_interval(secs => $1)
+                         UNION ALL
+                         SELECT vfolder_id FROM vfolder_controller_state WHERE purge_after <= now())
+                   AND v.status = 'delete-pending'
                    AND (s.purge_after <= now()
                         OR (s.purge_after IS NULL
-                            AND coalesce(v.status_changed, v.created_at)
-                                <= now() - make_interval(secs => $1)))
-                 ORDER BY v.status_changed
+                            AND v.status_changed <= now() - make_interval(secs => $1)))
                  LIMIT $2
                  FOR UPDATE OF v SKIP LOCKED
              ), moved AS (
@@ -777,9 +788,7 @@ impl Store for PgStore {
             "WITH due AS (
                  SELECT v.id FROM vfolders v
                  WHERE v.status = 'delete-complete'
-                   AND (v.status_changed <= now() - make_interval(secs => $1)
-                        OR (v.status_changed IS NULL
-                            AND v.created_at <= now() - make_interval(secs => $1)))
+                   AND v.status_changed <= now() - make_interval(secs => $1)
                  ORDER BY v.status_changed
                  LIMIT $2
                  FOR UPDATE OF v SKIP LOCKED

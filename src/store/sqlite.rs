@@ -793,9 +793,7 @@ impl Store for SqliteStore {
             "SELECT v.id FROM vfolders v
              LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
              WHERE v.status = 'delete-pending'
-               AND (s.purge_after <= $1
-                    OR (s.purge_after IS NULL AND coalesce(v.status_changed, v.created_at) <= $2))
-             ORDER BY v.status_changed
+               AND (s.purge_after <= $1 OR (s.purge_after IS NULL AND v.status_changed <= $2))
              LIMIT $3",
         )
         .bind(ts(Utc::now()))
@@ -839,7 +837,7 @@ impl Store for SqliteStore {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM vfolders
              WHERE status = 'delete-complete'
-               AND (status_changed <= $1 OR (status_changed IS NULL AND created_at <= $1))
+               AND status_changed <= $1
              ORDER BY status_changed
              LIMIT $2",
         )
