@@ -3,6 +3,7 @@
 //! [`run`] is the one place that wires configuration, logging, database and controller
 //! together, so the body can grow into the full controller without touching the CLI.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -62,7 +63,8 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // An error here only means a subscriber is already installed.
     let _ = match config.log.format {
         LogFormat::Json => builder.json().try_init(),
