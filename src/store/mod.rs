@@ -22,6 +22,9 @@ use uuid::Uuid;
 
 use crate::lifecycle::{IllegalTransition, Status};
 
+pub mod postgres;
+pub mod sqlite;
+
 /// Errors from the store. [`Error::is_transient`] tells the controller whether to retry.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -469,8 +472,212 @@ pub trait Store: Send + Sync + 'static {
     async fn subscribe(&self) -> Result<Option<EventStream>>;
 }
 
-/// Opens the database named by `url` (`postgres://…` or `sqlite://FILE`; the SQLite file is
-/// created when missing). Does not migrate.
+/// Opens the database named by `url` (`postgres://…`/`postgresql://…` or `sqlite://FILE`;
+/// the SQLite file is created when missing and opened in WAL mode with a busy timeout).
+/// Does not migrate.
 pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>> {
-    Err(Error::UnsupportedUrl(url.to_owned()))
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(postgres::PgStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::connect(url).await?,
+        ))
+    } else {
+        Err(Error::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+/// Wraps a sqlx error with the operation that failed.
+pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Database { context, source }
+}
+
+/// The prefix of the trigger's rejection message on both backends; the rest is
+/// `<from> -> <to>`.
+const TRIGGER_ILLEGAL_PREFIX: &str = "illegal vfolder status transition: ";
+
+/// The partial unique index reserving a name per owner (same name on both backends).
+const NAME_INDEX: &str = "vfolders_owner_name_live_key";
+
+/// Maps an error of a statement that writes a status or a name: the trigger's rejection
+/// (a concurrent writer changed the row between our check and our write) becomes
+/// [`Error::IllegalTransition`], the name index's violation [`Error::NameTaken`].
+pub(crate) fn write_err(
+    id: Uuid,
+    name: &str,
+    context: &'static str,
+) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| {
+        if let Some(dbe) = source.as_database_error() {
+            let msg = dbe.message();
+            if let Some(rest) = msg
+                .find(TRIGGER_ILLEGAL_PREFIX)
+                .map(|at| &msg[at + TRIGGER_ILLEGAL_PREFIX.len()..])
+            {
+                let mut parts = rest.split(" -> ");
+                let from = parts.next().and_then(|s| s.trim().parse::<Status>().ok());
+                let to = parts.next().and_then(|s| s.trim().parse::<Status>().ok());
+                if let (Some(from), Some(to)) = (from, to) {
+                    return Error::IllegalTransition {
+                        id,
+                        source: IllegalTransition { from, to },
+                    };
+                }
+            }
+            let names_index = dbe.constraint() == Some(NAME_INDEX) || msg.contains(NAME_INDEX);
+            if dbe.is_unique_violation() && names_index {
+                return Error::NameTaken {
+                    name: name.to_owned(),
+                };
+            }
+        }
+        Error::Database { context, source }
+    }
+}
+
+/// A decoding failure of a stored value, reported like a query failure.
+pub(crate) fn decode_err(context: &'static str, what: String) -> Error {
+    Error::Database {
+        context,
+        source: sqlx::Error::Decode(what.into()),
+    }
+}
+
+/// Parses a stored status text.
+pub(crate) fn parse_status(id: Uuid, text: &str) -> Result<Status> {
+    text.parse().map_err(|_| Error::UnknownStatus {
+        id,
+        status: text.to_owned(),
+    })
+}
+
+/// Parses a `status_history` JSON list.
+pub(crate) fn parse_history(value: serde_json::Value) -> Result<Vec<HistoryEntry>> {
+    serde_json::from_value(value)
+        .map_err(|e| decode_err("reading status_history", format!("status_history: {e}")))
+}
+
+/// Parses a stored location text.
+pub(crate) fn parse_location(text: &str) -> Result<Location> {
+    match text {
+        "live" => Ok(Location::Live),
+        "trash" => Ok(Location::Trash),
+        other => Err(decode_err(
+            "reading controller state",
+            format!("unknown location {other:?}"),
+        )),
+    }
+}
+
+impl Location {
+    /// The stored text.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Location::Live => "live",
+            Location::Trash => "trash",
+        }
+    }
+}
+
+impl WorkKind {
+    /// The text the claim queries compute (same as the serde name).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WorkKind::Remove => "remove",
+            WorkKind::MoveToTrash => "move-to-trash",
+            WorkKind::Restore => "restore",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self> {
+        [WorkKind::Remove, WorkKind::MoveToTrash, WorkKind::Restore]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+            .ok_or_else(|| {
+                decode_err(
+                    "claiming due folders",
+                    format!("unknown work kind {text:?}"),
+                )
+            })
+    }
+}
+
+/// Saturating `u64 → i64` for counters stored in signed 64-bit columns.
+pub(crate) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Clamping `i64 → u64` for counters read back.
+pub(crate) fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// One audit row to write; shared by both backends so every action records the same fields.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NewAudit<'a> {
+    pub vfolder_id: Uuid,
+    pub host: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub action: &'a str,
+    pub from_status: Option<&'a str>,
+    pub to_status: Option<&'a str>,
+    pub actor: Option<&'a str>,
+    pub replica: Option<&'a str>,
+    pub progress: Option<Progress>,
+    pub duration_ms: Option<i64>,
+    pub error: Option<&'a str>,
+}
+
+/// The audit action of a finished trash move or restore.
+pub(crate) fn location_action(location: Location) -> &'static str {
+    match location {
+        Location::Trash => "moved-to-trash",
+        Location::Live => "restored-from-trash",
+    }
+}
+
+/// Readiness: every embedded migration is applied with the same checksum.
+pub(crate) fn compare_migrations(
+    migrator: &sqlx::migrate::Migrator,
+    applied: &[(i64, Vec<u8>)],
+) -> Result<()> {
+    for m in migrator.iter() {
+        match applied.iter().find(|(v, _)| *v == m.version) {
+            None => {
+                return Err(Error::NotMigrated(format!(
+                    "migration {} ({}) is not applied",
+                    m.version, m.description
+                )));
+            }
+            Some((_, sum)) if sum.as_slice() != &*m.checksum => {
+                return Err(Error::NotMigrated(format!(
+                    "migration {} ({}) was applied with a different checksum",
+                    m.version, m.description
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the counts of known statuses; rows with an unknown status text are logged, not
+/// fatal, so one legacy row cannot break the metrics.
+pub(crate) fn known_counts(rows: Vec<(String, i64)>) -> Vec<(Status, i64)> {
+    rows.into_iter()
+        .filter_map(|(text, n)| match text.parse() {
+            Ok(status) => Some((status, n)),
+            Err(_) => {
+                tracing::warn!(status = text, rows = n, "vfolders with an unknown status");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The SLO gauge's ages from seconds (negative or missing: nothing is waiting, zero).
+pub(crate) fn ages(remove: Option<f64>, trash_timer: Option<f64>) -> Vec<(&'static str, Duration)> {
+    let age =
+        |s: Option<f64>| Duration::try_from_secs_f64(s.unwrap_or(0.0).max(0.0)).unwrap_or_default();
+    vec![("remove", age(remove)), ("trash-timer", age(trash_timer))]
 }

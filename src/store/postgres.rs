@@ -1,0 +1,857 @@
+//! The PostgreSQL store: production backend, safe for several replicas at once.
+//!
+//! Claims use `FOR UPDATE OF v SKIP LOCKED` and an upsert of the controller state whose
+//! `WHERE` guard re-checks the lease on the latest row version, so two replicas racing for
+//! the same row under READ COMMITTED cannot both win: the loser's upsert updates nothing and
+//! returns nothing. Status writes set the transaction-local `vfolder.actor` before updating,
+//! so the trigger records who made the change.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::{
+    AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, ControllerState, EVENT_CHANNEL,
+    Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, Progress, Result,
+    StatusChange, StatusEvent, StatusRequest, Store, WorkKind, db, parse_history, parse_location,
+    parse_status, to_i64, to_u64, write_err,
+};
+use crate::lifecycle::Status;
+
+/// The embedded PostgreSQL migrations (`migrations/postgres`).
+pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Columns of a [`Folder`], from `vfolders v`.
+macro_rules! folder_columns {
+    () => {
+        r#"v.id, v.host, v.quota_scope_id, v.name, v."user", v."group", v.ownership_type,
+           v.status, v.status_changed, v.created_at"#
+    };
+}
+
+/// Columns of a [`ControllerState`], from `vfolder_controller_state s`.
+macro_rules! state_columns {
+    () => {
+        r#"s.vfolder_id AS s_id, s.attempts, s.next_attempt_at, s.last_error, s.lease_owner,
+           s.lease_expires_at, s.files, s.dirs, s.symlinks, s.bytes, s.location, s.purge_after"#
+    };
+}
+
+/// The PostgreSQL implementation of [`Store`].
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects a pool to `url` (does not migrate).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(db("connecting to PostgreSQL"))?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool, for callers that need raw SQL (tests, the CLI's `sql` helpers).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn folder_from_row(row: &PgRow) -> Result<Folder> {
+    let ctx = "reading a vfolder row";
+    let id: Uuid = row.try_get("id").map_err(db(ctx))?;
+    let status: String = row.try_get("status").map_err(db(ctx))?;
+    Ok(Folder {
+        id,
+        host: row.try_get("host").map_err(db(ctx))?,
+        quota_scope_id: row.try_get("quota_scope_id").map_err(db(ctx))?,
+        name: row.try_get("name").map_err(db(ctx))?,
+        user: row.try_get("user").map_err(db(ctx))?,
+        group: row.try_get("group").map_err(db(ctx))?,
+        ownership_type: row.try_get("ownership_type").map_err(db(ctx))?,
+        status: parse_status(id, &status)?,
+        status_changed: row.try_get("status_changed").map_err(db(ctx))?,
+        created_at: row.try_get("created_at").map_err(db(ctx))?,
+    })
+}
+
+fn progress_from_row(row: &PgRow, ctx: &'static str) -> Result<Progress> {
+    let get = |c: &str| -> Result<u64> {
+        let v: Option<i64> = row.try_get(c).map_err(db(ctx))?;
+        Ok(v.map_or(0, to_u64))
+    };
+    Ok(Progress {
+        files: get("files")?,
+        dirs: get("dirs")?,
+        symlinks: get("symlinks")?,
+        bytes: get("bytes")?,
+    })
+}
+
+fn state_from_row(row: &PgRow) -> Result<Option<ControllerState>> {
+    let ctx = "reading controller state";
+    let id: Option<Uuid> = row.try_get("s_id").map_err(db(ctx))?;
+    if id.is_none() {
+        return Ok(None);
+    }
+    let attempts: i32 = row.try_get("attempts").map_err(db(ctx))?;
+    let location: String = row.try_get("location").map_err(db(ctx))?;
+    Ok(Some(ControllerState {
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        next_attempt_at: row.try_get("next_attempt_at").map_err(db(ctx))?,
+        last_error: row.try_get("last_error").map_err(db(ctx))?,
+        lease_owner: row.try_get("lease_owner").map_err(db(ctx))?,
+        lease_expires_at: row.try_get("lease_expires_at").map_err(db(ctx))?,
+        progress: progress_from_row(row, ctx)?,
+        location: parse_location(&location)?,
+        purge_after: row.try_get("purge_after").map_err(db(ctx))?,
+    }))
+}
+
+fn audit_from_row(row: &PgRow) -> Result<AuditEntry> {
+    let ctx = "reading the audit log";
+    let files: Option<i64> = row.try_get("files").map_err(db(ctx))?;
+    Ok(AuditEntry {
+        seq: row.try_get("seq").map_err(db(ctx))?,
+        at: row.try_get("at").map_err(db(ctx))?,
+        vfolder_id: row.try_get("vfolder_id").map_err(db(ctx))?,
+        host: row.try_get("host").map_err(db(ctx))?,
+        name: row.try_get("name").map_err(db(ctx))?,
+        action: row.try_get("action").map_err(db(ctx))?,
+        from_status: row.try_get("from_status").map_err(db(ctx))?,
+        to_status: row.try_get("to_status").map_err(db(ctx))?,
+        actor: row.try_get("actor").map_err(db(ctx))?,
+        replica: row.try_get("replica").map_err(db(ctx))?,
+        progress: match files {
+            Some(_) => Some(progress_from_row(row, ctx)?),
+            None => None,
+        },
+        duration_ms: row.try_get("duration_ms").map_err(db(ctx))?,
+        error: row.try_get("error").map_err(db(ctx))?,
+    })
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+async fn insert_audit(conn: &mut PgConnection, a: &NewAudit<'_>) -> Result<()> {
+    let p = a.progress;
+    sqlx::query(
+        "INSERT INTO vfolder_audit (vfolder_id, host, name, action, from_status, to_status, actor,
+             replica, files, dirs, symlinks, bytes, duration_ms, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(a.vfolder_id)
+    .bind(a.host)
+    .bind(a.name)
+    .bind(a.action)
+    .bind(a.from_status)
+    .bind(a.to_status)
+    .bind(a.actor)
+    .bind(a.replica)
+    .bind(p.map(|p| to_i64(p.files)))
+    .bind(p.map(|p| to_i64(p.dirs)))
+    .bind(p.map(|p| to_i64(p.symlinks)))
+    .bind(p.map(|p| to_i64(p.bytes)))
+    .bind(a.duration_ms)
+    .bind(a.error)
+    .execute(conn)
+    .await
+    .map_err(db("writing the audit log"))?;
+    Ok(())
+}
+
+/// Sets the actor the trigger records, for the rest of the transaction.
+async fn set_actor(conn: &mut PgConnection, actor: &str) -> Result<()> {
+    sqlx::query("SELECT set_config('vfolder.actor', $1, true)")
+        .bind(actor)
+        .execute(conn)
+        .await
+        .map_err(db("setting the actor"))?;
+    Ok(())
+}
+
+/// The locked row of a folder: (status, host, name).
+async fn lock_folder(conn: &mut PgConnection, id: Uuid) -> Result<(Status, String, String)> {
+    let row = sqlx::query("SELECT status, host, name FROM vfolders WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .map_err(db("locking a vfolder row"))?
+        .ok_or(Error::NotFound(id))?;
+    let status: String = row.get("status");
+    Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
+}
+
+/// Locks a folder whose lease `owner` holds: (status, host, name), or `None`.
+async fn lock_leased(
+    conn: &mut PgConnection,
+    id: Uuid,
+    owner: &str,
+) -> Result<Option<(Status, String, String)>> {
+    let row = sqlx::query(
+        "SELECT v.status, v.host, v.name FROM vfolders v
+         JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+         WHERE v.id = $1 AND s.lease_owner = $2 FOR UPDATE OF v, s",
+    )
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(conn)
+    .await
+    .map_err(db("locking a leased vfolder row"))?;
+    row.map(|row| {
+        let status: String = row.get("status");
+        Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
+    })
+    .transpose()
+}
+
+async fn write_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+    name: &str,
+    to: Status,
+    actor: &str,
+) -> Result<()> {
+    set_actor(&mut *conn, actor).await?;
+    sqlx::query("UPDATE vfolders SET status = $2 WHERE id = $1")
+        .bind(id)
+        .bind(to.as_str())
+        .execute(conn)
+        .await
+        .map_err(write_err(id, name, "writing a vfolder status"))?;
+    Ok(())
+}
+
+/// The lease-guarded end of a removal: `delete-ongoing → to`, state updated, one audit row.
+async fn finish_removal(
+    pool: &PgPool,
+    id: Uuid,
+    owner: &str,
+    to: Status,
+    audit: NewAudit<'_>,
+) -> Result<bool> {
+    let mut tx = pool.begin().await.map_err(db("starting a transaction"))?;
+    let Some((status, host, name)) = lock_leased(&mut tx, id, owner).await? else {
+        return Ok(false);
+    };
+    if status != Status::DeleteOngoing {
+        return Ok(false);
+    }
+    write_status(&mut tx, id, &name, to, owner).await?;
+    let p = audit.progress.unwrap_or_default();
+    sqlx::query(
+        "UPDATE vfolder_controller_state SET lease_owner = NULL, lease_expires_at = NULL,
+             attempts = CASE WHEN $2 THEN 0 ELSE attempts END,
+             next_attempt_at = NULL, last_error = $3,
+             files = $4, dirs = $5, symlinks = $6, bytes = $7, updated_at = now()
+         WHERE vfolder_id = $1",
+    )
+    .bind(id)
+    .bind(to == Status::DeleteComplete)
+    .bind(audit.error)
+    .bind(to_i64(p.files))
+    .bind(to_i64(p.dirs))
+    .bind(to_i64(p.symlinks))
+    .bind(to_i64(p.bytes))
+    .execute(&mut *tx)
+    .await
+    .map_err(db("updating controller state"))?;
+    insert_audit(
+        &mut tx,
+        &NewAudit {
+            host: Some(&host),
+            name: Some(&name),
+            from_status: Some(Status::DeleteOngoing.as_str()),
+            to_status: Some(to.as_str()),
+            actor: Some(owner),
+            replica: Some(owner),
+            ..audit
+        },
+    )
+    .await?;
+    tx.commit()
+        .await
+        .map_err(db("committing a removal result"))?;
+    Ok(true)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn check_ready(&self) -> Result<()> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("checking the database"))?;
+        if !exists {
+            return Err(Error::NotMigrated("no migration has been applied".into()));
+        }
+        let applied: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading applied migrations"))?;
+        super::compare_migrations(&MIGRATOR, &applied)
+    }
+
+    async fn create_folder(&self, new: &NewFolder, actor: &str) -> Result<Folder> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        set_actor(&mut tx, actor).await?;
+        let row = sqlx::query(concat!(
+            r#"INSERT INTO vfolders AS v (id, host, quota_scope_id, name, "user", "group", ownership_type)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING "#,
+            folder_columns!()
+        ))
+        .bind(new.id)
+        .bind(&new.host)
+        .bind(&new.quota_scope_id)
+        .bind(&new.name)
+        .bind(new.user)
+        .bind(new.group)
+        .bind(&new.ownership_type)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(write_err(new.id, &new.name, "inserting a vfolder"))?;
+        let folder = folder_from_row(&row)?;
+        insert_audit(
+            &mut tx,
+            &NewAudit {
+                vfolder_id: new.id,
+                host: Some(&new.host),
+                name: Some(&new.name),
+                action: "create",
+                to_status: Some(folder.status.as_str()),
+                actor: Some(actor),
+                ..NewAudit::default()
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db("committing a new vfolder"))?;
+        Ok(folder)
+    }
+
+    async fn get_folder(&self, id: Uuid) -> Result<FolderDetail> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            folder_columns!(),
+            ", v.status_history, ",
+            state_columns!(),
+            " FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+              WHERE v.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a vfolder"))?
+        .ok_or(Error::NotFound(id))?;
+        let history: serde_json::Value = row
+            .try_get("status_history")
+            .map_err(db("reading status_history"))?;
+        Ok(FolderDetail {
+            folder: folder_from_row(&row)?,
+            history: parse_history(history)?,
+            state: state_from_row(&row)?,
+        })
+    }
+
+    async fn list_folders(&self, statuses: &[Status]) -> Result<Vec<Folder>> {
+        let wanted: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            folder_columns!(),
+            " FROM vfolders v WHERE v.status = ANY($1) ORDER BY v.created_at, v.id"
+        ))
+        .bind(&wanted)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing vfolders"))?;
+        rows.iter().map(folder_from_row).collect()
+    }
+
+    async fn set_status(&self, req: &StatusRequest) -> Result<StatusChange> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let (from, host, name) = lock_folder(&mut tx, req.id).await?;
+        from.transition_to(req.to)
+            .map_err(|source| Error::IllegalTransition { id: req.id, source })?;
+        let change = StatusChange {
+            id: req.id,
+            from,
+            to: req.to,
+            changed: from != req.to,
+        };
+        if !change.changed {
+            return Ok(change);
+        }
+        write_status(&mut tx, req.id, &name, req.to, &req.actor).await?;
+        // The trash timer reads purge_after; a restore forgets it, a retry starts counting
+        // attempts afresh (the operator fixed the cause).
+        sqlx::query(
+            "INSERT INTO vfolder_controller_state (vfolder_id, purge_after)
+             VALUES ($1, CASE WHEN $2 = 'delete-pending' THEN $4::timestamptz END)
+             ON CONFLICT (vfolder_id) DO UPDATE SET
+                 purge_after = CASE WHEN $2 = 'delete-pending' THEN $4::timestamptz
+                                    WHEN $2 = 'ready' THEN NULL
+                                    ELSE vfolder_controller_state.purge_after END,
+                 attempts = CASE WHEN $3 = 'delete-error' THEN 0
+                                 ELSE vfolder_controller_state.attempts END,
+                 next_attempt_at = CASE WHEN $3 = 'delete-error' THEN NULL
+                                        ELSE vfolder_controller_state.next_attempt_at END,
+                 updated_at = now()",
+        )
+        .bind(req.id)
+        .bind(req.to.as_str())
+        .bind(from.as_str())
+        .bind(req.purge_after)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("updating controller state"))?;
+        insert_audit(
+            &mut tx,
+            &NewAudit {
+                vfolder_id: req.id,
+                host: Some(&host),
+                name: Some(&name),
+                action: req.action,
+                from_status: Some(from.as_str()),
+                to_status: Some(req.to.as_str()),
+                actor: Some(&req.actor),
+                ..NewAudit::default()
+            },
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(db("committing a status change"))?;
+        Ok(change)
+    }
+
+    async fn forget(&self, id: Uuid, actor: &str) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let (status, host, name) = lock_folder(&mut tx, id).await?;
+        if status != Status::DeleteError {
+            return Err(Error::NotForgettable { id, status });
+        }
+        sqlx::query("DELETE FROM vfolders WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting a vfolder row"))?;
+        insert_audit(
+            &mut tx,
+            &NewAudit {
+                vfolder_id: id,
+                host: Some(&host),
+                name: Some(&name),
+                action: "forget",
+                from_status: Some(status.as_str()),
+                actor: Some(actor),
+                ..NewAudit::default()
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db("committing forget"))?;
+        Ok(())
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (
+                 SELECT * FROM vfolder_audit
+                 WHERE ($1::uuid IS NULL OR vfolder_id = $1)
+                   AND ($2::timestamptz IS NULL OR at >= $2)
+                 ORDER BY seq DESC LIMIT $3) AS newest
+             ORDER BY seq",
+        )
+        .bind(filter.id)
+        .bind(filter.since)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading the audit log"))?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn status_counts(&self) -> Result<Vec<(Status, i64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM vfolders GROUP BY status ORDER BY status")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("counting vfolders per status"))?;
+        Ok(super::known_counts(rows))
+    }
+
+    async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>> {
+        let rows = sqlx::query(concat!(
+            r#"WITH due AS (
+                   SELECT v.id, s.lease_owner AS prev_owner,
+                          CASE WHEN v.status = 'delete-ongoing' THEN 'remove'
+                               WHEN v.status = 'delete-pending' THEN 'move-to-trash'
+                               ELSE 'restore' END AS kind
+                   FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+                   WHERE v.host = ANY($1)
+                     AND NOT (v.id = ANY($3))
+                     AND (v.status = 'delete-ongoing'
+                          OR (v.status = 'delete-pending' AND v.host = ANY($2)
+                              AND coalesce(s.location, 'live') = 'live')
+                          OR (v.status = 'ready' AND v.host = ANY($2) AND s.location = 'trash'))
+                     AND (s.lease_owner IS NULL OR s.lease_expires_at < now())
+                     AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
+                   ORDER BY v.status_changed NULLS FIRST, v.id
+                   LIMIT $4
+                   FOR UPDATE OF v SKIP LOCKED
+               ), claimed AS (
+                   INSERT INTO vfolder_controller_state AS s
+                       (vfolder_id, lease_owner, lease_expires_at, updated_at)
+                   SELECT id, $5, now() + make_interval(secs => $6), now() FROM due
+                   ON CONFLICT (vfolder_id) DO UPDATE SET
+                       lease_owner = excluded.lease_owner,
+                       lease_expires_at = excluded.lease_expires_at,
+                       updated_at = now()
+                   WHERE (s.lease_owner IS NULL OR s.lease_expires_at < now())
+                     AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
+                   RETURNING s.vfolder_id, s.attempts, s.location
+               )
+               SELECT "#,
+            folder_columns!(),
+            r#", c.attempts, c.location, d.kind, d.prev_owner
+               FROM claimed c JOIN due d ON d.id = c.vfolder_id JOIN vfolders v ON v.id = c.vfolder_id
+               ORDER BY v.status_changed NULLS FIRST, v.id"#
+        ))
+        .bind(&req.hosts)
+        .bind(&req.move_hosts)
+        .bind(&req.exclude)
+        .bind(i64::from(req.limit))
+        .bind(&req.owner)
+        .bind(secs(req.lease))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("claiming due folders"))?;
+        rows.iter()
+            .map(|row| {
+                let ctx = "claiming due folders";
+                let attempts: i32 = row.try_get("attempts").map_err(db(ctx))?;
+                let location: String = row.try_get("location").map_err(db(ctx))?;
+                let kind: String = row.try_get("kind").map_err(db(ctx))?;
+                Ok(Claim {
+                    folder: folder_from_row(row)?,
+                    kind: WorkKind::parse(&kind)?,
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    location: parse_location(&location)?,
+                    reclaimed_from: row.try_get("prev_owner").map_err(db(ctx))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn renew_lease(
+        &self,
+        id: Uuid,
+        owner: &str,
+        lease: Duration,
+        progress: Progress,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE vfolder_controller_state
+             SET lease_expires_at = now() + make_interval(secs => $3),
+                 files = $4, dirs = $5, symlinks = $6, bytes = $7, updated_at = now()
+             WHERE vfolder_id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(secs(lease))
+        .bind(to_i64(progress.files))
+        .bind(to_i64(progress.dirs))
+        .bind(to_i64(progress.symlinks))
+        .bind(to_i64(progress.bytes))
+        .execute(&self.pool)
+        .await
+        .map_err(db("renewing a lease"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, id: Uuid, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE vfolder_controller_state
+             SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE vfolder_id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing a lease"))?;
+        Ok(())
+    }
+
+    async fn release_all_leases(&self, owner: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE vfolder_controller_state
+             SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing leases"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn complete_removal(&self, id: Uuid, owner: &str, done: &Completion) -> Result<bool> {
+        finish_removal(
+            &self.pool,
+            id,
+            owner,
+            Status::DeleteComplete,
+            NewAudit {
+                vfolder_id: id,
+                action: "removed",
+                progress: Some(done.progress),
+                duration_ms: Some(i64::try_from(done.duration.as_millis()).unwrap_or(i64::MAX)),
+                ..NewAudit::default()
+            },
+        )
+        .await
+    }
+
+    async fn record_retry(
+        &self,
+        id: Uuid,
+        owner: &str,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<Option<u32>> {
+        let attempts: Option<i32> = sqlx::query_scalar(
+            "UPDATE vfolder_controller_state
+             SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4,
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE vfolder_id = $1 AND lease_owner = $2
+             RETURNING attempts",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(next_attempt_at)
+        .bind(error)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("recording a retry"))?;
+        Ok(attempts.map(|a| u32::try_from(a).unwrap_or(0)))
+    }
+
+    async fn fail_removal(&self, id: Uuid, owner: &str, error: &str) -> Result<bool> {
+        finish_removal(
+            &self.pool,
+            id,
+            owner,
+            Status::DeleteError,
+            NewAudit {
+                vfolder_id: id,
+                action: "remove-failed",
+                error: Some(error),
+                ..NewAudit::default()
+            },
+        )
+        .await
+    }
+
+    async fn record_location(&self, id: Uuid, owner: &str, location: Location) -> Result<bool> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let Some((status, host, name)) = lock_leased(&mut tx, id, owner).await? else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "UPDATE vfolder_controller_state
+             SET location = $2, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE vfolder_id = $1",
+        )
+        .bind(id)
+        .bind(location.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording a location"))?;
+        insert_audit(
+            &mut tx,
+            &NewAudit {
+                vfolder_id: id,
+                host: Some(&host),
+                name: Some(&name),
+                action: super::location_action(location),
+                from_status: Some(status.as_str()),
+                to_status: Some(status.as_str()),
+                actor: Some(owner),
+                replica: Some(owner),
+                ..NewAudit::default()
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db("committing a location"))?;
+        Ok(true)
+    }
+
+    async fn purge_expired_trash(
+        &self,
+        retention: Duration,
+        actor: &str,
+        limit: u32,
+    ) -> Result<u64> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        set_actor(&mut tx, actor).await?;
+        let done = sqlx::query(
+            "WITH due AS (
+                 SELECT v.id FROM vfolders v
+                 LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+                 WHERE v.status = 'delete-pending'
+                   AND (s.purge_after <= now()
+                        OR (s.purge_after IS NULL
+                            AND coalesce(v.status_changed, v.created_at)
+                                <= now() - make_interval(secs => $1)))
+                 ORDER BY v.status_changed
+                 LIMIT $2
+                 FOR UPDATE OF v SKIP LOCKED
+             ), moved AS (
+                 UPDATE vfolders v SET status = 'delete-ongoing'
+                 FROM due WHERE v.id = due.id AND v.status = 'delete-pending'
+                 RETURNING v.id, v.host, v.name
+             )
+             INSERT INTO vfolder_audit (vfolder_id, host, name, action, from_status, to_status, actor)
+             SELECT id, host, name, 'trash-timer', 'delete-pending', 'delete-ongoing', $3 FROM moved",
+        )
+        .bind(secs(retention))
+        .bind(i64::from(limit))
+        .bind(actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("purging expired trash"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing the trash timer"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn clean_history(&self, retention: Duration, actor: &str, limit: u32) -> Result<u64> {
+        let done = sqlx::query(
+            "WITH due AS (
+                 SELECT v.id FROM vfolders v
+                 WHERE v.status = 'delete-complete'
+                   AND (v.status_changed <= now() - make_interval(secs => $1)
+                        OR (v.status_changed IS NULL
+                            AND v.created_at <= now() - make_interval(secs => $1)))
+                 ORDER BY v.status_changed
+                 LIMIT $2
+                 FOR UPDATE OF v SKIP LOCKED
+             ), gone AS (
+                 DELETE FROM vfolders v USING due
+                 WHERE v.id = due.id AND v.status = 'delete-complete'
+                 RETURNING v.id, v.host, v.name
+             )
+             INSERT INTO vfolder_audit (vfolder_id, host, name, action, from_status, actor)
+             SELECT id, host, name, 'history-cleanup', 'delete-complete', $3 FROM gone",
+        )
+        .bind(secs(retention))
+        .bind(i64::from(limit))
+        .bind(actor)
+        .execute(&self.pool)
+        .await
+        .map_err(db("cleaning history"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn oldest_unconverged(
+        &self,
+        trash_retention: Duration,
+    ) -> Result<Vec<(&'static str, Duration)>> {
+        let (remove, timer): (Option<f64>, Option<f64>) = sqlx::query_as(
+            "SELECT
+                 (SELECT extract(epoch FROM now() - min(coalesce(status_changed, created_at)))::float8
+                  FROM vfolders WHERE status = 'delete-ongoing'),
+                 (SELECT extract(epoch FROM now() - min(coalesce(s.purge_after,
+                          coalesce(v.status_changed, v.created_at) + make_interval(secs => $1))))::float8
+                  FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+                  WHERE v.status = 'delete-pending')",
+        )
+        .bind(secs(trash_retention))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("measuring unconverged age"))?;
+        Ok(super::ages(remove, timer))
+    }
+
+    async fn subscribe(&self) -> Result<Option<EventStream>> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db("connecting the listener"))?;
+        listener
+            .listen(EVENT_CHANNEL)
+            .await
+            .map_err(db("listening for status events"))?;
+        // try_recv reports a lost connection as Ok(None) instead of reconnecting silently;
+        // the stream then yields one Err and ends, and the caller resubscribes.
+        let stream = futures::stream::unfold(Some(listener), |state| async move {
+            let mut listener = state?;
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => match serde_json::from_str::<StatusEvent>(n.payload()) {
+                        Ok(event) => return Some((Ok(event), Some(listener))),
+                        Err(e) => {
+                            tracing::warn!(payload = n.payload(), error = %e,
+                                "ignoring a malformed status event");
+                        }
+                    },
+                    Ok(None) => {
+                        let lost = sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "listener connection lost",
+                        ));
+                        return Some((Err(db("listening for status events")(lost)), None));
+                    }
+                    Err(e) => return Some((Err(db("listening for status events")(e)), None)),
+                }
+            }
+        });
+        Ok(Some(stream.boxed()))
+    }
+}

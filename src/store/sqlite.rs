@@ -1,0 +1,904 @@
+//! The SQLite store: the embedded single-process default.
+//!
+//! Representation (see `migrations/sqlite`): uuids are lowercase hyphenated text, timestamps
+//! are UTC ISO-8601 text with exactly three fractional digits (`2026-11-27T19:25:12.123Z`),
+//! so text order is time order. Every write runs in a `BEGIN IMMEDIATE` transaction, which
+//! takes SQLite's single write lock up front: a claim's read and its lease write cannot be
+//! interleaved with another writer's, so claims need no `SKIP LOCKED`. The trigger reads the
+//! actor from the `vfolder_actor` row this module writes and deletes inside the transaction.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use uuid::Uuid;
+
+use super::{
+    AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, ControllerState, Error, EventStream,
+    Folder, FolderDetail, Location, NewAudit, NewFolder, Progress, Result, StatusChange,
+    StatusRequest, Store, WorkKind, db, decode_err, parse_history, parse_location, parse_status,
+    to_i64, to_u64, write_err,
+};
+use crate::lifecycle::Status;
+
+/// The embedded SQLite migrations (`migrations/sqlite`).
+pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Columns of a [`Folder`], from `vfolders v`.
+macro_rules! folder_columns {
+    () => {
+        r#"v.id, v.host, v.quota_scope_id, v.name, v."user", v."group", v.ownership_type,
+           v.status, v.status_changed, v.created_at"#
+    };
+}
+
+/// The stored form of a timestamp (fixed precision, so text order is time order).
+pub fn ts(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| decode_err("reading a timestamp", format!("timestamp {text:?}: {e}")))
+}
+
+fn parse_opt_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
+    text.as_deref().map(parse_ts).transpose()
+}
+
+fn parse_uuid(text: &str) -> Result<Uuid> {
+    Uuid::from_str(text).map_err(|e| decode_err("reading a uuid", format!("uuid {text:?}: {e}")))
+}
+
+fn parse_opt_uuid(text: Option<String>) -> Result<Option<Uuid>> {
+    text.as_deref().map(parse_uuid).transpose()
+}
+
+fn after(d: Duration) -> String {
+    ts(Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+}
+
+fn before(d: Duration) -> String {
+    ts(Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+}
+
+fn json_list<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// The SQLite implementation of [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file of a `sqlite://FILE` URL, in WAL mode
+    /// with a 5 s busy timeout and foreign keys on. Does not migrate.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(db("parsing the SQLite URL"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db("opening the SQLite database"))?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool, for callers that need raw SQL.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a write transaction"))
+    }
+}
+
+fn folder_from_row(row: &SqliteRow) -> Result<Folder> {
+    let ctx = "reading a vfolder row";
+    let id = parse_uuid(&row.try_get::<String, _>("id").map_err(db(ctx))?)?;
+    let status: String = row.try_get("status").map_err(db(ctx))?;
+    Ok(Folder {
+        id,
+        host: row.try_get("host").map_err(db(ctx))?,
+        quota_scope_id: row.try_get("quota_scope_id").map_err(db(ctx))?,
+        name: row.try_get("name").map_err(db(ctx))?,
+        user: parse_opt_uuid(row.try_get("user").map_err(db(ctx))?)?,
+        group: parse_opt_uuid(row.try_get("group").map_err(db(ctx))?)?,
+        ownership_type: row.try_get("ownership_type").map_err(db(ctx))?,
+        status: parse_status(id, &status)?,
+        status_changed: parse_opt_ts(row.try_get("status_changed").map_err(db(ctx))?)?,
+        created_at: parse_ts(&row.try_get::<String, _>("created_at").map_err(db(ctx))?)?,
+    })
+}
+
+fn progress_from_row(row: &SqliteRow, ctx: &'static str) -> Result<Progress> {
+    let get = |c: &str| -> Result<u64> {
+        let v: Option<i64> = row.try_get(c).map_err(db(ctx))?;
+        Ok(v.map_or(0, to_u64))
+    };
+    Ok(Progress {
+        files: get("files")?,
+        dirs: get("dirs")?,
+        symlinks: get("symlinks")?,
+        bytes: get("bytes")?,
+    })
+}
+
+fn state_from_row(row: &SqliteRow) -> Result<Option<ControllerState>> {
+    let ctx = "reading controller state";
+    let id: Option<String> = row.try_get("s_id").map_err(db(ctx))?;
+    if id.is_none() {
+        return Ok(None);
+    }
+    let attempts: i64 = row.try_get("attempts").map_err(db(ctx))?;
+    let location: String = row.try_get("location").map_err(db(ctx))?;
+    Ok(Some(ControllerState {
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        next_attempt_at: parse_opt_ts(row.try_get("next_attempt_at").map_err(db(ctx))?)?,
+        last_error: row.try_get("last_error").map_err(db(ctx))?,
+        lease_owner: row.try_get("lease_owner").map_err(db(ctx))?,
+        lease_expires_at: parse_opt_ts(row.try_get("lease_expires_at").map_err(db(ctx))?)?,
+        progress: progress_from_row(row, ctx)?,
+        location: parse_location(&location)?,
+        purge_after: parse_opt_ts(row.try_get("purge_after").map_err(db(ctx))?)?,
+    }))
+}
+
+fn audit_from_row(row: &SqliteRow) -> Result<AuditEntry> {
+    let ctx = "reading the audit log";
+    let files: Option<i64> = row.try_get("files").map_err(db(ctx))?;
+    Ok(AuditEntry {
+        seq: row.try_get("seq").map_err(db(ctx))?,
+        at: parse_ts(&row.try_get::<String, _>("at").map_err(db(ctx))?)?,
+        vfolder_id: parse_uuid(&row.try_get::<String, _>("vfolder_id").map_err(db(ctx))?)?,
+        host: row.try_get("host").map_err(db(ctx))?,
+        name: row.try_get("name").map_err(db(ctx))?,
+        action: row.try_get("action").map_err(db(ctx))?,
+        from_status: row.try_get("from_status").map_err(db(ctx))?,
+        to_status: row.try_get("to_status").map_err(db(ctx))?,
+        actor: row.try_get("actor").map_err(db(ctx))?,
+        replica: row.try_get("replica").map_err(db(ctx))?,
+        progress: match files {
+            Some(_) => Some(progress_from_row(row, ctx)?),
+            None => None,
+        },
+        duration_ms: row.try_get("duration_ms").map_err(db(ctx))?,
+        error: row.try_get("error").map_err(db(ctx))?,
+    })
+}
+
+async fn insert_audit(conn: &mut SqliteConnection, a: &NewAudit<'_>) -> Result<()> {
+    let p = a.progress;
+    sqlx::query(
+        "INSERT INTO vfolder_audit (vfolder_id, host, name, action, from_status, to_status, actor,
+             replica, files, dirs, symlinks, bytes, duration_ms, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(a.vfolder_id.to_string())
+    .bind(a.host)
+    .bind(a.name)
+    .bind(a.action)
+    .bind(a.from_status)
+    .bind(a.to_status)
+    .bind(a.actor)
+    .bind(a.replica)
+    .bind(p.map(|p| to_i64(p.files)))
+    .bind(p.map(|p| to_i64(p.dirs)))
+    .bind(p.map(|p| to_i64(p.symlinks)))
+    .bind(p.map(|p| to_i64(p.bytes)))
+    .bind(a.duration_ms)
+    .bind(a.error)
+    .execute(conn)
+    .await
+    .map_err(db("writing the audit log"))?;
+    Ok(())
+}
+
+/// Sets the actor the triggers record until [`clear_actor`] (same transaction).
+async fn set_actor(conn: &mut SqliteConnection, actor: &str) -> Result<()> {
+    sqlx::query("INSERT OR REPLACE INTO vfolder_actor (id, actor) VALUES (1, $1)")
+        .bind(actor)
+        .execute(conn)
+        .await
+        .map_err(db("setting the actor"))?;
+    Ok(())
+}
+
+/// Removes the actor row before commit, so it never leaks to a later writer.
+async fn clear_actor(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query("DELETE FROM vfolder_actor")
+        .execute(conn)
+        .await
+        .map_err(db("clearing the actor"))?;
+    Ok(())
+}
+
+async fn read_folder(conn: &mut SqliteConnection, id: Uuid) -> Result<(Status, String, String)> {
+    let row = sqlx::query("SELECT status, host, name FROM vfolders WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await
+        .map_err(db("reading a vfolder row"))?
+        .ok_or(Error::NotFound(id))?;
+    let status: String = row.get("status");
+    Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
+}
+
+async fn read_leased(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    owner: &str,
+) -> Result<Option<(Status, String, String)>> {
+    let row = sqlx::query(
+        "SELECT v.status, v.host, v.name FROM vfolders v
+         JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+         WHERE v.id = $1 AND s.lease_owner = $2",
+    )
+    .bind(id.to_string())
+    .bind(owner)
+    .fetch_optional(conn)
+    .await
+    .map_err(db("reading a leased vfolder row"))?;
+    row.map(|row| {
+        let status: String = row.get("status");
+        Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
+    })
+    .transpose()
+}
+
+async fn write_status(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    name: &str,
+    to: Status,
+    actor: &str,
+) -> Result<()> {
+    set_actor(&mut *conn, actor).await?;
+    sqlx::query("UPDATE vfolders SET status = $2 WHERE id = $1")
+        .bind(id.to_string())
+        .bind(to.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(write_err(id, name, "writing a vfolder status"))?;
+    clear_actor(conn).await
+}
+
+impl SqliteStore {
+    /// The lease-guarded end of a removal: `delete-ongoing → to`, state updated, one audit
+    /// row.
+    async fn finish_removal(
+        &self,
+        id: Uuid,
+        owner: &str,
+        to: Status,
+        audit: NewAudit<'_>,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let Some((status, host, name)) = read_leased(&mut tx, id, owner).await? else {
+            return Ok(false);
+        };
+        if status != Status::DeleteOngoing {
+            return Ok(false);
+        }
+        write_status(&mut tx, id, &name, to, owner).await?;
+        let p = audit.progress.unwrap_or_default();
+        sqlx::query(
+            "UPDATE vfolder_controller_state SET lease_owner = NULL, lease_expires_at = NULL,
+                 attempts = CASE WHEN $2 THEN 0 ELSE attempts END,
+                 next_attempt_at = NULL, last_error = $3,
+                 files = $4, dirs = $5, symlinks = $6, bytes = $7, updated_at = $8
+             WHERE vfolder_id = $1",
+        )
+        .bind(id.to_string())
+        .bind(to == Status::DeleteComplete)
+        .bind(audit.error)
+        .bind(to_i64(p.files))
+        .bind(to_i64(p.dirs))
+        .bind(to_i64(p.symlinks))
+        .bind(to_i64(p.bytes))
+        .bind(ts(Utc::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("updating controller state"))?;
+        insert_audit(
+            &mut tx,
+            &NewAudit {
+                host: Some(&host),
+                name: Some(&name),
+                from_status: Some(Status::DeleteOngoing.as_str()),
+                to_status: Some(to.as_str()),
+                actor: Some(owner),
+                replica: Some(owner),
+                ..audit
+            },
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(db("committing a removal result"))?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn check_ready(&self) -> Result<()> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("checking the database"))?;
+        if !exists {
+            return Err(Error::NotMigrated("no migration has been applied".into()));
+        }
+        let applied: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading applied migrations"))?;
+        super::compare_migrations(&MIGRATOR, &applied)
+    }
+
+    async fn create_folder(&self, new: &NewFolder, actor: &str) -> Result<Folder> {
+        let mut tx = self.begin().await?;
+        set_actor(&mut tx, actor).await?;
+        sqlx::query(
+            r#"INSERT INTO vfolders (id, host, quota_scope_id, name, "user", "group", ownership_type)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
+        )
+        .bind(new.id.to_string())
+        .bind(&new.host)
+        .bind(&new.quota_scope_id)
+        .bind(&new.name)
+        .bind(new.user.map(|u| u.to_string()))
+        .bind(new.group.map(|g| g.to_string()))
+        .bind(&new.ownership_type)
+        .execute(&mut *tx)
+        .await
+        .map_err(write_err(new.id, &new.name, "inserting a vfolder"))?;
+        clear_actor(&mut tx).await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            folder_columns!(),
+            " FROM vfolders v WHERE v.id = $1"
+        ))
+        .bind(new.id.to_string())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("reading a new vfolder"))?;
+        let folder = folder_from_row(&row)?;
+        insert_audit(
+            &mut tx,
+            &NewAudit {
+                vfolder_id: new.id,
+                host: Some(&new.host),
+                name: Some(&new.name),
+                action: "create",
+                to_status: Some(folder.status.as_str()),
+                actor: Some(actor),
+                ..NewAudit::default()
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db("committing a new vfolder"))?;
+        Ok(folder)
+    }
+
+    async fn get_folder(&self, id: Uuid) -> Result<FolderDetail> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            folder_columns!(),
+            r#", v.status_history, s.vfolder_id AS s_id, s.attempts, s.next_attempt_at,
+                s.last_error, s.lease_owner, s.lease_expires_at, s.files, s.dirs, s.symlinks,
+                s.bytes, s.location, s.purge_after
+               FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+               WHERE v.id = $1"#
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a vfolder"))?
+        .ok_or(Error::NotFound(id))?;
+        let history: String = row
+            .try_get("status_history")
+            .map_err(db("reading status_history"))?;
+        let history = serde_json::from_str(&history)
+            .map_err(|e| decode_err("reading status_history", format!("status_history: {e}")))?;
+        Ok(FolderDetail {
+            folder: folder_from_row(&row)?,
+            history: parse_history(history)?,
+            state: state_from_row(&row)?,
+        })
+    }
+
+    async fn list_folders(&self, statuses: &[Status]) -> Result<Vec<Folder>> {
+        let wanted: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            folder_columns!(),
+            " FROM vfolders v WHERE v.status IN (SELECT value FROM json_each($1))
+              ORDER BY v.created_at, v.id"
+        ))
+        .bind(json_list(&wanted))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing vfolders"))?;
+        rows.iter().map(folder_from_row).collect()
+    }
+
+    async fn set_status(&self, req: &StatusRequest) -> Result<StatusChange> {
+        let mut tx = self.begin().await?;
+        let (from, host, name) = read_folder(&mut tx, req.id).await?;
+        from.transition_to(req.to)
+            .map_err(|source| Error::IllegalTransition { id: req.id, source })?;
+        let change = StatusChange {
+            id: req.id,
+            from,
+            to: req.to,
+            changed: from != req.to,
+        };
+        if !change.changed {
+            return Ok(change);
+        }
+        write_status(&mut tx, req.id, &name, req.to, &req.actor).await?;
+        // The trash timer reads purge_after; a restore forgets it, a retry starts counting
+        // attempts afresh (the operator fixed the cause).
+        sqlx::query(
+            "INSERT INTO vfolder_controller_state (vfolder_id, purge_after)
+             VALUES ($1, CASE WHEN $2 = 'delete-pending' THEN $4 END)
+             ON CONFLICT (vfolder_id) DO UPDATE SET
+                 purge_after = CASE WHEN $2 = 'delete-pending' THEN $4
+                                    WHEN $2 = 'ready' THEN NULL
+                                    ELSE vfolder_controller_state.purge_after END,
+                 attempts = CASE WHEN $3 = 'delete-error' THEN 0
+                                 ELSE vfolder_controller_state.attempts END,
+                 next_attempt_at = CASE WHEN $3 = 'delete-error' THEN NULL
+                                        ELSE vfolder_controller_state.next_attempt_at END,
+                 updated_at = $5",
+        )
+        .bind(req.id.to_string())
+        .bind(req.to.as_str())
+        .bind(from.as_str())
+        .bind(req.purge_after.map(ts))
+        .bind(ts(Utc::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("updating controller state"))?;
+        insert_audit(
+            &mut tx,
+            &NewAudit {
+                vfolder_id: req.id,
+                host: Some(&host),
+                name: Some(&name),
+                action: req.action,
+                from_status: Some(from.as_str()),
+                to_status: Some(req.to.as_str()),
+                actor: Some(&req.actor),
+                ..NewAudit::default()
+            },
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(db("committing a status change"))?;
+        Ok(change)
+    }
+
+    async fn forget(&self, id: Uuid, actor: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let (status, host, name) = read_folder(&mut tx, id).await?;
+        if status != Status::DeleteError {
+            return Err(Error::NotForgettable { id, status });
+        }
+        sqlx::query("DELETE FROM vfolders WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting a vfolder row"))?;
+        insert_audit(
+            &mut tx,
+            &NewAudit {
+                vfolder_id: id,
+                host: Some(&host),
+                name: Some(&name),
+                action: "forget",
+                from_status: Some(status.as_str()),
+                actor: Some(actor),
+                ..NewAudit::default()
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db("committing forget"))?;
+        Ok(())
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (
+                 SELECT * FROM vfolder_audit
+                 WHERE ($1 IS NULL OR vfolder_id = $1) AND ($2 IS NULL OR at >= $2)
+                 ORDER BY seq DESC LIMIT coalesce($3, -1)) AS newest
+             ORDER BY seq",
+        )
+        .bind(filter.id.map(|id| id.to_string()))
+        .bind(filter.since.map(ts))
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading the audit log"))?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn status_counts(&self) -> Result<Vec<(Status, i64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM vfolders GROUP BY status ORDER BY status")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("counting vfolders per status"))?;
+        Ok(super::known_counts(rows))
+    }
+
+    async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>> {
+        let now = ts(Utc::now());
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            folder_columns!(),
+            r#", coalesce(s.attempts, 0) AS attempts, coalesce(s.location, 'live') AS location,
+                 CASE WHEN v.status = 'delete-ongoing' THEN 'remove'
+                      WHEN v.status = 'delete-pending' THEN 'move-to-trash'
+                      ELSE 'restore' END AS kind,
+                 s.lease_owner AS prev_owner
+               FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+               WHERE v.host IN (SELECT value FROM json_each($1))
+                 AND v.id NOT IN (SELECT value FROM json_each($3))
+                 AND (v.status = 'delete-ongoing'
+                      OR (v.status = 'delete-pending' AND v.host IN (SELECT value FROM json_each($2))
+                          AND coalesce(s.location, 'live') = 'live')
+                      OR (v.status = 'ready' AND v.host IN (SELECT value FROM json_each($2))
+                          AND s.location = 'trash'))
+                 AND (s.lease_owner IS NULL OR s.lease_expires_at < $5)
+                 AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= $5)
+               ORDER BY v.status_changed NULLS FIRST, v.id
+               LIMIT $4"#
+        ))
+        .bind(json_list(&req.hosts))
+        .bind(json_list(&req.move_hosts))
+        .bind(json_list(&req.exclude))
+        .bind(i64::from(req.limit))
+        .bind(&now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("claiming due folders"))?;
+        let expires = after(req.lease);
+        let mut claims = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let ctx = "claiming due folders";
+            let folder = folder_from_row(row)?;
+            sqlx::query(
+                "INSERT INTO vfolder_controller_state (vfolder_id, lease_owner, lease_expires_at, updated_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (vfolder_id) DO UPDATE SET lease_owner = excluded.lease_owner,
+                     lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at",
+            )
+            .bind(folder.id.to_string())
+            .bind(&req.owner)
+            .bind(&expires)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(ctx))?;
+            let attempts: i64 = row.try_get("attempts").map_err(db(ctx))?;
+            let location: String = row.try_get("location").map_err(db(ctx))?;
+            let kind: String = row.try_get("kind").map_err(db(ctx))?;
+            claims.push(Claim {
+                folder,
+                kind: WorkKind::parse(&kind)?,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+                location: parse_location(&location)?,
+                reclaimed_from: row.try_get("prev_owner").map_err(db(ctx))?,
+            });
+        }
+        tx.commit().await.map_err(db("committing claims"))?;
+        Ok(claims)
+    }
+
+    async fn renew_lease(
+        &self,
+        id: Uuid,
+        owner: &str,
+        lease: Duration,
+        progress: Progress,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE vfolder_controller_state
+             SET lease_expires_at = $3, files = $4, dirs = $5, symlinks = $6, bytes = $7,
+                 updated_at = $8
+             WHERE vfolder_id = $1 AND lease_owner = $2",
+        )
+        .bind(id.to_string())
+        .bind(owner)
+        .bind(after(lease))
+        .bind(to_i64(progress.files))
+        .bind(to_i64(progress.dirs))
+        .bind(to_i64(progress.symlinks))
+        .bind(to_i64(progress.bytes))
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(db("renewing a lease"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, id: Uuid, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE vfolder_controller_state
+             SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
+             WHERE vfolder_id = $1 AND lease_owner = $2",
+        )
+        .bind(id.to_string())
+        .bind(owner)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing a lease"))?;
+        Ok(())
+    }
+
+    async fn release_all_leases(&self, owner: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE vfolder_controller_state
+             SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $2
+             WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing leases"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn complete_removal(&self, id: Uuid, owner: &str, done: &Completion) -> Result<bool> {
+        self.finish_removal(
+            id,
+            owner,
+            Status::DeleteComplete,
+            NewAudit {
+                vfolder_id: id,
+                action: "removed",
+                progress: Some(done.progress),
+                duration_ms: Some(i64::try_from(done.duration.as_millis()).unwrap_or(i64::MAX)),
+                ..NewAudit::default()
+            },
+        )
+        .await
+    }
+
+    async fn record_retry(
+        &self,
+        id: Uuid,
+        owner: &str,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<Option<u32>> {
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE vfolder_controller_state
+             SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4,
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = $5
+             WHERE vfolder_id = $1 AND lease_owner = $2
+             RETURNING attempts",
+        )
+        .bind(id.to_string())
+        .bind(owner)
+        .bind(ts(next_attempt_at))
+        .bind(error)
+        .bind(ts(Utc::now()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("recording a retry"))?;
+        Ok(attempts.map(|a| u32::try_from(a).unwrap_or(0)))
+    }
+
+    async fn fail_removal(&self, id: Uuid, owner: &str, error: &str) -> Result<bool> {
+        self.finish_removal(
+            id,
+            owner,
+            Status::DeleteError,
+            NewAudit {
+                vfolder_id: id,
+                action: "remove-failed",
+                error: Some(error),
+                ..NewAudit::default()
+            },
+        )
+        .await
+    }
+
+    async fn record_location(&self, id: Uuid, owner: &str, location: Location) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let Some((status, host, name)) = read_leased(&mut tx, id, owner).await? else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "UPDATE vfolder_controller_state
+             SET location = $2, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
+             WHERE vfolder_id = $1",
+        )
+        .bind(id.to_string())
+        .bind(location.as_str())
+        .bind(ts(Utc::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording a location"))?;
+        insert_audit(
+            &mut tx,
+            &NewAudit {
+                vfolder_id: id,
+                host: Some(&host),
+                name: Some(&name),
+                action: super::location_action(location),
+                from_status: Some(status.as_str()),
+                to_status: Some(status.as_str()),
+                actor: Some(owner),
+                replica: Some(owner),
+                ..NewAudit::default()
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db("committing a location"))?;
+        Ok(true)
+    }
+
+    async fn purge_expired_trash(
+        &self,
+        retention: Duration,
+        actor: &str,
+        limit: u32,
+    ) -> Result<u64> {
+        // SQLite has no data-modifying CTE: collect the due ids into a temporary list inside
+        // the write transaction, then move and audit exactly those rows.
+        let mut tx = self.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT v.id FROM vfolders v
+             LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+             WHERE v.status = 'delete-pending'
+               AND (s.purge_after <= $1
+                    OR (s.purge_after IS NULL AND coalesce(v.status_changed, v.created_at) <= $2))
+             ORDER BY v.status_changed
+             LIMIT $3",
+        )
+        .bind(ts(Utc::now()))
+        .bind(before(retention))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("finding expired trash"))?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = json_list(&ids);
+        set_actor(&mut tx, actor).await?;
+        sqlx::query(
+            "INSERT INTO vfolder_audit (vfolder_id, host, name, action, from_status, to_status, actor)
+             SELECT id, host, name, 'trash-timer', 'delete-pending', 'delete-ongoing', $2
+             FROM vfolders WHERE id IN (SELECT value FROM json_each($1))",
+        )
+        .bind(&ids)
+        .bind(actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("auditing the trash timer"))?;
+        let done = sqlx::query(
+            "UPDATE vfolders SET status = 'delete-ongoing'
+             WHERE id IN (SELECT value FROM json_each($1)) AND status = 'delete-pending'",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("purging expired trash"))?;
+        clear_actor(&mut tx).await?;
+        tx.commit()
+            .await
+            .map_err(db("committing the trash timer"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn clean_history(&self, retention: Duration, actor: &str, limit: u32) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM vfolders
+             WHERE status = 'delete-complete'
+               AND (status_changed <= $1 OR (status_changed IS NULL AND created_at <= $1))
+             ORDER BY status_changed
+             LIMIT $2",
+        )
+        .bind(before(retention))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("finding old history"))?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = json_list(&ids);
+        sqlx::query(
+            "INSERT INTO vfolder_audit (vfolder_id, host, name, action, from_status, actor)
+             SELECT id, host, name, 'history-cleanup', 'delete-complete', $2
+             FROM vfolders WHERE id IN (SELECT value FROM json_each($1))",
+        )
+        .bind(&ids)
+        .bind(actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("auditing history cleanup"))?;
+        let done =
+            sqlx::query("DELETE FROM vfolders WHERE id IN (SELECT value FROM json_each($1))")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("cleaning history"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing history cleanup"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn oldest_unconverged(
+        &self,
+        trash_retention: Duration,
+    ) -> Result<Vec<(&'static str, Duration)>> {
+        let (remove, timer): (Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT
+                 (SELECT min(coalesce(status_changed, created_at)) FROM vfolders
+                  WHERE status = 'delete-ongoing'),
+                 (SELECT min(coalesce(s.purge_after, strftime('%Y-%m-%dT%H:%M:%fZ',
+                                      coalesce(v.status_changed, v.created_at), $1)))
+                  FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+                  WHERE v.status = 'delete-pending')",
+        )
+        .bind(format!("+{:.3} seconds", trash_retention.as_secs_f64()))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("measuring unconverged age"))?;
+        let now = Utc::now();
+        let age = |t: DateTime<Utc>| (now - t).num_milliseconds() as f64 / 1000.0;
+        let remove = parse_opt_ts(remove)?.map(age);
+        let timer = parse_opt_ts(timer)?.map(age);
+        Ok(super::ages(remove, timer))
+    }
+
+    async fn subscribe(&self) -> Result<Option<EventStream>> {
+        Ok(None)
+    }
+}
