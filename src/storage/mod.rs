@@ -1,1 +1,122 @@
-//! (in progress)
+//! Storage: volumes, the folder path layout and the safe parallel remover.
+//!
+//! This module knows nothing of the database or of tokio's runtime: every operation is a
+//! blocking function meant for `spawn_blocking` (it only borrows tokio-util's
+//! `CancellationToken` type). Safety rules, from the design brief: the target is resolved
+//! beneath the volume root without following symlinks; a volume root, a quota-scope root or
+//! anything outside the volume is never removed; an unmounted volume is "not available",
+//! never "already removed". See [`remove`] for the remover's guarantees.
+//!
+//! Entry points:
+//! - [`Volumes`] / [`Volume`] for the controller and CLI: [`Volume::remove_folder`],
+//!   [`Volume::move_to_trash`], [`Volume::restore_from_trash`], [`Volume::create_folder`].
+//! - [`remove_tree`] for removing an arbitrary directory beneath an open parent directory
+//!   (what the benchmark binary calls: open the parent of the bench tree with
+//!   `rustix::fs::open(.., OFlags::DIRECTORY, ..)`, then `remove_tree(parent.as_fd(),
+//!   c"tree", &RemoveOptions { threads, count_bytes: false, folder: None, display_path:
+//!   "tree".into() }, &token, &progress)`). `Volume::remove_folder` on a volume whose mount
+//!   is the bench directory works too, with the folder layout.
+
+mod error;
+mod layout;
+pub mod remove;
+mod volume;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub use error::Error;
+pub use layout::{FolderRef, TRASH_DIR};
+pub use remove::{RemoveOptions, remove_tree};
+pub use volume::{Volume, Volumes};
+
+/// Live counters of what a removal has removed so far, readable from any thread while it
+/// runs. Updated in batches (at least once per directory chunk), so a reader sees a recent,
+/// never an inflated, value. One `Progress` may be shared by several removals: it sums them.
+#[derive(Debug, Default)]
+pub struct Progress {
+    files: AtomicU64,
+    dirs: AtomicU64,
+    symlinks: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Progress {
+    /// The counts so far (each field read atomically; the set is not one snapshot).
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            files: self.files.load(Ordering::Relaxed),
+            dirs: self.dirs.load(Ordering::Relaxed),
+            symlinks: self.symlinks.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add(&self, c: &Counts) {
+        self.files.fetch_add(c.files, Ordering::Relaxed);
+        self.dirs.fetch_add(c.dirs, Ordering::Relaxed);
+        self.symlinks.fetch_add(c.symlinks, Ordering::Relaxed);
+        self.bytes.fetch_add(c.bytes, Ordering::Relaxed);
+    }
+}
+
+/// What was removed: non-directory entries other than symlinks (`files`), directories,
+/// symlinks, and the bytes of regular files (only when the volume's `count_bytes` is set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Regular files and other non-directory, non-symlink entries removed.
+    pub files: u64,
+    /// Directories removed (including the folder's own directory).
+    pub dirs: u64,
+    /// Symlinks removed (never followed).
+    pub symlinks: u64,
+    /// Sizes of the regular files removed, when counted.
+    pub bytes: u64,
+}
+
+impl Counts {
+    /// Adds `other` to these counts.
+    pub fn add(&mut self, other: &Counts) {
+        self.files += other.files;
+        self.dirs += other.dirs;
+        self.symlinks += other.symlinks;
+        self.bytes += other.bytes;
+    }
+}
+
+/// How a removal ended. Cancellation is not an error: the tree is partly removed and a
+/// later call finishes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything is gone (or was already).
+    Completed(Report),
+    /// Stopped early because the token was cancelled.
+    Cancelled(Report),
+}
+
+impl Outcome {
+    /// The report, whichever way it ended.
+    pub fn report(&self) -> &Report {
+        match self {
+            Outcome::Completed(r) | Outcome::Cancelled(r) => r,
+        }
+    }
+}
+
+/// What one call removed and how long it took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// What this call removed (not including earlier attempts).
+    pub counts: Counts,
+    /// Wall-clock time of this call.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    fn new(counts: Counts, started: Instant) -> Report {
+        Report {
+            counts,
+            elapsed: started.elapsed(),
+        }
+    }
+}
