@@ -56,7 +56,8 @@ fn psql(url: &str, sql: &str) -> Output {
 }
 
 impl Env {
-    fn new(backend: Backend) -> Env {
+    /// A fresh, empty database, a volume directory and a config file naming both.
+    fn unmigrated(backend: Backend) -> Env {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("vol")).unwrap();
         let (url, pg) = match backend {
@@ -90,6 +91,13 @@ impl Env {
             ),
         )
         .unwrap();
+        env
+    }
+
+    /// A fresh, migrated database.
+    fn new(backend: Backend) -> Env {
+        let env = Env::unmigrated(backend);
+        env.ok(&["migrate"]);
         env
     }
 
@@ -474,14 +482,19 @@ fn taken_name_exits_4_and_leaves_no_directory(b: Backend) {
         "the refused folder's directory is removed again"
     );
     assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 1);
-    // The name is free again once the folder left the live set.
+    // The name stays reserved in the trash and while being removed, and is free again once
+    // the folder is gone.
+    let taken = || {
+        let out = env.run(&["create", "datasets", "--user", OWNER]);
+        assert_fails(&out, 4, "already taken");
+    };
     env.ok(&["trash", &id]);
-    assert_fails(
-        &env.run(&["create", "datasets", "--user", OWNER]),
-        4,
-        "already taken",
-    );
+    taken();
     env.ok(&["purge", &id]);
+    taken();
+    env.sql(&format!(
+        "UPDATE vfolders SET status = 'delete-complete' WHERE id = '{id}'"
+    ));
     env.create("datasets");
 }
 
@@ -600,6 +613,24 @@ fn run_logs_that_it_is_running_and_exits_0_on_sigterm(b: Backend) {
     assert_eq!(status.code(), Some(0));
     // The database was migrated by `run`.
     assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn postgres_admin_commands_refuse_an_unmigrated_database() {
+    let env = Env::unmigrated(Backend::Postgres);
+    for args in [&["list"][..], &["create", "datasets"]] {
+        assert_fails(&env.run(args), 5, "run `vfolder-controller migrate` first");
+    }
+    let created = std::fs::read_dir(env.mount()).unwrap().count();
+    assert_eq!(created, 0, "create made no directory");
+    env.ok(&["migrate"]);
+    env.create("datasets");
+}
+
+#[test]
+fn sqlite_admin_commands_migrate_on_first_use() {
+    let env = Env::unmigrated(Backend::Sqlite);
+    env.create("datasets");
 }
 
 #[test]

@@ -56,7 +56,10 @@ async fn open(config: &Config) -> Result<Arc<dyn Store>, Error> {
     if store.backend() == "sqlite" {
         store.migrate().await?;
     } else {
-        store.check_ready().await?;
+        store.check_ready().await.map_err(|e| match e {
+            store::Error::NotMigrated(reason) => Error::NotMigrated(reason),
+            e => e.into(),
+        })?;
     }
     Ok(store)
 }
@@ -243,6 +246,7 @@ impl Ctx<'_> {
             .get(&new.host)
             .and_then(|v| v.create_folder(&folder_ref))
             .map_err(storage_err)?;
+        let path = absolute(&path);
         let folder = match self.store.create_folder(&new, &self.actor).await {
             Ok(f) => f,
             Err(e) => {
@@ -542,11 +546,12 @@ impl Ctx<'_> {
                 quota_scope_id: f.quota_scope_id.as_deref(),
             };
             let v = vs.get(&f.host).ok()?;
-            match state.map_or(Location::Live, |s| s.location) {
+            let relative = match state.map_or(Location::Live, |s| s.location) {
                 Location::Live => v.folder_path(&r),
                 Location::Trash => v.trash_path(&r),
             }
-            .ok()
+            .ok()?;
+            Some(absolute(&v.config().mount.join(relative)))
         });
         Shown {
             detail,
@@ -611,6 +616,12 @@ fn location_name(l: Location) -> &'static str {
 /// `t + d`, or `None` when that is not representable.
 fn later(t: DateTime<Utc>, d: Duration) -> Option<DateTime<Utc>> {
     t.checked_add_signed(chrono::Duration::from_std(d).ok()?)
+}
+
+/// `path` made absolute against the working directory (the built-in volume's mount is
+/// relative), without touching the filesystem.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// Undoes `create`'s directory when the row was refused: removes the (empty) folder

@@ -65,6 +65,9 @@ pub enum Error {
     /// The database refused or failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// The PostgreSQL schema is missing or older than this binary.
+    #[error("database is not migrated ({0}); run `vfolder-controller migrate` first")]
+    NotMigrated(String),
     /// The folder is not in the status this command works on (although the database would
     /// allow the transition, another command is meant for it).
     #[error("vfolder {id} is {status}; {command} {hint}")]
@@ -126,6 +129,7 @@ impl Error {
             Error::Config(_) => ExitClass::Config,
             Error::Store(e) => store_class(e),
             Error::WrongStatus { .. } => ExitClass::Conflict,
+            Error::NotMigrated(_) => ExitClass::DatabaseUnavailable,
             Error::UnknownVolume { .. } | Error::BadInput { .. } => ExitClass::Usage,
             Error::Storage { .. } | Error::Io { .. } | Error::Output(_) => ExitClass::Other,
         }

@@ -6,11 +6,10 @@
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
+use tokio::signal::unix::{SignalKind, signal};
 
 use super::Error;
 use crate::config::{Config, LogFormat, VolumeConfig};
-use crate::controller::shutdown::shutdown_on_signal;
 use crate::store::{self, Store};
 
 /// Runs the controller: logging, database connection and migrations, the built-in volume
@@ -20,12 +19,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let store: Arc<dyn Store> = store::connect(&config.database_url).await?;
     store.migrate().await?;
     ensure_builtin_volume(&config)?;
-    let shutdown = CancellationToken::new();
-    shutdown_on_signal(shutdown.clone()).map_err(|source| Error::Io {
+    // Installed before the "running" line, so a signal sent after it is never missed.
+    let signal_err = |source| Error::Io {
         what: "cannot install signal handlers for",
         path: "SIGTERM/SIGINT".into(),
         source,
-    })?;
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
     let volumes: Vec<&str> = config.volumes.iter().map(|v| v.host.as_str()).collect();
     tracing::info!(
         backend = store.backend(),
@@ -33,8 +34,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         replica = %config.replica_id(),
         "vfolder-controller running"
     );
-    shutdown.cancelled().await;
-    tracing::info!("vfolder-controller stopped");
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "vfolder-controller stopped");
     Ok(())
 }
 
