@@ -1,0 +1,1247 @@
+//! The store conformance suite: every test is written once and runs on PostgreSQL and SQLite
+//! (`NAME::postgres`, `NAME::sqlite`). The first group proves what the database itself
+//! enforces for a raw SQL writer (no store code involved); the second group covers the
+//! `Store` trait.
+//!
+//! Run with `cargo test --test store -- --test-threads 2` (PostgreSQL from `DATABASE_URL`).
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Backend, TestDb};
+use vfolder_controller::lifecycle::{ALL, Status, TRANSITIONS};
+use vfolder_controller::store::{self, Error};
+
+fn new_id() -> uuid::Uuid {
+    uuid::Uuid::new_v4()
+}
+
+// ----- the database itself (raw SQL writers) -----------------------------------------------
+
+conformance!(
+    seeded_transition_table_equals_lifecycle_transitions,
+    minimal_insert_gets_defaults_and_an_initial_history_entry,
+    every_legal_transition_is_accepted_from_raw_sql,
+    every_illegal_transition_is_rejected_by_the_database_naming_both_statuses,
+    unknown_statuses_are_rejected_by_the_database,
+    history_has_one_entry_per_change_in_order_with_the_actor,
+    writing_the_same_status_is_a_no_op,
+    legacy_deleted_complete_rows_are_fixed_by_the_migrations,
+    migrations_run_twice_are_a_no_op,
+    a_name_is_reserved_while_live_or_trashed_and_free_once_dead,
+);
+
+async fn seeded_transition_table_equals_lifecycle_transitions(db: TestDb) {
+    let _store = db.migrated().await;
+    let raw = db.raw().await;
+    let seeded: BTreeSet<(String, String)> = raw.transitions().await.into_iter().collect();
+    let expected: BTreeSet<(String, String)> = TRANSITIONS
+        .iter()
+        .map(|(a, b)| (a.as_str().to_owned(), b.as_str().to_owned()))
+        .collect();
+    assert_eq!(seeded, expected);
+}
+
+async fn minimal_insert_gets_defaults_and_an_initial_history_entry(db: TestDb) {
+    let _store = db.migrated().await;
+    let raw = db.raw().await;
+    let id = new_id();
+    raw.insert(id, "minimal", None).await.unwrap();
+    assert_eq!(raw.status(id).await, "ready");
+    let ownership = raw
+        .text(&format!(
+            "SELECT ownership_type FROM vfolders WHERE id = '{id}'"
+        ))
+        .await;
+    assert_eq!(ownership.as_deref(), Some("user"));
+    let history = raw.history(id).await;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["status"], "ready");
+    assert!(history[0]["actor"].is_null());
+    assert!(raw.status_changed(id).await.is_some());
+}
+
+async fn every_legal_transition_is_accepted_from_raw_sql(db: TestDb) {
+    let _store = db.migrated().await;
+    let raw = db.raw().await;
+    for (i, (from, to)) in TRANSITIONS.iter().enumerate() {
+        let id = new_id();
+        raw.insert(id, &format!("legal{i}"), Some(from.as_str()))
+            .await
+            .unwrap();
+        let n = raw
+            .set_status(id, to.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("{from} -> {to} rejected: {e}"));
+        assert_eq!(n, 1);
+        assert_eq!(raw.status(id).await, to.as_str());
+        let history = raw.history(id).await;
+        assert_eq!(history.len(), 2, "{from} -> {to}: {history:?}");
+        assert_eq!(history[1]["status"], to.as_str());
+    }
+}
+
+async fn every_illegal_transition_is_rejected_by_the_database_naming_both_statuses(db: TestDb) {
+    let _store = db.migrated().await;
+    let raw = db.raw().await;
+    let mut rejected = 0;
+    for from in ALL {
+        for to in ALL {
+            if from == to || TRANSITIONS.contains(&(from, to)) {
+                continue;
+            }
+            let id = new_id();
+            raw.insert(id, &format!("illegal-{from}-{to}"), Some(from.as_str()))
+                .await
+                .unwrap();
+            let err = raw
+                .set_status(id, to.as_str())
+                .await
+                .expect_err("illegal transition accepted");
+            let expected = format!("illegal vfolder status transition: {from} -> {to}");
+            assert!(err.contains(&expected), "{from} -> {to}: {err}");
+            assert_eq!(raw.status(id).await, from.as_str());
+            assert_eq!(raw.history(id).await.len(), 1);
+            rejected += 1;
+        }
+    }
+    assert_eq!(rejected, ALL.len() * (ALL.len() - 1) - TRANSITIONS.len());
+}
+
+async fn unknown_statuses_are_rejected_by_the_database(db: TestDb) {
+    let _store = db.migrated().await;
+    let raw = db.raw().await;
+    let id = new_id();
+    raw.insert(id, "known", None).await.unwrap();
+    let err = raw.set_status(id, "deleted-complete").await.unwrap_err();
+    assert!(err.contains("unknown vfolder status"), "{err}");
+    let err = raw
+        .insert(new_id(), "bogus", Some("DELETE_PENDING"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("unknown vfolder status"), "{err}");
+    assert_eq!(raw.status(id).await, "ready");
+}
+
+async fn history_has_one_entry_per_change_in_order_with_the_actor(db: TestDb) {
+    let _store = db.migrated().await;
+    let raw = db.raw().await;
+    let id = new_id();
+    raw.insert(id, "hist", None).await.unwrap();
+    raw.set_status(id, "delete-pending").await.unwrap();
+    raw.set_status_as(id, "ready", "alice").await.unwrap();
+    raw.set_status_as(id, "delete-ongoing", "bob")
+        .await
+        .unwrap();
+    let history = raw.history(id).await;
+    let statuses: Vec<&str> = history
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["ready", "delete-pending", "ready", "delete-ongoing"]
+    );
+    let actors: Vec<Option<&str>> = history.iter().map(|e| e["actor"].as_str()).collect();
+    assert_eq!(actors, [None, None, Some("alice"), Some("bob")]);
+    let times: Vec<chrono::DateTime<chrono::Utc>> = history
+        .iter()
+        .map(|e| e["at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    // The actor does not leak into a later writer's change.
+    raw.set_status(id, "delete-complete").await.unwrap();
+    let history = raw.history(id).await;
+    assert!(history[4]["actor"].is_null(), "{history:?}");
+}
+
+async fn writing_the_same_status_is_a_no_op(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let id = new_id();
+    raw.insert(id, "same", None).await.unwrap();
+    raw.set_status(id, "delete-pending").await.unwrap();
+    let changed = raw.status_changed(id).await;
+    assert_eq!(raw.set_status(id, "delete-pending").await, Ok(1));
+    assert_eq!(raw.history(id).await.len(), 2);
+    assert_eq!(raw.status_changed(id).await, changed);
+    // Through the store: changed = false and nothing audited.
+    let before = store
+        .audit(&store::AuditFilter::default())
+        .await
+        .unwrap()
+        .len();
+    let change = store
+        .set_status(&store::StatusRequest {
+            id,
+            to: Status::DeletePending,
+            actor: "alice".into(),
+            action: "trash",
+            purge_after: None,
+        })
+        .await
+        .unwrap();
+    assert!(!change.changed);
+    assert_eq!(change.from, Status::DeletePending);
+    assert_eq!(raw.history(id).await.len(), 2);
+    let after = store
+        .audit(&store::AuditFilter::default())
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
+}
+
+/// Creates a table shaped like the reference platform's (before this program existed), with
+/// legacy rows, then migrates.
+async fn legacy_deleted_complete_rows_are_fixed_by_the_migrations(db: TestDb) {
+    let raw = db.raw().await;
+    let legacy = new_id();
+    let object_history = new_id();
+    let live = new_id();
+    match db.backend {
+        Backend::Postgres => {
+            raw.execute(
+                r#"CREATE TABLE vfolders (
+                       id uuid PRIMARY KEY, host varchar(128) NOT NULL,
+                       quota_scope_id varchar(64), name varchar(64) NOT NULL,
+                       "user" uuid, "group" uuid, ownership_type varchar(16) NOT NULL,
+                       status varchar(64) NOT NULL, status_history jsonb,
+                       status_changed timestamptz, created_at timestamptz DEFAULT now())"#,
+            )
+            .await
+            .unwrap();
+        }
+        Backend::Sqlite => {
+            raw.execute(
+                r#"CREATE TABLE vfolders (
+                       id text PRIMARY KEY NOT NULL, host varchar(128) NOT NULL,
+                       quota_scope_id varchar(64), name varchar(64) NOT NULL,
+                       "user" text, "group" text, ownership_type varchar(16) NOT NULL DEFAULT 'user',
+                       status varchar(64) NOT NULL DEFAULT 'ready',
+                       status_history text NOT NULL DEFAULT '[]', status_changed text,
+                       created_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"#,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    raw.execute(&format!(
+        r#"INSERT INTO vfolders (id, host, name, ownership_type, status, status_history)
+           VALUES ('{legacy}', 'local:volume1', 'old', 'user', 'deleted-complete',
+                   '[{{"status": "delete-ongoing", "at": "2024-01-01T00:00:00.000Z", "actor": null}},
+                     {{"status": "deleted-complete", "at": "2024-01-02T00:00:00.000Z", "actor": null}}]'),
+                  ('{live}', 'local:volume1', 'live', 'user', 'ready', '[]')"#
+    ))
+    .await
+    .unwrap();
+    if db.backend == Backend::Postgres {
+        // The reference platform's older history shape: an object {status: time}.
+        raw.execute(&format!(
+            r#"INSERT INTO vfolders (id, host, name, ownership_type, status, status_history)
+               VALUES ('{object_history}', 'local:volume1', 'obj', 'user', 'deleted-complete',
+                       '{{"deleted-complete": "2024-01-02T00:00:00Z", "ready": "2024-01-01T00:00:00Z"}}')"#
+        ))
+        .await
+        .unwrap();
+    }
+
+    let store = db.migrated().await;
+    store.check_ready().await.unwrap();
+
+    assert_eq!(raw.status(legacy).await, "delete-complete");
+    let history = raw.history(legacy).await;
+    let statuses: Vec<&str> = history
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["delete-ongoing", "delete-complete"]);
+    if db.backend == Backend::Postgres {
+        assert_eq!(raw.status(object_history).await, "delete-complete");
+        let statuses: Vec<String> = raw
+            .history(object_history)
+            .await
+            .iter()
+            .map(|e| e["status"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(statuses, ["ready", "delete-complete"]);
+    }
+    // The fixed row reads through the store, and the trigger now guards it.
+    let detail = store.get_folder(legacy).await.unwrap();
+    assert_eq!(detail.folder.status, Status::DeleteComplete);
+    let err = raw.set_status(legacy, "ready").await.unwrap_err();
+    assert!(
+        err.contains("illegal vfolder status transition: delete-complete -> ready"),
+        "{err}"
+    );
+    // An adopted live row takes part in the lifecycle.
+    raw.set_status(live, "delete-pending").await.unwrap();
+    assert_eq!(raw.history(live).await.len(), 1);
+}
+
+async fn migrations_run_twice_are_a_no_op(db: TestDb) {
+    let store = db.store().await;
+    let err = store.check_ready().await.unwrap_err();
+    assert!(matches!(err, Error::NotMigrated(_)), "{err}");
+    store.migrate().await.unwrap();
+    let raw = db.raw().await;
+    let id = new_id();
+    raw.insert(id, "kept", None).await.unwrap();
+    store.migrate().await.unwrap();
+    store.check_ready().await.unwrap();
+    assert_eq!(raw.status(id).await, "ready");
+    assert_eq!(raw.history(id).await.len(), 1);
+    let migrations = match db.backend {
+        Backend::Postgres => store::postgres::MIGRATOR.iter().count(),
+        Backend::Sqlite => store::sqlite::MIGRATOR.iter().count(),
+    };
+    let applied = raw.int("SELECT count(*) FROM _sqlx_migrations").await;
+    assert_eq!(applied, i64::try_from(migrations).unwrap());
+    assert_eq!(raw.transitions().await.len(), TRANSITIONS.len());
+}
+
+async fn a_name_is_reserved_while_live_or_trashed_and_free_once_dead(db: TestDb) {
+    let _store = db.migrated().await;
+    let raw = db.raw().await;
+    let owner = new_id();
+    let insert = |id: uuid::Uuid| {
+        format!(
+            r#"INSERT INTO vfolders (id, host, quota_scope_id, name, "user")
+               VALUES ('{id}', 'local:volume1', NULL, 'data', '{owner}')"#
+        )
+    };
+    let first = new_id();
+    raw.execute(&insert(first)).await.unwrap();
+    // Another owner may use the name.
+    raw.execute(&format!(
+        r#"INSERT INTO vfolders (id, host, quota_scope_id, name, "user")
+           VALUES ('{}', 'local:volume1', NULL, 'data', '{}')"#,
+        new_id(),
+        new_id()
+    ))
+    .await
+    .unwrap();
+    for status in ["delete-pending", "delete-ongoing"] {
+        raw.set_status(first, status).await.unwrap();
+        let err = raw.execute(&insert(new_id())).await.unwrap_err();
+        assert!(
+            err.contains("vfolders_owner_name_live_key") || err.to_lowercase().contains("unique"),
+            "{status}: {err}"
+        );
+    }
+    raw.set_status(first, "delete-complete").await.unwrap();
+    let second = new_id();
+    raw.execute(&insert(second)).await.unwrap();
+    // The dead row keeps its name: no rename.
+    let name = raw
+        .text(&format!("SELECT name FROM vfolders WHERE id = '{first}'"))
+        .await;
+    assert_eq!(name.as_deref(), Some("data"));
+}
+
+// ----- the Store trait ----------------------------------------------------------------------
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use store::{
+    AuditFilter, ClaimRequest, Completion, Location, NewFolder, Progress, StatusRequest, Store,
+    WorkKind,
+};
+
+const HOST: &str = "local:volume1";
+const MOVE_HOST: &str = "local:moving";
+
+fn new_folder(name: &str, host: &str) -> NewFolder {
+    NewFolder {
+        id: new_id(),
+        host: host.to_owned(),
+        quota_scope_id: Some(format!("user:{}", new_id())),
+        name: name.to_owned(),
+        user: Some(new_id()),
+        group: None,
+        ownership_type: "user".to_owned(),
+    }
+}
+
+fn request(id: uuid::Uuid, to: Status, action: &'static str) -> StatusRequest {
+    StatusRequest {
+        id,
+        to,
+        actor: "alice".to_owned(),
+        action,
+        purge_after: None,
+    }
+}
+
+fn claim_request(owner: &str) -> ClaimRequest {
+    ClaimRequest {
+        owner: owner.to_owned(),
+        lease: Duration::from_secs(60),
+        limit: 10,
+        hosts: vec![HOST.to_owned(), MOVE_HOST.to_owned()],
+        move_hosts: vec![MOVE_HOST.to_owned()],
+        exclude: vec![],
+    }
+}
+
+/// A folder in `delete-ongoing` (created, then force-deleted).
+async fn ongoing(store: &Arc<dyn Store>, name: &str, host: &str) -> uuid::Uuid {
+    let folder = store
+        .create_folder(&new_folder(name, host), "alice")
+        .await
+        .unwrap();
+    store
+        .set_status(&request(folder.id, Status::DeleteOngoing, "force-delete"))
+        .await
+        .unwrap();
+    folder.id
+}
+
+fn done() -> Completion {
+    Completion {
+        progress: Progress {
+            files: 3,
+            dirs: 2,
+            symlinks: 1,
+            bytes: 42,
+        },
+        duration: Duration::from_millis(1500),
+    }
+}
+
+async fn actions(store: &Arc<dyn Store>, id: uuid::Uuid) -> Vec<String> {
+    store
+        .audit(&AuditFilter {
+            id: Some(id),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
+conformance!(
+    create_get_and_list_round_trip,
+    set_status_checks_the_lifecycle_and_audits,
+    set_status_maps_a_taken_name,
+    claim_returns_due_rows_once_and_a_second_claimant_gets_nothing,
+    expired_lease_is_reclaimed_by_another_replica,
+    claim_honours_hosts_exclude_and_limit,
+    move_volumes_get_trash_and_restore_work,
+    lease_guarded_operations_are_no_ops_for_a_non_owner,
+    completion_writes_exactly_one_audit_entry,
+    retries_back_off_and_failures_go_to_delete_error,
+    released_leases_are_claimable_again,
+    trash_timer_respects_default_retention_and_purge_after,
+    history_cleanup_removes_rows_but_keeps_the_audit,
+    forget_works_only_from_delete_error,
+    audit_filters_by_folder_time_and_limit,
+    status_counts_and_oldest_unconverged,
+);
+
+async fn create_get_and_list_round_trip(db: TestDb) {
+    let store = db.migrated().await;
+    let new = new_folder("round", HOST);
+    let folder = store.create_folder(&new, "alice").await.unwrap();
+    assert_eq!(folder.id, new.id);
+    assert_eq!(folder.status, Status::Ready);
+    assert_eq!(folder.user, new.user);
+    assert_eq!(folder.quota_scope_id, new.quota_scope_id);
+    let detail = store.get_folder(new.id).await.unwrap();
+    assert_eq!(detail.folder, folder);
+    assert_eq!(detail.history.len(), 1);
+    assert_eq!(detail.history[0].actor.as_deref(), Some("alice"));
+    assert!(detail.state.is_none());
+    let other = store
+        .create_folder(&new_folder("other", HOST), "alice")
+        .await
+        .unwrap();
+    store
+        .set_status(&request(other.id, Status::DeletePending, "trash"))
+        .await
+        .unwrap();
+    let live = store.list_folders(&[Status::Ready]).await.unwrap();
+    assert_eq!(live.iter().map(|f| f.id).collect::<Vec<_>>(), [new.id]);
+    let trash = store
+        .list_folders(&[Status::DeletePending, Status::DeleteOngoing])
+        .await
+        .unwrap();
+    assert_eq!(trash.iter().map(|f| f.id).collect::<Vec<_>>(), [other.id]);
+    assert!(matches!(
+        store.get_folder(new_id()).await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(actions(&store, new.id).await, ["create"]);
+}
+
+async fn set_status_checks_the_lifecycle_and_audits(db: TestDb) {
+    let store = db.migrated().await;
+    let folder = store
+        .create_folder(&new_folder("life", HOST), "alice")
+        .await
+        .unwrap();
+    let change = store
+        .set_status(&request(folder.id, Status::DeletePending, "trash"))
+        .await
+        .unwrap();
+    assert!(change.changed);
+    assert_eq!(
+        (change.from, change.to),
+        (Status::Ready, Status::DeletePending)
+    );
+    let err = store
+        .set_status(&request(folder.id, Status::DeleteComplete, "purge"))
+        .await
+        .unwrap_err();
+    match err {
+        Error::IllegalTransition { id, source } => {
+            assert_eq!(id, folder.id);
+            assert_eq!(
+                (source.from, source.to),
+                (Status::DeletePending, Status::DeleteComplete)
+            );
+        }
+        other => panic!("expected IllegalTransition, got {other}"),
+    }
+    let err = store
+        .set_status(&request(new_id(), Status::Ready, "restore"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+    let audit = store
+        .audit(&AuditFilter {
+            id: Some(folder.id),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[1].action, "trash");
+    assert_eq!(audit[1].from_status.as_deref(), Some("ready"));
+    assert_eq!(audit[1].to_status.as_deref(), Some("delete-pending"));
+    assert_eq!(audit[1].actor.as_deref(), Some("alice"));
+    let detail = store.get_folder(folder.id).await.unwrap();
+    assert_eq!(
+        detail.history.last().unwrap().actor.as_deref(),
+        Some("alice")
+    );
+    assert_eq!(detail.history.len(), 2);
+}
+
+async fn set_status_maps_a_taken_name(db: TestDb) {
+    let store = db.migrated().await;
+    let first = new_folder("taken", HOST);
+    store.create_folder(&first, "alice").await.unwrap();
+    let mut second = new_folder("taken", HOST);
+    second.user = first.user;
+    let err = store.create_folder(&second, "alice").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NameTaken { name } if name == "taken"),
+        "{err}"
+    );
+    // Free once the first folder is dead; the new one is created.
+    store
+        .set_status(&request(first.id, Status::DeleteOngoing, "force-delete"))
+        .await
+        .unwrap();
+    let claims = store.claim_due(&claim_request("r1")).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert!(store.fail_removal(first.id, "r1", "boom").await.unwrap());
+    store.create_folder(&second, "alice").await.unwrap();
+    // Retrying the dead folder would take the name again: refused as NameTaken.
+    let err = store
+        .set_status(&request(first.id, Status::DeleteOngoing, "retry"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NameTaken { .. }), "{err}");
+}
+
+async fn claim_returns_due_rows_once_and_a_second_claimant_gets_nothing(db: TestDb) {
+    let store = db.migrated().await;
+    let a = ongoing(&store, "a", HOST).await;
+    let b = ongoing(&store, "b", HOST).await;
+    let ready = store
+        .create_folder(&new_folder("c", HOST), "alice")
+        .await
+        .unwrap();
+    let claims = store.claim_due(&claim_request("r1")).await.unwrap();
+    let ids: BTreeSet<_> = claims.iter().map(|c| c.folder.id).collect();
+    assert_eq!(ids, BTreeSet::from([a, b]));
+    assert!(!ids.contains(&ready.id));
+    for c in &claims {
+        assert_eq!(c.kind, WorkKind::Remove);
+        assert_eq!(c.attempts, 0);
+        assert_eq!(c.location, Location::Live);
+        assert_eq!(c.reclaimed_from, None);
+        assert_eq!(c.folder.status, Status::DeleteOngoing);
+    }
+    assert!(
+        store
+            .claim_due(&claim_request("r1"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_due(&claim_request("r2"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let state = store.get_folder(a).await.unwrap().state.unwrap();
+    assert_eq!(state.lease_owner.as_deref(), Some("r1"));
+    assert!(state.lease_expires_at.unwrap() > Utc::now());
+}
+
+async fn expired_lease_is_reclaimed_by_another_replica(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let id = ongoing(&store, "a", HOST).await;
+    assert_eq!(
+        store.claim_due(&claim_request("r1")).await.unwrap().len(),
+        1
+    );
+    raw.expire_lease(id).await;
+    let claims = store.claim_due(&claim_request("r2")).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].reclaimed_from.as_deref(), Some("r1"));
+    // The old owner lost it: its renewal and completion are refused.
+    assert!(
+        !store
+            .renew_lease(id, "r1", Duration::from_secs(60), Progress::default())
+            .await
+            .unwrap()
+    );
+    assert!(!store.complete_removal(id, "r1", &done()).await.unwrap());
+    assert!(store.complete_removal(id, "r2", &done()).await.unwrap());
+}
+
+async fn claim_honours_hosts_exclude_and_limit(db: TestDb) {
+    let store = db.migrated().await;
+    let a = ongoing(&store, "a", HOST).await;
+    let b = ongoing(&store, "b", HOST).await;
+    let elsewhere = ongoing(&store, "c", "other:volume").await;
+    let mut req = claim_request("r1");
+    req.exclude = vec![a];
+    req.limit = 5;
+    let claims = store.claim_due(&req).await.unwrap();
+    assert_eq!(claims.iter().map(|c| c.folder.id).collect::<Vec<_>>(), [b]);
+    let mut req = claim_request("r1");
+    req.limit = 1;
+    let claims = store.claim_due(&req).await.unwrap();
+    assert_eq!(claims.iter().map(|c| c.folder.id).collect::<Vec<_>>(), [a]);
+    let mut req = claim_request("r1");
+    req.hosts = vec![];
+    assert!(store.claim_due(&req).await.unwrap().is_empty());
+    let mut req = claim_request("r1");
+    req.hosts = vec!["other:volume".to_owned()];
+    let claims = store.claim_due(&req).await.unwrap();
+    assert_eq!(
+        claims.iter().map(|c| c.folder.id).collect::<Vec<_>>(),
+        [elsewhere]
+    );
+}
+
+async fn move_volumes_get_trash_and_restore_work(db: TestDb) {
+    let store = db.migrated().await;
+    let moving = store
+        .create_folder(&new_folder("m", MOVE_HOST), "alice")
+        .await
+        .unwrap();
+    let in_place = store
+        .create_folder(&new_folder("p", HOST), "alice")
+        .await
+        .unwrap();
+    for id in [moving.id, in_place.id] {
+        store
+            .set_status(&request(id, Status::DeletePending, "trash"))
+            .await
+            .unwrap();
+    }
+    let claims = store.claim_due(&claim_request("r1")).await.unwrap();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(claims[0].folder.id, moving.id);
+    assert_eq!(claims[0].kind, WorkKind::MoveToTrash);
+    assert!(
+        store
+            .record_location(moving.id, "r1", Location::Trash)
+            .await
+            .unwrap()
+    );
+    let state = store.get_folder(moving.id).await.unwrap().state.unwrap();
+    assert_eq!(state.location, Location::Trash);
+    assert_eq!(state.lease_owner, None);
+    assert!(
+        store
+            .claim_due(&claim_request("r1"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .set_status(&request(moving.id, Status::Ready, "restore"))
+        .await
+        .unwrap();
+    let claims = store.claim_due(&claim_request("r1")).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].kind, WorkKind::Restore);
+    assert_eq!(claims[0].location, Location::Trash);
+    assert!(
+        store
+            .record_location(moving.id, "r1", Location::Live)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_due(&claim_request("r1"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        actions(&store, moving.id).await,
+        [
+            "create",
+            "trash",
+            "moved-to-trash",
+            "restore",
+            "restored-from-trash"
+        ]
+    );
+    // A purge of trashed data is a removal, whatever the location.
+    store
+        .set_status(&request(moving.id, Status::DeleteOngoing, "force-delete"))
+        .await
+        .unwrap();
+    let claims = store.claim_due(&claim_request("r1")).await.unwrap();
+    let kinds: Vec<_> = claims.iter().map(|c| (c.folder.id, c.kind)).collect();
+    assert_eq!(kinds, [(moving.id, WorkKind::Remove)]);
+}
+
+async fn lease_guarded_operations_are_no_ops_for_a_non_owner(db: TestDb) {
+    let store = db.migrated().await;
+    let id = ongoing(&store, "a", HOST).await;
+    store.claim_due(&claim_request("r1")).await.unwrap();
+    let before = store.get_folder(id).await.unwrap();
+    assert!(!store.complete_removal(id, "r2", &done()).await.unwrap());
+    assert!(!store.fail_removal(id, "r2", "nope").await.unwrap());
+    assert_eq!(
+        store
+            .record_retry(id, "r2", "nope", Utc::now())
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        !store
+            .record_location(id, "r2", Location::Trash)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew_lease(id, "r2", Duration::from_secs(60), Progress::default())
+            .await
+            .unwrap()
+    );
+    store.release_lease(id, "r2").await.unwrap();
+    assert_eq!(store.release_all_leases("r2").await.unwrap(), 0);
+    assert_eq!(store.get_folder(id).await.unwrap(), before);
+    assert_eq!(actions(&store, id).await, ["create", "force-delete"]);
+    // The owner's renewal stores progress and extends the lease.
+    let progress = Progress {
+        files: 7,
+        dirs: 1,
+        symlinks: 0,
+        bytes: 9,
+    };
+    assert!(
+        store
+            .renew_lease(id, "r1", Duration::from_secs(600), progress)
+            .await
+            .unwrap()
+    );
+    let state = store.get_folder(id).await.unwrap().state.unwrap();
+    assert_eq!(state.progress, progress);
+    assert!(state.lease_expires_at.unwrap() > Utc::now() + chrono::Duration::seconds(300));
+}
+
+async fn completion_writes_exactly_one_audit_entry(db: TestDb) {
+    let store = db.migrated().await;
+    let id = ongoing(&store, "a", HOST).await;
+    store.claim_due(&claim_request("r1")).await.unwrap();
+    assert!(store.complete_removal(id, "r1", &done()).await.unwrap());
+    assert!(!store.complete_removal(id, "r1", &done()).await.unwrap());
+    let audit = store
+        .audit(&AuditFilter {
+            id: Some(id),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let removed: Vec<_> = audit.iter().filter(|e| e.action == "removed").collect();
+    assert_eq!(removed.len(), 1, "{audit:?}");
+    let entry = removed[0];
+    assert_eq!(entry.from_status.as_deref(), Some("delete-ongoing"));
+    assert_eq!(entry.to_status.as_deref(), Some("delete-complete"));
+    assert_eq!(entry.replica.as_deref(), Some("r1"));
+    assert_eq!(entry.actor.as_deref(), Some("r1"));
+    assert_eq!(entry.progress, Some(done().progress));
+    assert_eq!(entry.duration_ms, Some(1500));
+    let detail = store.get_folder(id).await.unwrap();
+    assert_eq!(detail.folder.status, Status::DeleteComplete);
+    assert_eq!(detail.history.last().unwrap().actor.as_deref(), Some("r1"));
+    let state = detail.state.unwrap();
+    assert_eq!(state.lease_owner, None);
+    assert_eq!(state.progress, done().progress);
+    assert!(
+        store
+            .claim_due(&claim_request("r1"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn retries_back_off_and_failures_go_to_delete_error(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let id = ongoing(&store, "a", HOST).await;
+    store.claim_due(&claim_request("r1")).await.unwrap();
+    let later = Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(
+        store.record_retry(id, "r1", "ESTALE", later).await.unwrap(),
+        Some(1)
+    );
+    let state = store.get_folder(id).await.unwrap().state.unwrap();
+    assert_eq!(state.attempts, 1);
+    assert_eq!(state.last_error.as_deref(), Some("ESTALE"));
+    assert_eq!(state.lease_owner, None);
+    assert!(
+        store
+            .claim_due(&claim_request("r2"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    raw.set_time(
+        "vfolder_controller_state",
+        "next_attempt_at",
+        "vfolder_id",
+        id,
+        Utc::now() - chrono::Duration::seconds(1),
+    )
+    .await;
+    let claims = store.claim_due(&claim_request("r2")).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].attempts, 1);
+    assert!(store.fail_removal(id, "r2", "unsafe path").await.unwrap());
+    let detail = store.get_folder(id).await.unwrap();
+    assert_eq!(detail.folder.status, Status::DeleteError);
+    assert_eq!(
+        detail.state.unwrap().last_error.as_deref(),
+        Some("unsafe path")
+    );
+    let audit = store
+        .audit(&AuditFilter {
+            id: Some(id),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let failed = audit.last().unwrap();
+    assert_eq!(failed.action, "remove-failed");
+    assert_eq!(failed.error.as_deref(), Some("unsafe path"));
+    assert_eq!(failed.to_status.as_deref(), Some("delete-error"));
+    assert!(
+        store
+            .claim_due(&claim_request("r2"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The operator's retry starts afresh.
+    store
+        .set_status(&request(id, Status::DeleteOngoing, "retry"))
+        .await
+        .unwrap();
+    let claims = store.claim_due(&claim_request("r3")).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].attempts, 0);
+}
+
+async fn released_leases_are_claimable_again(db: TestDb) {
+    let store = db.migrated().await;
+    let a = ongoing(&store, "a", HOST).await;
+    let _b = ongoing(&store, "b", HOST).await;
+    assert_eq!(
+        store.claim_due(&claim_request("r1")).await.unwrap().len(),
+        2
+    );
+    store.release_lease(a, "r1").await.unwrap();
+    let claims = store.claim_due(&claim_request("r2")).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].folder.id, a);
+    assert_eq!(claims[0].reclaimed_from, None);
+    assert_eq!(store.release_all_leases("r1").await.unwrap(), 1);
+    assert_eq!(store.release_all_leases("r2").await.unwrap(), 1);
+    assert_eq!(
+        store.claim_due(&claim_request("r3")).await.unwrap().len(),
+        2
+    );
+}
+
+async fn trash_timer_respects_default_retention_and_purge_after(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let week = Duration::from_secs(7 * 86400);
+    let mut ids = Vec::new();
+    for name in ["old", "fresh", "early", "late"] {
+        let f = store
+            .create_folder(&new_folder(name, HOST), "alice")
+            .await
+            .unwrap();
+        ids.push(f.id);
+    }
+    let [old, fresh, early, late] = ids[..] else {
+        unreachable!()
+    };
+    for id in [old, fresh] {
+        store
+            .set_status(&request(id, Status::DeletePending, "trash"))
+            .await
+            .unwrap();
+    }
+    let mut req = request(early, Status::DeletePending, "trash");
+    req.purge_after = Some(Utc::now() - chrono::Duration::seconds(1));
+    store.set_status(&req).await.unwrap();
+    let mut req = request(late, Status::DeletePending, "trash");
+    req.purge_after = Some(Utc::now() + chrono::Duration::days(30));
+    store.set_status(&req).await.unwrap();
+    raw.age_status(old, chrono::Duration::days(8)).await;
+    raw.age_status(late, chrono::Duration::days(8)).await;
+    let stored = store.get_folder(early).await.unwrap().state.unwrap();
+    assert!(stored.purge_after.is_some());
+
+    assert_eq!(
+        store
+            .purge_expired_trash(week, "trash-timer", 100)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .purge_expired_trash(week, "trash-timer", 100)
+            .await
+            .unwrap(),
+        0
+    );
+    for (id, want) in [
+        (old, Status::DeleteOngoing),
+        (early, Status::DeleteOngoing),
+        (fresh, Status::DeletePending),
+        (late, Status::DeletePending),
+    ] {
+        let detail = store.get_folder(id).await.unwrap();
+        assert_eq!(detail.folder.status, want, "{id}");
+    }
+    let audit = store
+        .audit(&AuditFilter {
+            id: Some(old),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let timer = audit.last().unwrap();
+    assert_eq!(timer.action, "trash-timer");
+    assert_eq!(timer.actor.as_deref(), Some("trash-timer"));
+    assert_eq!(
+        store
+            .get_folder(old)
+            .await
+            .unwrap()
+            .history
+            .last()
+            .unwrap()
+            .actor
+            .as_deref(),
+        Some("trash-timer")
+    );
+    // A restore forgets the per-folder purge time.
+    store
+        .set_status(&request(late, Status::Ready, "restore"))
+        .await
+        .unwrap();
+    let state = store.get_folder(late).await.unwrap().state.unwrap();
+    assert_eq!(state.purge_after, None);
+    // The limit bounds one pass.
+    raw.age_status(fresh, chrono::Duration::days(8)).await;
+    store
+        .set_status(&request(late, Status::DeletePending, "trash"))
+        .await
+        .unwrap();
+    raw.age_status(late, chrono::Duration::days(8)).await;
+    assert_eq!(store.purge_expired_trash(week, "t", 1).await.unwrap(), 1);
+    assert_eq!(store.purge_expired_trash(week, "t", 1).await.unwrap(), 1);
+    assert_eq!(store.purge_expired_trash(week, "t", 1).await.unwrap(), 0);
+}
+
+async fn history_cleanup_removes_rows_but_keeps_the_audit(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let month = Duration::from_secs(30 * 86400);
+    let old = ongoing(&store, "old", HOST).await;
+    let recent = ongoing(&store, "recent", HOST).await;
+    store.claim_due(&claim_request("r1")).await.unwrap();
+    for id in [old, recent] {
+        assert!(store.complete_removal(id, "r1", &done()).await.unwrap());
+    }
+    raw.age_status(old, chrono::Duration::days(31)).await;
+    assert_eq!(store.clean_history(month, "history", 100).await.unwrap(), 1);
+    assert_eq!(store.clean_history(month, "history", 100).await.unwrap(), 0);
+    assert!(matches!(
+        store.get_folder(old).await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        raw.int(&format!(
+            "SELECT count(*) FROM vfolder_controller_state WHERE vfolder_id = '{old}'"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        store.get_folder(recent).await.unwrap().folder.status,
+        Status::DeleteComplete
+    );
+    assert_eq!(
+        actions(&store, old).await,
+        ["create", "force-delete", "removed", "history-cleanup"]
+    );
+}
+
+async fn forget_works_only_from_delete_error(db: TestDb) {
+    let store = db.migrated().await;
+    let id = ongoing(&store, "a", HOST).await;
+    let err = store.forget(id, "alice").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotForgettable {
+                status: Status::DeleteOngoing,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        store.forget(new_id(), "alice").await,
+        Err(Error::NotFound(_))
+    ));
+    store.claim_due(&claim_request("r1")).await.unwrap();
+    assert!(store.fail_removal(id, "r1", "EIO").await.unwrap());
+    store.forget(id, "alice").await.unwrap();
+    assert!(matches!(
+        store.get_folder(id).await,
+        Err(Error::NotFound(_))
+    ));
+    let audit = store
+        .audit(&AuditFilter {
+            id: Some(id),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let last = audit.last().unwrap();
+    assert_eq!(last.action, "forget");
+    assert_eq!(last.from_status.as_deref(), Some("delete-error"));
+    assert_eq!(last.actor.as_deref(), Some("alice"));
+}
+
+async fn audit_filters_by_folder_time_and_limit(db: TestDb) {
+    let store = db.migrated().await;
+    let a = store
+        .create_folder(&new_folder("a", HOST), "alice")
+        .await
+        .unwrap();
+    let b = store
+        .create_folder(&new_folder("b", HOST), "alice")
+        .await
+        .unwrap();
+    store
+        .set_status(&request(a.id, Status::DeletePending, "trash"))
+        .await
+        .unwrap();
+    store
+        .set_status(&request(a.id, Status::Ready, "restore"))
+        .await
+        .unwrap();
+    let all = store.audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let only_b = store
+        .audit(&AuditFilter {
+            id: Some(b.id),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(only_b.len(), 1);
+    assert_eq!(only_b[0].vfolder_id, b.id);
+    let newest = store
+        .audit(&AuditFilter {
+            limit: Some(2),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["trash", "restore"]
+    );
+    let future = store
+        .audit(&AuditFilter {
+            since: Some(Utc::now() + chrono::Duration::minutes(1)),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(future.is_empty());
+    let past = store
+        .audit(&AuditFilter {
+            since: Some(Utc::now() - chrono::Duration::minutes(1)),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(past.len(), 4);
+}
+
+async fn status_counts_and_oldest_unconverged(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let id = ongoing(&store, "a", HOST).await;
+    store
+        .create_folder(&new_folder("b", HOST), "alice")
+        .await
+        .unwrap();
+    store
+        .create_folder(&new_folder("c", HOST), "alice")
+        .await
+        .unwrap();
+    let mut counts = store.status_counts().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, [(Status::Ready, 2), (Status::DeleteOngoing, 1)]);
+    raw.age_status(id, chrono::Duration::hours(2)).await;
+    let ages = store
+        .oldest_unconverged(Duration::from_secs(86400))
+        .await
+        .unwrap();
+    let remove = ages.iter().find(|(k, _)| *k == "remove").unwrap().1;
+    assert!(remove >= Duration::from_secs(7000), "{remove:?}");
+    let timer = ages.iter().find(|(k, _)| *k == "trash-timer").unwrap().1;
+    assert_eq!(timer, Duration::ZERO);
+}
+
+// ----- PostgreSQL only -----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_payload_follows_a_raw_update() {
+    use futures::StreamExt;
+    let db = TestDb::postgres().await;
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let common::Raw::Pg(pool) = &raw else {
+        unreachable!()
+    };
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+        .await
+        .unwrap();
+    listener.listen(store::EVENT_CHANNEL).await.unwrap();
+    let mut events = store
+        .subscribe()
+        .await
+        .unwrap()
+        .expect("PostgreSQL has events");
+    let id = new_id();
+    raw.insert(id, "notified", None).await.unwrap();
+    raw.set_status(id, "delete-pending").await.unwrap();
+    raw.set_status(id, "delete-pending").await.unwrap(); // no-op: no event
+    raw.set_status(id, "ready").await.unwrap();
+
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let n = listener.recv().await.unwrap();
+        let event: store::StatusEvent = serde_json::from_str(n.payload()).unwrap();
+        assert_eq!(event.id, id);
+        seen.push((event.from, event.to));
+    }
+    let expected = vec![
+        (None, "ready".to_owned()),
+        (Some("ready".to_owned()), "delete-pending".to_owned()),
+        (Some("delete-pending".to_owned()), "ready".to_owned()),
+    ];
+    assert_eq!(seen, expected);
+    let mut from_store = Vec::new();
+    for _ in 0..3 {
+        let e = events.next().await.unwrap().unwrap();
+        from_store.push((e.from, e.to));
+    }
+    assert_eq!(from_store, expected);
+    // A broken listener connection ends the stream with an error.
+    raw.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .await
+    .unwrap();
+    let end = events.next().await;
+    assert!(matches!(end, Some(Err(_))), "{end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claimants_never_claim_the_same_row_twice() {
+    let db = TestDb::postgres().await;
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let rows = 300;
+    raw.execute(&format!(
+        "INSERT INTO vfolders (id, host, name, status)
+         SELECT gen_random_uuid(), '{HOST}', 'f' || i, 'delete-ongoing'
+         FROM generate_series(1, {rows}) AS i"
+    ))
+    .await
+    .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let mut req = claim_request(&format!("r{worker}"));
+                req.limit = 7;
+                let claims = store.claim_due(&req).await.unwrap();
+                if claims.is_empty() {
+                    return mine;
+                }
+                mine.extend(claims.into_iter().map(|c| c.folder.id));
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(mine) = tasks.join_next().await {
+        all.extend(mine.unwrap());
+    }
+    let unique: BTreeSet<_> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "a row was claimed twice");
+    assert_eq!(all.len(), rows);
+}
