@@ -11,82 +11,42 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
+mod common;
+use common::{Backend, TestDb};
+
 const BIN: &str = env!("CARGO_BIN_EXE_vfolder-controller");
 const HOST: &str = "local:v1";
 const OWNER: &str = "3f1c0f6e-1b7a-4f7e-9a53-0c2a8d1e4b11";
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A fresh database (SQLite file or PostgreSQL database), a volume directory and a config
-/// file pointing at both, all removed when dropped.
+/// A fresh database (from `common::TestDb`), a volume directory and a config file pointing
+/// at both, all removed when dropped.
 struct Env {
     dir: tempfile::TempDir,
-    url: String,
-    pg: Option<PgDatabase>,
-}
-
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = psql(
-            &self.admin_url,
-            &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
-        );
-    }
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-fn psql(url: &str, sql: &str) -> Output {
-    Command::new("psql")
-        .args([url, "-v", "ON_ERROR_STOP=1", "-Atqc", sql])
-        .output()
-        .expect("psql runs")
+    db: TestDb,
+    rt: tokio::runtime::Runtime,
 }
 
 impl Env {
     /// A fresh, empty database, a volume directory and a config file naming both.
     fn unmigrated(backend: Backend) -> Env {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let db = rt.block_on(async {
+            match backend {
+                Backend::Sqlite => TestDb::sqlite().await,
+                Backend::Postgres => TestDb::postgres().await,
+            }
+        });
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("vol")).unwrap();
-        let (url, pg) = match backend {
-            Backend::Sqlite => (
-                format!("sqlite://{}", dir.path().join("db.sqlite").display()),
-                None,
-            ),
-            Backend::Postgres => {
-                let admin_url = pg_admin_url();
-                let name = format!("vfc_cli_{}", Uuid::new_v4().simple());
-                let out = psql(&admin_url, &format!("CREATE DATABASE \"{name}\""));
-                assert!(
-                    out.status.success(),
-                    "PostgreSQL at {admin_url} is required: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let (base, _) = admin_url.rsplit_once('/').unwrap();
-                (
-                    format!("{base}/{name}"),
-                    Some(PgDatabase { admin_url, name }),
-                )
-            }
-        };
-        let env = Env { dir, url, pg };
+        let env = Env { dir, db, rt };
         std::fs::write(
             env.config_path(),
             format!(
                 "database_url = {:?}\n[[volumes]]\nhost = {HOST:?}\nmount = {:?}\nrequire_mount_point = false\n",
-                env.url,
+                env.db.url,
                 env.mount()
             ),
         )
@@ -151,19 +111,12 @@ impl Env {
 
     /// Raw SQL on the database, as another writer (psql, a service) would do it.
     fn sql(&self, sql: &str) {
-        let out = match self.pg {
-            Some(_) => psql(&self.url, sql),
-            None => Command::new("sqlite3")
-                .arg(self.url.trim_start_matches("sqlite://"))
-                .arg(sql)
-                .output()
-                .unwrap(),
-        };
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.rt.block_on(async {
+            let raw = self.db.raw().await;
+            raw.execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        });
     }
 }
 
@@ -574,7 +527,7 @@ fn run_logs_that_it_is_running_and_exits_0_on_sigterm(b: Backend) {
     let env = Env::new(b);
     // No --config: the built-in volume under the working directory is created.
     let mut child = command(env.dir.path())
-        .args(["--database-url", &env.url, "run"])
+        .args(["--database-url", &env.db.url, "run"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
