@@ -1,0 +1,636 @@
+//! The subcommands: each reads or changes the database through the [`Store`] trait and
+//! prints a table (or JSON with `--json`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::output::{self, Table, fields, opt, opt_time, time};
+use super::{
+    Admin, AuditArgs, Cli, Command, CreateArgs, Error, ListArgs, TrashArgs, TrashCommand, run,
+};
+use crate::config::Config;
+use crate::lifecycle::Status;
+use crate::storage::{FolderRef, Volumes};
+use crate::store::{
+    self, AuditEntry, AuditFilter, Folder, FolderDetail, Location, NewFolder, StatusChange,
+    StatusRequest, Store,
+};
+
+/// The owner of folders created without `--user`/`--project`: a fixed, documented user, so
+/// repeated `create` calls share one namespace (a name is taken until trashed and purged).
+pub const DEFAULT_USER: Uuid = Uuid::from_u128(1);
+
+/// Rows `clean-history` removes per statement.
+const CLEAN_BATCH: u32 = 1000;
+
+/// Runs the parsed command with the loaded configuration.
+pub async fn execute(cli: Cli, config: Config) -> Result<(), Error> {
+    let actor = cli.actor();
+    let json = cli.json;
+    match cli.command {
+        Command::Run => run::run(config).await,
+        Command::Migrate => migrate(&config, json).await,
+        Command::Admin(command) => {
+            let store = open(&config).await?;
+            let ctx = Ctx {
+                store: store.as_ref(),
+                config: &config,
+                actor,
+                json,
+            };
+            ctx.dispatch(command).await
+        }
+    }
+}
+
+/// Opens the database for an admin command. The embedded SQLite database is migrated on
+/// first use (zero set-up); PostgreSQL must have been migrated explicitly, so an admin
+/// command never changes a production schema as a side effect.
+async fn open(config: &Config) -> Result<Arc<dyn Store>, Error> {
+    let store = store::connect(&config.database_url).await?;
+    if store.backend() == "sqlite" {
+        store.migrate().await?;
+    } else {
+        store.check_ready().await.map_err(|e| match e {
+            store::Error::NotMigrated(reason) => Error::NotMigrated(reason),
+            e => e.into(),
+        })?;
+    }
+    Ok(store)
+}
+
+async fn migrate(config: &Config, json: bool) -> Result<(), Error> {
+    let store = store::connect(&config.database_url).await?;
+    store.migrate().await?;
+    if json {
+        output::print_json(&serde_json::json!({ "backend": store.backend(), "migrated": true }))
+    } else {
+        output::print(&format!(
+            "{} database is migrated to the current schema\n",
+            store.backend()
+        ))
+    }
+}
+
+/// What a status-changing command means: its target status, the statuses it is meant to
+/// start from, and what to say when the folder is elsewhere.
+struct Transition {
+    command: &'static str,
+    action: &'static str,
+    to: Status,
+    from: &'static [Status],
+    hint: &'static str,
+}
+
+const TRASH: Transition = Transition {
+    command: "trash",
+    action: "trash",
+    to: Status::DeletePending,
+    from: &[Status::Ready],
+    hint: "only moves a live folder (ready) to the trash",
+};
+const RESTORE: Transition = Transition {
+    command: "restore",
+    action: "restore",
+    to: Status::Ready,
+    from: &[Status::DeletePending],
+    hint: "only takes a folder out of the trash (delete-pending)",
+};
+const PURGE: Transition = Transition {
+    command: "purge",
+    action: "purge",
+    to: Status::DeleteOngoing,
+    from: &[Status::DeletePending],
+    hint: "only deletes a folder in the trash (delete-pending); use force-delete for a live folder, retry for delete-error",
+};
+const FORCE_DELETE: Transition = Transition {
+    command: "force-delete",
+    action: "force-delete",
+    to: Status::DeleteOngoing,
+    from: &[Status::Ready],
+    hint: "only deletes a live folder (ready); use purge for a folder in the trash, retry for delete-error",
+};
+const RETRY: Transition = Transition {
+    command: "retry",
+    action: "retry",
+    to: Status::DeleteOngoing,
+    from: &[Status::DeleteError],
+    hint: "only restarts a failed removal (delete-error); use purge for a folder in the trash, force-delete for a live folder",
+};
+
+/// A folder with the values `show` and `trash list` derive for it.
+#[derive(Debug, Serialize)]
+struct Shown {
+    #[serde(flatten)]
+    detail: FolderDetail,
+    /// Where the data is on this machine, when its volume is configured here.
+    path: Option<PathBuf>,
+    /// When the trash timer deletes it (delete-pending only).
+    purge_at: Option<DateTime<Utc>>,
+}
+
+/// A created folder and its directory.
+#[derive(Debug, Serialize)]
+struct Created {
+    #[serde(flatten)]
+    folder: Folder,
+    path: PathBuf,
+}
+
+struct Ctx<'a> {
+    store: &'a dyn Store,
+    config: &'a Config,
+    actor: String,
+    json: bool,
+}
+
+impl Ctx<'_> {
+    async fn dispatch(&self, command: Admin) -> Result<(), Error> {
+        match command {
+            Admin::Create(args) => self.create(args).await,
+            Admin::List(args) => self.list(args).await,
+            Admin::Trash(args) => self.trash(args).await,
+            Admin::Restore(a) => self.change(a.id, &RESTORE, None).await,
+            Admin::Purge(a) => self.change(a.id, &PURGE, None).await,
+            Admin::ForceDelete(a) => self.change(a.id, &FORCE_DELETE, None).await,
+            Admin::Retry(a) => self.change(a.id, &RETRY, None).await,
+            Admin::Forget(a) => self.forget(a.id).await,
+            Admin::Show(a) => self.show(a.id).await,
+            Admin::History(a) => self.history(a.id).await,
+            Admin::Audit(args) => self.audit(args).await,
+            Admin::CleanHistory(a) => self.clean_history(a.older_than).await,
+        }
+    }
+
+    async fn trash(&self, args: TrashArgs) -> Result<(), Error> {
+        match (args.list, args.id) {
+            (Some(TrashCommand::List), _) => self.trash_list().await,
+            (None, Some(id)) => {
+                let at = match args.purge_after {
+                    Some(d) => Some(later(Utc::now(), d).ok_or_else(|| Error::BadInput {
+                        flag: "--purge-after",
+                        value: humantime::format_duration(d).to_string(),
+                        reason: "too far in the future".to_owned(),
+                    })?),
+                    None => None,
+                };
+                self.change(id, &TRASH, at).await
+            }
+            // clap requires the id unless `list` is given.
+            (None, None) => Err(Error::BadInput {
+                flag: "trash",
+                value: String::new(),
+                reason: "give a folder ID or `list`".to_owned(),
+            }),
+        }
+    }
+
+    async fn create(&self, args: CreateArgs) -> Result<(), Error> {
+        let host = match args.host {
+            Some(h) => h,
+            None => self
+                .config
+                .volumes
+                .first()
+                .map(|v| v.host.clone())
+                .unwrap_or_default(),
+        };
+        if self.config.volume(&host).is_none() {
+            return Err(Error::UnknownVolume {
+                configured: self
+                    .config
+                    .volumes
+                    .iter()
+                    .map(|v| v.host.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                host,
+            });
+        }
+        run::ensure_builtin_volume(self.config)?;
+        let (user, group, ownership_type, scope) = match (args.user, args.project) {
+            (_, Some(p)) => (None, Some(p), "group", format!("project:{p}")),
+            (u, None) => {
+                let u = u.unwrap_or(DEFAULT_USER);
+                (Some(u), None, "user", format!("user:{u}"))
+            }
+        };
+        let new = NewFolder {
+            id: Uuid::new_v4(),
+            host,
+            quota_scope_id: Some(scope),
+            name: args.name,
+            user,
+            group,
+            ownership_type: ownership_type.to_owned(),
+        };
+        let volumes = Volumes::new(&self.config.volumes);
+        let folder_ref = FolderRef {
+            id: new.id,
+            host: &new.host,
+            quota_scope_id: new.quota_scope_id.as_deref(),
+        };
+        let storage_err = |source| Error::Storage {
+            host: new.host.clone(),
+            source,
+        };
+        // The directory first: the id is fresh, so nothing else uses this path, and a row is
+        // never left pointing at a directory that could not be made. If the row is refused
+        // (name taken), the empty directory is removed again.
+        let path = volumes
+            .get(&new.host)
+            .and_then(|v| v.create_folder(&folder_ref))
+            .map_err(storage_err)?;
+        let path = absolute(&path);
+        let folder = match self.store.create_folder(&new, &self.actor).await {
+            Ok(f) => f,
+            Err(e) => {
+                remove_empty_dirs(&path);
+                return Err(e.into());
+            }
+        };
+        if self.json {
+            return output::print_json(&Created { folder, path });
+        }
+        output::print(&fields(&[
+            ("created", folder.id.to_string()),
+            ("name", folder.name.clone()),
+            ("host", folder.host.clone()),
+            ("owner", opt(folder.quota_scope_id.as_deref())),
+            ("status", folder.status.to_string()),
+            ("path", path.display().to_string()),
+        ]))
+    }
+
+    async fn list(&self, args: ListArgs) -> Result<(), Error> {
+        let statuses = if args.statuses.is_empty() {
+            crate::lifecycle::ALL
+                .into_iter()
+                .filter(|s| s.is_live())
+                .collect()
+        } else {
+            args.statuses
+        };
+        let folders = self.store.list_folders(&statuses).await?;
+        if self.json {
+            return output::print_json(&folders);
+        }
+        let mut t = Table::new(&["ID", "NAME", "HOST", "OWNER", "STATUS", "SINCE"]);
+        for f in &folders {
+            t.row(vec![
+                f.id.to_string(),
+                f.name.clone(),
+                f.host.clone(),
+                opt(f.quota_scope_id.as_deref()),
+                f.status.to_string(),
+                time(f.status_changed.unwrap_or(f.created_at)),
+            ]);
+        }
+        output::print(&t.render())
+    }
+
+    async fn trash_list(&self) -> Result<(), Error> {
+        let folders = self
+            .store
+            .list_folders(&[Status::DeletePending, Status::DeleteOngoing])
+            .await?;
+        let mut shown = Vec::with_capacity(folders.len());
+        for f in folders {
+            // The per-folder purge time lives in the controller state; a folder removed
+            // between the two queries simply drops out of the list.
+            match self.store.get_folder(f.id).await {
+                Ok(detail) => shown.push(self.shown(detail, None)),
+                Err(store::Error::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if self.json {
+            return output::print_json(&shown);
+        }
+        let mut t = Table::new(&[
+            "ID", "NAME", "HOST", "OWNER", "STATUS", "TRASHED", "PURGE AT",
+        ]);
+        for s in &shown {
+            let f = &s.detail.folder;
+            t.row(vec![
+                f.id.to_string(),
+                f.name.clone(),
+                f.host.clone(),
+                opt(f.quota_scope_id.as_deref()),
+                f.status.to_string(),
+                opt_time(f.status_changed),
+                match f.status {
+                    Status::DeleteOngoing => "being removed".to_owned(),
+                    _ => opt_time(s.purge_at),
+                },
+            ]);
+        }
+        output::print(&t.render())
+    }
+
+    /// Checks that the folder is in a status `tr` is meant for, then writes the status.
+    async fn change(
+        &self,
+        id: Uuid,
+        tr: &Transition,
+        purge_after: Option<DateTime<Utc>>,
+    ) -> Result<(), Error> {
+        let current = self.store.get_folder(id).await?.folder;
+        let from = current.status;
+        // Illegal transitions go to the database, which rejects them with the canonical
+        // error; legal ones that belong to another command are refused here.
+        if from != tr.to && from.can_transition_to(tr.to) && !tr.from.contains(&from) {
+            return Err(Error::WrongStatus {
+                id,
+                status: from,
+                command: tr.command,
+                hint: tr.hint.to_owned(),
+            });
+        }
+        let change = self
+            .store
+            .set_status(&StatusRequest {
+                id,
+                to: tr.to,
+                actor: self.actor.clone(),
+                action: tr.action,
+                purge_after,
+            })
+            .await?;
+        if self.json {
+            return output::print_json(&change);
+        }
+        output::print(&describe_change(&current, &change, purge_after))
+    }
+
+    async fn forget(&self, id: Uuid) -> Result<(), Error> {
+        self.store.forget(id, &self.actor).await?;
+        if self.json {
+            return output::print_json(&serde_json::json!({ "id": id, "forgotten": true }));
+        }
+        output::print(&format!(
+            "vfolder {id}: row removed (its files were not touched); the audit log keeps the entry\n"
+        ))
+    }
+
+    async fn show(&self, id: Uuid) -> Result<(), Error> {
+        let detail = self.store.get_folder(id).await?;
+        let volumes = Volumes::new(&self.config.volumes);
+        let shown = self.shown(detail, Some(&volumes));
+        if self.json {
+            return output::print_json(&shown);
+        }
+        let f = &shown.detail.folder;
+        let state = shown.detail.state.as_ref();
+        let location = state.map_or(Location::Live, |s| s.location);
+        let mut pairs = vec![
+            ("id", f.id.to_string()),
+            ("name", f.name.clone()),
+            ("host", f.host.clone()),
+            ("owner", opt(f.quota_scope_id.as_deref())),
+            (
+                "status",
+                format!(
+                    "{} since {}",
+                    f.status,
+                    time(f.status_changed.unwrap_or(f.created_at))
+                ),
+            ),
+            (
+                "path",
+                match &shown.path {
+                    Some(p) => format!("{} ({})", p.display(), location_name(location)),
+                    None => format!("- (volume {} is not configured here)", f.host),
+                },
+            ),
+            ("created", time(f.created_at)),
+        ];
+        if f.status == Status::DeletePending {
+            pairs.push(("purge at", opt_time(shown.purge_at)));
+        }
+        pairs.extend([
+            ("attempts", state.map_or(0, |s| s.attempts).to_string()),
+            (
+                "next attempt",
+                opt_time(state.and_then(|s| s.next_attempt_at)),
+            ),
+            (
+                "last error",
+                opt(state.and_then(|s| s.last_error.as_deref())),
+            ),
+            (
+                "lease",
+                match state.and_then(|s| s.lease_owner.as_deref().zip(s.lease_expires_at)) {
+                    Some((owner, until)) => format!("{owner} until {}", time(until)),
+                    None => "-".to_owned(),
+                },
+            ),
+            (
+                "progress",
+                state.map_or_else(
+                    || "-".to_owned(),
+                    |s| {
+                        let p = s.progress;
+                        format!(
+                            "{} files, {} dirs, {} symlinks, {} bytes removed",
+                            p.files, p.dirs, p.symlinks, p.bytes
+                        )
+                    },
+                ),
+            ),
+        ]);
+        let mut text = fields(&pairs);
+        text.push_str("history:\n");
+        for line in history_table(&shown.detail).render().lines() {
+            text.push_str("  ");
+            text.push_str(line);
+            text.push('\n');
+        }
+        output::print(&text)
+    }
+
+    async fn history(&self, id: Uuid) -> Result<(), Error> {
+        let detail = self.store.get_folder(id).await?;
+        if self.json {
+            return output::print_json(&detail.history);
+        }
+        output::print(&history_table(&detail).render())
+    }
+
+    async fn audit(&self, args: AuditArgs) -> Result<(), Error> {
+        let since = args
+            .since
+            .as_deref()
+            .map(|s| super::parse_since(s, Utc::now()))
+            .transpose()?;
+        if let Some(n) = args.limit.filter(|n| *n < 1) {
+            return Err(Error::BadInput {
+                flag: "--limit",
+                value: n.to_string(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        let entries = self
+            .store
+            .audit(&AuditFilter {
+                id: args.id,
+                since,
+                limit: args.limit,
+            })
+            .await?;
+        if self.json {
+            return output::print_json(&entries);
+        }
+        let mut t = Table::new(&[
+            "SEQ", "AT", "VFOLDER", "NAME", "ACTION", "FROM", "TO", "ACTOR", "REPLICA", "RESULT",
+        ]);
+        for e in &entries {
+            t.row(vec![
+                e.seq.to_string(),
+                time(e.at),
+                e.vfolder_id.to_string(),
+                opt(e.name.as_deref()),
+                e.action.clone(),
+                opt(e.from_status.as_deref()),
+                opt(e.to_status.as_deref()),
+                opt(e.actor.as_deref()),
+                opt(e.replica.as_deref()),
+                audit_result(e),
+            ]);
+        }
+        output::print(&t.render())
+    }
+
+    async fn clean_history(&self, older_than: Duration) -> Result<(), Error> {
+        let mut removed = 0;
+        loop {
+            let n = self
+                .store
+                .clean_history(older_than, &self.actor, CLEAN_BATCH)
+                .await?;
+            removed += n;
+            if n < u64::from(CLEAN_BATCH) {
+                break;
+            }
+        }
+        if self.json {
+            return output::print_json(&serde_json::json!({ "removed": removed }));
+        }
+        output::print(&format!(
+            "removed {removed} delete-complete row(s) older than {}\n",
+            humantime::format_duration(older_than)
+        ))
+    }
+
+    /// Adds the data path (when `volumes` is given and knows the host) and the purge time.
+    fn shown(&self, detail: FolderDetail, volumes: Option<&Volumes>) -> Shown {
+        let f = &detail.folder;
+        let state = detail.state.as_ref();
+        let purge_at = (f.status == Status::DeletePending)
+            .then(|| {
+                state.and_then(|s| s.purge_after).or_else(|| {
+                    f.status_changed
+                        .and_then(|t| later(t, self.config.controller.trash_retention))
+                })
+            })
+            .flatten();
+        let path = volumes.and_then(|vs| {
+            let r = FolderRef {
+                id: f.id,
+                host: &f.host,
+                quota_scope_id: f.quota_scope_id.as_deref(),
+            };
+            let v = vs.get(&f.host).ok()?;
+            let relative = match state.map_or(Location::Live, |s| s.location) {
+                Location::Live => v.folder_path(&r),
+                Location::Trash => v.trash_path(&r),
+            }
+            .ok()?;
+            Some(absolute(&v.config().mount.join(relative)))
+        });
+        Shown {
+            detail,
+            path,
+            purge_at,
+        }
+    }
+}
+
+fn describe_change(
+    folder: &Folder,
+    change: &StatusChange,
+    purge_after: Option<DateTime<Utc>>,
+) -> String {
+    let who = format!("vfolder {} ({})", change.id, folder.name);
+    if !change.changed {
+        return format!("{who} is already {}; nothing changed\n", change.to);
+    }
+    let effect = match change.to {
+        Status::DeletePending => match purge_after {
+            Some(t) => format!("in the trash; deleted at {} unless restored", time(t)),
+            None => "in the trash; deleted after the trash retention unless restored".to_owned(),
+        },
+        Status::Ready => "live again".to_owned(),
+        Status::DeleteOngoing => "the controller removes its files now".to_owned(),
+        _ => String::new(),
+    };
+    format!("{who}: {} -> {}: {effect}\n", change.from, change.to)
+}
+
+fn history_table(detail: &FolderDetail) -> Table {
+    let mut t = Table::new(&["STATUS", "AT", "ACTOR"]);
+    for h in &detail.history {
+        t.row(vec![h.status.clone(), time(h.at), opt(h.actor.as_deref())]);
+    }
+    t
+}
+
+fn audit_result(e: &AuditEntry) -> String {
+    if let Some(err) = &e.error {
+        return format!("error: {err}");
+    }
+    match (e.progress, e.duration_ms) {
+        (Some(p), d) => format!(
+            "{} files, {} dirs, {} bytes{}",
+            p.files,
+            p.dirs,
+            p.bytes,
+            d.map(|ms| format!(" in {ms} ms")).unwrap_or_default()
+        ),
+        (None, _) => String::new(),
+    }
+}
+
+fn location_name(l: Location) -> &'static str {
+    match l {
+        Location::Live => "live path",
+        Location::Trash => "in the volume's trash directory",
+    }
+}
+
+/// `t + d`, or `None` when that is not representable.
+fn later(t: DateTime<Utc>, d: Duration) -> Option<DateTime<Utc>> {
+    t.checked_add_signed(chrono::Duration::from_std(d).ok()?)
+}
+
+/// `path` made absolute against the working directory (the built-in volume's mount is
+/// relative), without touching the filesystem.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// Undoes `create`'s directory when the row was refused: removes the (empty) folder
+/// directory and its two fan-out parents if they are empty. `remove_dir` never removes
+/// anything that has content, so this cannot destroy data.
+fn remove_empty_dirs(path: &Path) {
+    for dir in path.ancestors().take(3) {
+        if std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `vfolder-controller run`: start the controller and keep it running until SIGTERM/SIGINT.
+//!
+//! [`run`] is the one place that wires configuration, logging, database and controller
+//! together, so the body can grow into the full controller without touching the CLI.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::Error;
+use crate::config::{Config, LogFormat, VolumeConfig};
+use crate::store::{self, Store};
+
+/// Runs the controller: logging, database connection and migrations, the built-in volume
+/// directory, then waits for SIGTERM/SIGINT and returns `Ok` (exit 0) after a graceful stop.
+pub async fn run(config: Config) -> Result<(), Error> {
+    init_logging(&config);
+    let store: Arc<dyn Store> = store::connect(&config.database_url).await?;
+    store.migrate().await?;
+    ensure_builtin_volume(&config)?;
+    // Installed before the "running" line, so a signal sent after it is never missed.
+    let signal_err = |source| Error::Io {
+        what: "cannot install signal handlers for",
+        path: "SIGTERM/SIGINT".into(),
+        source,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    let volumes: Vec<&str> = config.volumes.iter().map(|v| v.host.as_str()).collect();
+    tracing::info!(
+        backend = store.backend(),
+        volumes = ?volumes,
+        replica = %config.replica_id(),
+        "vfolder-controller running"
+    );
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "vfolder-controller stopped");
+    Ok(())
+}
+
+/// Creates the built-in volume's directory (`./var/volumes/volume1`) when it is the volume
+/// in use, so the zero-configuration setup works from a clean checkout. Configured volumes
+/// are never created: a missing mount must read as "not available", not as an empty volume.
+pub fn ensure_builtin_volume(config: &Config) -> Result<(), Error> {
+    let builtin = VolumeConfig::builtin_default();
+    for v in &config.volumes {
+        if v.host == builtin.host && v.mount == builtin.mount {
+            std::fs::create_dir_all(&v.mount).map_err(|source| Error::Io {
+                what: "cannot create the built-in volume directory",
+                path: v.mount.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Installs the `tracing` subscriber on stderr: `RUST_LOG` if set, else `[log] filter`;
+/// text or JSON lines. A second call (tests) keeps the first subscriber.
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    // An error here only means a subscriber is already installed.
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
