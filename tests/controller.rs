@@ -1,20 +1,24 @@
 //! End-to-end tests of `vfolder-controller run`: real processes, real PostgreSQL and SQLite,
 //! real directories and mounts, real signals.
 
+mod common;
 mod harness;
+mod storage_support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use harness::{Backend, Site, Tmpfs, snapshot};
+use common::TestDb;
+use harness::{Site, Tmpfs};
 use rustix::process::Signal;
+use storage_support::snapshot;
 use uuid::Uuid;
 use vfolder_controller::lifecycle::Status;
 use vfolder_controller::store::{AuditFilter, Location};
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn sentinel_snapshots(site: &Site) -> Vec<BTreeMap<std::path::PathBuf, harness::Entry>> {
+fn sentinel_snapshots(site: &Site) -> Vec<BTreeMap<std::path::PathBuf, storage_support::Entry>> {
     site.sentinels().iter().map(|p| snapshot(p)).collect()
 }
 
@@ -31,15 +35,16 @@ async fn audit_actions(site: &Site, id: Uuid) -> Vec<String> {
         .collect()
 }
 
-both_backends!(
+conformance!(
     raw_sql_delete_ongoing_removes_the_tree_and_completes,
     trash_timer_purges_after_retention_and_purge_after_wins,
     history_cleanup_removes_old_rows_and_keeps_the_audit,
     trash_move_mode_restores_data_byte_for_byte,
 );
 
-async fn raw_sql_delete_ongoing_removes_the_tree_and_completes(backend: Backend) {
-    let site = Site::new(backend, "", "").await;
+async fn raw_sql_delete_ongoing_removes_the_tree_and_completes(db: TestDb) {
+    let backend = db.backend;
+    let site = Site::new(db, "", "").await;
     let before = sentinel_snapshots(&site);
     let folder = site.folder_with_tree("photos", 5, 20).await;
     let path = site.folder_path(&folder);
@@ -47,7 +52,7 @@ async fn raw_sql_delete_ongoing_removes_the_tree_and_completes(backend: Backend)
     assert!(path.join("d0004/f0019").is_file());
 
     let mut listener = match backend {
-        Backend::Postgres => {
+        common::Backend::Postgres => {
             let mut l = sqlx::postgres::PgListener::connect(&site.database_url)
                 .await
                 .expect("listener");
@@ -56,7 +61,7 @@ async fn raw_sql_delete_ongoing_removes_the_tree_and_completes(backend: Backend)
                 .expect("listen");
             Some(l)
         }
-        Backend::Sqlite => None,
+        common::Backend::Sqlite => None,
     };
 
     let proc = site.start("r1");
@@ -126,8 +131,8 @@ async fn raw_sql_delete_ongoing_removes_the_tree_and_completes(backend: Backend)
     );
 }
 
-async fn trash_timer_purges_after_retention_and_purge_after_wins(backend: Backend) {
-    let site = Site::new(backend, "trash_retention = \"3s\"", "").await;
+async fn trash_timer_purges_after_retention_and_purge_after_wins(db: TestDb) {
+    let site = Site::new(db, "trash_retention = \"3s\"", "").await;
     let default_ret = site.folder_with_tree("a", 1, 3).await;
     let short = site.folder_with_tree("b", 1, 3).await;
     let long = site.folder_with_tree("c", 1, 3).await;
@@ -172,8 +177,8 @@ async fn trash_timer_purges_after_retention_and_purge_after_wins(backend: Backen
     assert!(site.folder_path(&live).join("d0000/f0000").is_file());
 }
 
-async fn history_cleanup_removes_old_rows_and_keeps_the_audit(backend: Backend) {
-    let site = Site::new(backend, "history_retention = \"1s\"", "").await;
+async fn history_cleanup_removes_old_rows_and_keeps_the_audit(db: TestDb) {
+    let site = Site::new(db, "history_retention = \"1s\"", "").await;
     let folder = site.folder_with_tree("old", 1, 2).await;
     let keep = site.folder_with_tree("keep", 1, 2).await;
     let proc = site.start("r1");
@@ -200,8 +205,8 @@ async fn history_cleanup_removes_old_rows_and_keeps_the_audit(backend: Backend) 
     assert_eq!(site.detail(keep.id).await.folder.status, Status::Ready);
 }
 
-async fn trash_move_mode_restores_data_byte_for_byte(backend: Backend) {
-    let site = Site::new(backend, "", "trash = \"move\"").await;
+async fn trash_move_mode_restores_data_byte_for_byte(db: TestDb) {
+    let site = Site::new(db, "", "trash = \"move\"").await;
     let folder = site.folder_with_tree("moving", 4, 6).await;
     let live = site.folder_path(&folder);
     let trash = site.trash_path(&folder);
@@ -257,7 +262,7 @@ async fn trash_move_mode_restores_data_byte_for_byte(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmounted_volume_is_retried_with_backoff_until_it_returns() {
     let site = Site::new(
-        Backend::Postgres,
+        TestDb::postgres().await,
         "max_attempts = 1000",
         "require_mount_point = true",
     )
@@ -299,7 +304,7 @@ async fn unmounted_volume_is_retried_with_backoff_until_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failure_goes_to_delete_error_and_retry_recovers() {
-    let site = Site::new(Backend::Postgres, "", "").await;
+    let site = Site::new(TestDb::postgres().await, "", "").await;
     let folder = site.folder_with_tree("with-mount", 2, 3).await;
     let inner = site.folder_path(&folder).join("d0001/mnt");
     let tmpfs = Tmpfs::mount(&inner);
@@ -346,7 +351,7 @@ async fn permanent_failure_goes_to_delete_error_and_retry_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_no_work() {
     let site = Site::new(
-        Backend::Postgres,
+        TestDb::postgres().await,
         "max_concurrent_removals = 2",
         "removal_threads = 1\nmax_concurrent_removals = 2\ncount_bytes = true",
     )
@@ -426,7 +431,7 @@ async fn kill_9_at_random_moments_loses_no_work() {
 async fn sigterm_releases_the_lease_and_another_replica_resumes_at_once() {
     // A lease far longer than the test: resuming must not wait for it to expire.
     let site = Site::new(
-        Backend::Postgres,
+        TestDb::postgres().await,
         "lease_duration = \"120s\"\nlease_renew_interval = \"200ms\"",
         "removal_threads = 1\ncount_bytes = true",
     )
@@ -480,7 +485,7 @@ async fn sigterm_releases_the_lease_and_another_replica_resumes_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_the_work_and_never_double_start() {
-    let site = Site::new(Backend::Postgres, "", "").await;
+    let site = Site::new(TestDb::postgres().await, "", "").await;
     let mut folders = Vec::new();
     for i in 0..300 {
         folders.push(site.folder_with_tree(&format!("r{i}"), 2, 4).await);

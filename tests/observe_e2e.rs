@@ -1,12 +1,14 @@
 //! The real binary's `/metrics` after a real removal, checked by value, by `promtool`, and by
 //! a real Prometheus server scraping it over loopback.
 
+mod common;
 mod harness;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{Backend, Site, free_port, http_get};
+use common::TestDb;
+use harness::{Site, free_port, http_get};
 use vfolder_controller::lifecycle::Status;
 
 /// The value of the sample `name{labels}` in a Prometheus text scrape.
@@ -26,7 +28,7 @@ fn scrape(port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_real_removal_and_pass_promtool_and_prometheus() {
     let port = free_port();
-    let site = Site::new(Backend::Postgres, "", "").await;
+    let site = Site::new(TestDb::postgres().await, "", "").await;
     let folder = site.folder_with_tree("measured", 4, 25).await;
     let proc = site.start_with(
         "m1",
@@ -169,7 +171,7 @@ async fn metrics_count_a_real_removal_and_pass_promtool_and_prometheus() {
 async fn healthz_turns_503_while_the_loop_is_blocked_and_recovers() {
     use sqlx::Connection;
     let port = free_port();
-    let site = Site::new(Backend::Postgres, "", "").await;
+    let site = Site::new(TestDb::postgres().await, "", "").await;
     let proc = site.start_with(
         "h1",
         &[(

@@ -2,6 +2,7 @@
 //! shared server and other tests are never disturbed) is stopped and restarted under a
 //! running controller.
 
+mod common;
 mod harness;
 
 use std::path::{Path, PathBuf};
@@ -167,14 +168,16 @@ async fn delete_one(site_url: &str, mount: &Path) -> uuid::Uuid {
         })
         .expect("path");
     harness::make_tree(&mount.join(rel), 2, 3);
-    harness::raw_sql(
-        site_url,
-        &format!(
-            "UPDATE vfolders SET status = 'delete-ongoing' WHERE id = '{}'",
-            folder.id
-        ),
-    )
-    .await;
+    store
+        .set_status(&store::StatusRequest {
+            id: folder.id,
+            to: Status::DeleteOngoing,
+            actor: "test".into(),
+            action: "force-delete",
+            purge_after: None,
+        })
+        .await
+        .expect("force-delete");
     folder.id
 }
 

@@ -6,39 +6,66 @@
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use tokio::signal::unix::{SignalKind, signal};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use super::Error;
 use crate::config::{Config, LogFormat, VolumeConfig};
+use crate::controller::shutdown::shutdown_on_signal;
+use crate::controller::{self, Context};
+use crate::observe::{self, Health, HttpState, Metrics};
 use crate::store::{self, Store};
 
 /// Runs the controller: logging, database connection and migrations, the built-in volume
-/// directory, then waits for SIGTERM/SIGINT and returns `Ok` (exit 0) after a graceful stop.
+/// directory, the HTTP endpoint, then the reconcile loop until SIGTERM/SIGINT (a second
+/// signal exits at once). Returns `Ok` (exit 0) after a graceful stop.
 pub async fn run(config: Config) -> Result<(), Error> {
     init_logging(&config);
     let store: Arc<dyn Store> = store::connect(&config.database_url).await?;
     store.migrate().await?;
     ensure_builtin_volume(&config)?;
     // Installed before the "running" line, so a signal sent after it is never missed.
-    let signal_err = |source| Error::Io {
+    let shutdown = CancellationToken::new();
+    shutdown_on_signal(shutdown.clone()).map_err(|source| Error::Io {
         what: "cannot install signal handlers for",
         path: "SIGTERM/SIGINT".into(),
         source,
-    };
-    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
-    let volumes: Vec<&str> = config.volumes.iter().map(|v| v.host.as_str()).collect();
-    tracing::info!(
-        backend = store.backend(),
-        volumes = ?volumes,
-        replica = %config.replica_id(),
-        "vfolder-controller running"
-    );
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "vfolder-controller stopped");
+    })?;
+
+    let metrics = Arc::new(Metrics::new());
+    // Liveness tolerates a few missed passes (a slow claim under load is not a stall).
+    let pass_interval = config
+        .controller
+        .resync_interval
+        .max(config.controller.poll_interval);
+    let health = Arc::new(Health::new(pass_interval * 3 + Duration::from_secs(5)));
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| Error::Io {
+            what: "cannot listen for /metrics, /healthz and /readyz on",
+            path: config.http.listen.to_string().into(),
+            source,
+        })?;
+    tracing::info!(listen = %listener.local_addr().unwrap_or(config.http.listen), "serving /metrics, /healthz, /readyz");
+    let http = tokio::spawn(observe::serve(
+        listener,
+        HttpState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            store: store.clone(),
+        },
+        shutdown.clone(),
+    ));
+
+    let ctx = Arc::new(Context::new(&config, store, metrics, health));
+    controller::run(ctx, &config, shutdown.clone()).await;
+    shutdown.cancel();
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "HTTP endpoint failed"),
+        Err(error) => tracing::warn!(%error, "HTTP endpoint task failed"),
+    }
     Ok(())
 }
 

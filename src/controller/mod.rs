@@ -106,7 +106,7 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
         })
         .collect();
     let hosts: Vec<&str> = served.iter().map(|s| s.host.as_str()).collect();
-    tracing::info!(replica = %ctx.replica, backend = ctx.store.backend(), volumes = ?hosts, "controller running");
+    tracing::info!(replica = %ctx.replica, backend = ctx.store.backend(), volumes = ?hosts, "vfolder-controller running");
 
     let maintenance = CancellationToken::new();
     let mut background = JoinSet::new();

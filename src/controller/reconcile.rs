@@ -30,6 +30,34 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Attempts to write an outcome to the database before leaving it to lease expiry.
 const RECORD_ATTEMPTS: u32 = 3;
 
+/// Why the filesystem work failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The storage layer reported an error (classified by it).
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    /// The blocking task panicked: a bug, retried like a transient error so the attempt
+    /// cap still ends it in `delete-error` with this text.
+    #[error("removal task panicked: {0}")]
+    Panicked(String),
+}
+
+impl Failure {
+    fn is_transient(&self) -> bool {
+        match self {
+            Failure::Storage(e) => e.is_transient(),
+            Failure::Panicked(_) => true,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Storage(e) => e.kind(),
+            Failure::Panicked(_) => "panic",
+        }
+    }
+}
+
 /// What the filesystem work ended with.
 #[derive(Debug)]
 pub enum Outcome {
@@ -49,7 +77,7 @@ pub enum Outcome {
     /// The work failed.
     Failed {
         /// Why.
-        error: storage::Error,
+        error: Failure,
         /// What was removed before the failure.
         counts: Counts,
     },
@@ -137,9 +165,12 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
         },
         Ok(Ok(RemoveOutcome::Cancelled(report))) if lease_lost => Outcome::LeaseLost(report.counts),
         Ok(Ok(RemoveOutcome::Cancelled(report))) => Outcome::Cancelled(report.counts),
-        Ok(Err(error)) => Outcome::Failed { error, counts },
+        Ok(Err(error)) => Outcome::Failed {
+            error: error.into(),
+            counts,
+        },
         Err(join) => Outcome::Failed {
-            error: storage::Error::from_panic(join.to_string()),
+            error: Failure::Panicked(join.to_string()),
             counts,
         },
     }
@@ -166,11 +197,11 @@ async fn relocate(ctx: &Arc<Context>, claim: &Claim) -> Outcome {
     match joined {
         Ok(Ok(location)) => Outcome::Moved(location),
         Ok(Err(error)) => Outcome::Failed {
-            error,
+            error: error.into(),
             counts: Counts::default(),
         },
         Err(join) => Outcome::Failed {
-            error: storage::Error::from_panic(join.to_string()),
+            error: Failure::Panicked(join.to_string()),
             counts: Counts::default(),
         },
     }
@@ -285,7 +316,7 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
 
 /// A transient failure schedules a retry; a permanent one (or the last attempt) ends in
 /// `delete-error`. Trash moves always retry.
-async fn record_failure(ctx: &Context, claim: &Claim, error: &storage::Error) -> &'static str {
+async fn record_failure(ctx: &Context, claim: &Claim, error: &Failure) -> &'static str {
     let id = claim.folder.id;
     let owner = ctx.replica.as_str();
     let attempt = claim.attempts.saturating_add(1);

@@ -1,9 +1,7 @@
-//! Test harness for end-to-end controller tests: real `vfolder-controller run` processes,
+//! Test harness for end-to-end controller tests (include `mod common;` beside it): real `vfolder-controller run` processes,
 //! real databases, real directories.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -11,33 +9,11 @@ use std::time::{Duration, Instant};
 
 use vfolder_controller::config::VolumeConfig;
 use vfolder_controller::storage::{FolderRef, Volumes};
-use vfolder_controller::store::{self, Folder, FolderDetail, NewFolder, Store};
+use vfolder_controller::store::{Folder, FolderDetail, NewFolder, Store};
+
+use crate::common::TestDb;
 
 use uuid::Uuid;
-
-/// Which database a test runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-/// Instantiates an async test body `fn(Backend)` once per backend.
-#[macro_export]
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(super::harness::Backend::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::harness::Backend::Sqlite).await
-            }
-        }
-    )*};
-}
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_vfolder-controller");
@@ -46,6 +22,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_vfolder-controller");
 /// config file and the process logs.
 pub struct Site {
     pub dir: tempfile::TempDir,
+    pub db: TestDb,
     pub database_url: String,
     pub store: Arc<dyn Store>,
     pub volumes: Volumes,
@@ -55,12 +32,9 @@ pub struct Site {
 impl Site {
     /// A site on `database_url` with one volume `local:volume1` (not required to be a mount
     /// point) and `extra` appended to the `[controller]` section of the config.
-    pub async fn new(backend: Backend, controller_toml: &str, volume_toml: &str) -> Site {
+    pub async fn new(db: TestDb, controller_toml: &str, volume_toml: &str) -> Site {
         let dir = tempfile::tempdir().expect("tempdir");
-        let database_url = match backend {
-            Backend::Postgres => fresh_postgres().await,
-            Backend::Sqlite => format!("sqlite://{}", dir.path().join("db.sqlite").display()),
-        };
+        let database_url = db.url.clone();
         let volume_toml = if volume_toml.contains("require_mount_point") {
             volume_toml.to_owned()
         } else {
@@ -98,9 +72,9 @@ mount = "{}"
         )
         .expect("test config loads");
         let volume = parsed.volumes[0].clone();
-        let store = store::connect(&database_url).await.expect("connect");
-        store.migrate().await.expect("migrate");
+        let store = db.migrated().await;
         Site {
+            db,
             volumes: Volumes::new(&parsed.volumes),
             dir,
             database_url,
@@ -223,7 +197,7 @@ mount = "{}"
 
     /// Runs raw SQL the way an operator would from psql or sqlite3 (no actor, no store).
     pub async fn raw_sql(&self, sql: &str) {
-        raw_sql(&self.database_url, sql).await;
+        self.db.raw().await.execute(sql).await.expect(sql);
     }
 
     pub async fn detail(&self, id: Uuid) -> FolderDetail {
@@ -327,20 +301,6 @@ impl Drop for Proc {
     }
 }
 
-/// Runs raw SQL on either backend through a fresh connection.
-pub async fn raw_sql(url: &str, sql: &str) {
-    use sqlx::Connection;
-    if url.starts_with("postgres") {
-        let mut c = sqlx::PgConnection::connect(url).await.expect("pg connect");
-        sqlx::raw_sql(sql).execute(&mut c).await.expect(sql);
-    } else {
-        let mut c = sqlx::SqliteConnection::connect(url)
-            .await
-            .expect("sqlite connect");
-        sqlx::raw_sql(sql).execute(&mut c).await.expect(sql);
-    }
-}
-
 /// Builds `dirs` directories of `files` small files each (contents depend on the path),
 /// plus a symlink per directory.
 pub fn make_tree(root: &Path, dirs: usize, files: usize) {
@@ -353,54 +313,6 @@ pub fn make_tree(root: &Path, dirs: usize, files: usize) {
         }
         std::os::unix::fs::symlink("../d0000", dir.join("link")).expect("symlink");
     }
-}
-
-/// What a tree holds, for byte-for-byte comparisons.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Entry {
-    Dir(u32),
-    File(Vec<u8>, u32),
-    Link(PathBuf),
-}
-
-/// Every entry under `root` (not following symlinks).
-pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&p).expect("lstat");
-        let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
-        let mode = meta.permissions().mode();
-        if meta.file_type().is_symlink() {
-            out.insert(rel, Entry::Link(std::fs::read_link(&p).expect("readlink")));
-        } else if meta.is_dir() {
-            out.insert(rel, Entry::Dir(mode));
-            for e in std::fs::read_dir(&p).expect("readdir") {
-                stack.push(e.expect("entry").path());
-            }
-        } else {
-            out.insert(rel, Entry::File(std::fs::read(&p).expect("read"), mode));
-        }
-    }
-    out
-}
-
-/// A fresh, empty PostgreSQL database for one test (never skipped: an unreachable server
-/// fails the test). TEMPORARY until the shared test-database helper lands.
-pub async fn fresh_postgres() -> String {
-    use sqlx::Connection;
-    let admin = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("vfc_test_{}", Uuid::new_v4().simple());
-    let mut c = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test: {e}"));
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-        .execute(&mut c)
-        .await
-        .expect("create database");
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    format!("{base}/{name}")
 }
 
 /// A free loopback port (bound and released; good enough for tests).
