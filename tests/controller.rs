@@ -429,16 +429,23 @@ async fn kill_9_at_random_moments_loses_no_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_releases_the_lease_and_another_replica_resumes_at_once() {
-    // A lease far longer than the test: resuming must not wait for it to expire.
     let site = Site::new(
         TestDb::postgres().await,
-        "lease_duration = \"120s\"\nlease_renew_interval = \"200ms\"",
+        "",
         "removal_threads = 1\ncount_bytes = true",
     )
     .await;
-    let folder = site.folder_with_tree("big", 300, 1000).await;
+    // A lease far longer than the test: resuming must not wait for it to expire.
+    let long_lease = [
+        ("VFOLDER_CONTROLLER_CONTROLLER_LEASE_DURATION", "120s"),
+        (
+            "VFOLDER_CONTROLLER_CONTROLLER_LEASE_RENEW_INTERVAL",
+            "200ms",
+        ),
+    ];
+    let folder = site.folder_with_tree("big", 100, 1000).await;
     let path = site.folder_path(&folder);
-    let mut first = site.start("first");
+    let mut first = site.start_with("first", &long_lease);
     first.wait_log("controller running", LONG);
     assert_eq!(site.cli(&["force-delete", &folder.id.to_string()]).0, 0);
     site.wait_for(folder.id, LONG, "removal in progress", |d| {
@@ -471,7 +478,7 @@ async fn sigterm_releases_the_lease_and_another_replica_resumes_at_once() {
     assert!(path.exists(), "the tree was only partly removed");
 
     let resumed = Instant::now();
-    let _second = site.start("second");
+    let _second = site.start_with("second", &long_lease);
     site.wait_for(folder.id, LONG, "second replica completes", |d| {
         d.folder.status == Status::DeleteComplete
     })
