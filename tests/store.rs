@@ -1281,3 +1281,38 @@ async fn the_database_has_the_last_word_on_transitions(db: TestDb) {
     assert_eq!(detail.folder.status, Status::Ready);
     assert_eq!(actions(&store, folder.id).await, ["create"]);
 }
+
+// ----- connecting ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connect_chooses_the_backend_by_url_scheme_and_creates_the_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("new.db");
+    let store = store::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    assert!(file.exists());
+    store.migrate().await.unwrap();
+    store.check_ready().await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+
+    let db = TestDb::postgres().await;
+    assert_eq!(db.store().await.backend(), "postgres");
+
+    let err = store::connect("mysql://localhost/x").await.err().unwrap();
+    assert!(matches!(err, Error::UnsupportedUrl(_)), "{err}");
+    let err = store::connect("postgres://postgres@127.0.0.1:1/none")
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Database { .. }), "{err}");
+    assert!(err.is_transient(), "{err}");
+}

@@ -90,6 +90,17 @@ fn folder_from_row(row: &PgRow) -> Result<Folder> {
     })
 }
 
+/// `(status, host, name)` of a locked row, for checks and the audit entry.
+fn status_host_name(id: Uuid, row: &PgRow) -> Result<(Status, String, String)> {
+    let ctx = "reading a vfolder row";
+    let status: String = row.try_get("status").map_err(db(ctx))?;
+    Ok((
+        parse_status(id, &status)?,
+        row.try_get("host").map_err(db(ctx))?,
+        row.try_get("name").map_err(db(ctx))?,
+    ))
+}
+
 fn progress_from_row(row: &PgRow, ctx: &'static str) -> Result<Progress> {
     let get = |c: &str| -> Result<u64> {
         let v: Option<i64> = row.try_get(c).map_err(db(ctx))?;
@@ -195,8 +206,7 @@ async fn lock_folder(conn: &mut PgConnection, id: Uuid) -> Result<(Status, Strin
         .await
         .map_err(db("locking a vfolder row"))?
         .ok_or(Error::NotFound(id))?;
-    let status: String = row.get("status");
-    Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
+    status_host_name(id, &row)
 }
 
 /// Locks a folder whose lease `owner` holds: (status, host, name), or `None`.
@@ -215,11 +225,7 @@ async fn lock_leased(
     .fetch_optional(conn)
     .await
     .map_err(db("locking a leased vfolder row"))?;
-    row.map(|row| {
-        let status: String = row.get("status");
-        Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
-    })
-    .transpose()
+    row.map(|row| status_host_name(id, &row)).transpose()
 }
 
 async fn write_status(
