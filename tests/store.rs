@@ -1200,7 +1200,8 @@ async fn notify_payload_follows_a_raw_update() {
     // A broken listener connection ends the stream with an error.
     raw.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'
+           AND pid <> pg_backend_pid()",
     )
     .await
     .unwrap();
@@ -1280,4 +1281,39 @@ async fn the_database_has_the_last_word_on_transitions(db: TestDb) {
     let detail = store.get_folder(folder.id).await.unwrap();
     assert_eq!(detail.folder.status, Status::Ready);
     assert_eq!(actions(&store, folder.id).await, ["create"]);
+}
+
+// ----- connecting ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connect_chooses_the_backend_by_url_scheme_and_creates_the_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("new.db");
+    let store = store::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    assert!(file.exists());
+    store.migrate().await.unwrap();
+    store.check_ready().await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+
+    let db = TestDb::postgres().await;
+    assert_eq!(db.store().await.backend(), "postgres");
+
+    let err = store::connect("mysql://localhost/x").await.err().unwrap();
+    assert!(matches!(err, Error::UnsupportedUrl(_)), "{err}");
+    let err = store::connect("postgres://postgres@127.0.0.1:1/none")
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Database { .. }), "{err}");
+    assert!(err.is_transient(), "{err}");
 }

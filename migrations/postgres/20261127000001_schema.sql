@@ -57,6 +57,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS vfolders_owner_name_live_key
 
 -- "Rows in status X older than T" (trash timer, history cleanup, claims, status counts).
 CREATE INDEX IF NOT EXISTS vfolders_status_changed_idx ON vfolders (status, status_changed);
+-- Claims: work of one kind on the volumes a replica serves.
+CREATE INDEX IF NOT EXISTS vfolders_host_status_idx ON vfolders (host, status);
 
 -- The legal transitions, checked by the trigger; equal to lifecycle::TRANSITIONS (tested).
 CREATE TABLE vfolder_status_transitions (

@@ -29,6 +29,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS vfolders_owner_name_live_key
     WHERE status IN ('ready', 'performing', 'cloning', 'delete-pending', 'delete-ongoing');
 
 CREATE INDEX IF NOT EXISTS vfolders_status_changed_idx ON vfolders (status, status_changed);
+-- Claims: work of one kind on the volumes a replica serves.
+CREATE INDEX IF NOT EXISTS vfolders_host_status_idx ON vfolders (host, status);
 
 -- Rows that never changed status count from their creation (the trigger sets status_changed
 -- on every insert and change from now on).

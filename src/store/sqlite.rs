@@ -131,6 +131,17 @@ fn folder_from_row(row: &SqliteRow) -> Result<Folder> {
     })
 }
 
+/// `(status, host, name)` of a locked row, for checks and the audit entry.
+fn status_host_name(id: Uuid, row: &SqliteRow) -> Result<(Status, String, String)> {
+    let ctx = "reading a vfolder row";
+    let status: String = row.try_get("status").map_err(db(ctx))?;
+    Ok((
+        parse_status(id, &status)?,
+        row.try_get("host").map_err(db(ctx))?,
+        row.try_get("name").map_err(db(ctx))?,
+    ))
+}
+
 fn progress_from_row(row: &SqliteRow, ctx: &'static str) -> Result<Progress> {
     let get = |c: &str| -> Result<u64> {
         let v: Option<i64> = row.try_get(c).map_err(db(ctx))?;
@@ -240,8 +251,7 @@ async fn read_folder(conn: &mut SqliteConnection, id: Uuid) -> Result<(Status, S
         .await
         .map_err(db("reading a vfolder row"))?
         .ok_or(Error::NotFound(id))?;
-    let status: String = row.get("status");
-    Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
+    status_host_name(id, &row)
 }
 
 async fn read_leased(
@@ -259,11 +269,7 @@ async fn read_leased(
     .fetch_optional(conn)
     .await
     .map_err(db("reading a leased vfolder row"))?;
-    row.map(|row| {
-        let status: String = row.get("status");
-        Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
-    })
-    .transpose()
+    row.map(|row| status_host_name(id, &row)).transpose()
 }
 
 async fn write_status(
