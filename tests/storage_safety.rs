@@ -251,6 +251,7 @@ fn an_immutable_file_is_a_permanent_permission_error_naming_it() {
     assert!(err.to_string().contains("d1/locked"), "{err}");
     assert_eq!(std::fs::read(path.join("d1/locked")).unwrap(), b"keep");
     assert_eq!(progress.snapshot().files, 9);
+    assert_eq!(progress.errors(), 1);
     assert_same(&before, &sb.snapshot_except(&path));
     drop(guard);
     completed(sb.remove(&f).unwrap());

@@ -203,6 +203,7 @@ fn run_pass(
         }
         total
     });
+    progress.add_errors(shared.errors.load(Ordering::Relaxed));
     if let Some(err) = lock(&shared.first_error).take() {
         return Err(err);
     }
@@ -498,9 +499,14 @@ impl<'s, 'a> Worker<'s, 'a> {
             },
             Err(Errno::NOENT) => {}
             // Replaced by a symlink or a file since it was listed: remove that name instead.
-            Err(Errno::LOOP | Errno::NOTDIR) => {
+            Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
                 if let Some(pfd) = &parent_fd {
-                    self.unlink(parent, pfd.as_fd(), name, FileType::Symlink);
+                    let ty = if e == Errno::LOOP {
+                        FileType::Symlink
+                    } else {
+                        FileType::RegularFile
+                    };
+                    self.unlink(parent, pfd.as_fd(), name, ty);
                 }
             }
             Err(e) => {
