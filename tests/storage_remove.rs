@@ -399,3 +399,14 @@ fn remove_tree_removes_an_arbitrary_directory_beneath_an_open_parent() {
     );
     assert_eq!(snapshot(&sb.outside()).len(), 7);
 }
+
+#[test]
+fn create_folder_makes_the_root_of_a_volume_that_need_not_be_mounted() {
+    let sb = Sandbox::new();
+    std::fs::remove_dir(sb.vol()).unwrap();
+    let f = new_folder();
+    assert_eq!(sb.remove(&f).unwrap_err().kind(), "volume-unavailable");
+    let path = sb.create(&f);
+    assert!(path.is_dir());
+    assert_eq!(path, sb.vol().join(sb.volume.folder_path(&f).unwrap()));
+}

@@ -281,7 +281,7 @@ impl Node {
         }
     }
 
-    /// Marks this directory and all its ancestors as not removable.
+    /// Marks this directory as not removable; [`Worker::finish`] passes it on upwards.
     fn poison(&self) {
         self.failed.store(true, Ordering::Release);
     }
@@ -357,11 +357,12 @@ impl Shared<'_> {
 
 /// Where a directory's removal ended.
 enum Removed {
-    /// Removed (or already gone); here is its parent, opened through `..` and verified.
+    /// Removed by us (`true`) or already gone (`false`); here is its parent, opened
+    /// through `..` and verified.
     Done(OwnedFd, bool),
     /// Still has entries: scan it again.
     NotEmpty,
-    /// Could not be removed; the error is recorded.
+    /// Could not be removed: an error is recorded, or the walk must restart from the top.
     Failed,
 }
 
@@ -390,11 +391,10 @@ impl<'s, 'a> Worker<'s, 'a> {
 
     fn run(mut self) -> Counts {
         while let Some(work) = self.next_work() {
-            let next = match work {
+            let mut next = match work {
                 Work::Open { parent, name } => self.open_child(&parent, &name),
                 Work::Scan(node, fd) => Some((node, fd)),
             };
-            let mut next = next;
             while let Some((node, fd)) = next {
                 next = self.scan(node, fd);
             }

@@ -97,8 +97,18 @@ impl Volume {
 
     /// Creates the folder's directory and any missing parents beneath the root, refusing
     /// symlinks on the way; an existing directory is fine. Returns its absolute path.
+    /// A volume that need not be a mount point (like the built-in default volume) has its
+    /// root directory created on first use; a mount-point volume must already be mounted.
     pub fn create_folder(&self, folder: &FolderRef<'_>) -> Result<PathBuf, Error> {
         let layout = Layout::of(folder)?;
+        if !self.config.require_mount_point && !self.config.mount.exists() {
+            std::fs::create_dir_all(&self.config.mount).map_err(|e| {
+                self.unavailable(format!(
+                    "cannot create {}: {e}",
+                    self.config.mount.display()
+                ))
+            })?;
+        }
         let root = self.open_root()?;
         let mut comps: Vec<&str> = layout.parents().collect();
         comps.push(&layout.leaf);
