@@ -34,7 +34,13 @@
 //! tree; if someone renames a directory out of the tree while it is being emptied, its
 //! remaining entries are still removed (as with `rm -rf`). Hard links are counted once per
 //! name. Two removals of the same tree may run at once: entries the other one removed first
-//! are skipped (`ENOENT`) and a directory found non-empty is rescanned a few times.
+//! are skipped (`ENOENT`), a directory found non-empty is rescanned a few times, and when a
+//! directory vanishes (or its name is swapped away) before its parent could be reached
+//! through it, the walk starts again from the top, at most a few times before reporting
+//! [`Error::TreeChanged`]. A directory's descriptor stays open only while some listed
+//! subdirectory has yet to be opened relative to it, so a pathological tree (thousands of
+//! levels each with several subdirectories) can still need one descriptor per level;
+//! running out of descriptors is a transient error.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::mem::{self, MaybeUninit};
