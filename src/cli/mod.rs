@@ -205,6 +205,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "VFOLDER_CONTROLLER_CONFIG",
         value_name = "FILE"
     )]
@@ -212,19 +213,34 @@ pub struct Cli {
 
     /// Database URL (postgres://user@host/db or sqlite://FILE); overrides the file and
     /// VFOLDER_CONTROLLER_DATABASE_URL.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "URL"
+    )]
     pub database_url: Option<String>,
 
     /// Print machine-readable JSON instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
 
     /// Who is acting, recorded in the status history and the audit log. Default: the OS user.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "NAME"
+    )]
     pub actor: Option<String>,
 
     /// Log line format of `run` (overrides [log] format).
-    #[arg(long, global = true, value_name = "FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FORMAT"
+    )]
     pub log_format: Option<LogFormat>,
 
     /// The command.
