@@ -1245,3 +1245,74 @@ async fn concurrent_claimants_never_claim_the_same_row_twice() {
     assert_eq!(unique.len(), all.len(), "a row was claimed twice");
     assert_eq!(all.len(), rows);
 }
+
+conformance!(the_database_has_the_last_word_on_transitions);
+
+/// When the database's table and the program disagree (a race with another writer, or a
+/// table edited by an operator), the trigger's rejection comes back as `IllegalTransition`.
+async fn the_database_has_the_last_word_on_transitions(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let folder = store
+        .create_folder(&new_folder("race", HOST), "alice")
+        .await
+        .unwrap();
+    raw.execute(
+        "DELETE FROM vfolder_status_transitions
+         WHERE from_status = 'ready' AND to_status = 'performing'",
+    )
+    .await
+    .unwrap();
+    let err = store
+        .set_status(&request(folder.id, Status::Performing, "perform"))
+        .await
+        .unwrap_err();
+    match err {
+        Error::IllegalTransition { id, source } => {
+            assert_eq!(id, folder.id);
+            assert_eq!(
+                (source.from, source.to),
+                (Status::Ready, Status::Performing)
+            );
+        }
+        other => panic!("expected IllegalTransition, got {other}"),
+    }
+    let detail = store.get_folder(folder.id).await.unwrap();
+    assert_eq!(detail.folder.status, Status::Ready);
+    assert_eq!(actions(&store, folder.id).await, ["create"]);
+}
+
+// ----- connecting ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connect_chooses_the_backend_by_url_scheme_and_creates_the_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("new.db");
+    let store = store::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    assert!(file.exists());
+    store.migrate().await.unwrap();
+    store.check_ready().await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+
+    let db = TestDb::postgres().await;
+    assert_eq!(db.store().await.backend(), "postgres");
+
+    let err = store::connect("mysql://localhost/x").await.err().unwrap();
+    assert!(matches!(err, Error::UnsupportedUrl(_)), "{err}");
+    let err = store::connect("postgres://postgres@127.0.0.1:1/none")
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Database { .. }), "{err}");
+    assert!(err.is_transient(), "{err}");
+}

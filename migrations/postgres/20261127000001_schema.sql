@@ -39,6 +39,10 @@ UPDATE vfolders v SET status_history = coalesce((
                          ORDER BY h.value #>> '{}')
         FROM jsonb_each(v.status_history) AS h), '[]'::jsonb)
     WHERE jsonb_typeof(v.status_history) = 'object';
+-- Rows that never changed status count from their creation (the trigger sets
+-- status_changed on every insert and change from now on), so "in status X since before T"
+-- is one range scan of (status, status_changed).
+UPDATE vfolders SET status_changed = created_at WHERE status_changed IS NULL;
 ALTER TABLE vfolders ALTER COLUMN status_history SET DEFAULT '[]'::jsonb;
 ALTER TABLE vfolders ALTER COLUMN status_history SET NOT NULL;
 ALTER TABLE vfolders ALTER COLUMN ownership_type SET DEFAULT 'user';
@@ -53,6 +57,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS vfolders_owner_name_live_key
 
 -- "Rows in status X older than T" (trash timer, history cleanup, claims, status counts).
 CREATE INDEX IF NOT EXISTS vfolders_status_changed_idx ON vfolders (status, status_changed);
+-- Claims: work of one kind on the volumes a replica serves.
+CREATE INDEX IF NOT EXISTS vfolders_host_status_idx ON vfolders (host, status);
 
 -- The legal transitions, checked by the trigger; equal to lifecycle::TRANSITIONS (tested).
 CREATE TABLE vfolder_status_transitions (
@@ -90,6 +96,11 @@ CREATE TABLE vfolder_controller_state (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX vfolder_controller_state_lease_idx ON vfolder_controller_state (lease_owner);
+-- The claim query's restore branch and the trash timer's per-folder purge times.
+CREATE INDEX vfolder_controller_state_trash_idx ON vfolder_controller_state (vfolder_id)
+    WHERE location = 'trash';
+CREATE INDEX vfolder_controller_state_purge_idx ON vfolder_controller_state (purge_after)
+    WHERE purge_after IS NOT NULL;
 
 -- Append-only audit log; deliberately no foreign key: it outlives purged rows.
 CREATE TABLE vfolder_audit (

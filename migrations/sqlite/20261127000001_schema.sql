@@ -29,6 +29,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS vfolders_owner_name_live_key
     WHERE status IN ('ready', 'performing', 'cloning', 'delete-pending', 'delete-ongoing');
 
 CREATE INDEX IF NOT EXISTS vfolders_status_changed_idx ON vfolders (status, status_changed);
+-- Claims: work of one kind on the volumes a replica serves.
+CREATE INDEX IF NOT EXISTS vfolders_host_status_idx ON vfolders (host, status);
+
+-- Rows that never changed status count from their creation (the trigger sets status_changed
+-- on every insert and change from now on).
+UPDATE vfolders SET status_changed = created_at WHERE status_changed IS NULL;
 
 -- The legal transitions, checked by the triggers; equal to lifecycle::TRANSITIONS (tested).
 CREATE TABLE vfolder_status_transitions (
@@ -74,6 +80,10 @@ CREATE TABLE vfolder_controller_state (
     updated_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE INDEX vfolder_controller_state_lease_idx ON vfolder_controller_state (lease_owner);
+CREATE INDEX vfolder_controller_state_trash_idx ON vfolder_controller_state (vfolder_id)
+    WHERE location = 'trash';
+CREATE INDEX vfolder_controller_state_purge_idx ON vfolder_controller_state (purge_after)
+    WHERE purge_after IS NOT NULL;
 
 CREATE TRIGGER vfolders_delete_controller_state AFTER DELETE ON vfolders
 BEGIN

@@ -11,6 +11,34 @@
 //! - Lease operations take the owner and are no-ops (returning `false`) when the lease is no
 //!   longer held by that owner, so a replica that lost its lease cannot complete or fail a
 //!   folder another replica now works on.
+//!
+//! # Schema (`migrations/postgres`, `migrations/sqlite`, same names on both)
+//!
+//! - `vfolders`: the reference platform's columns. Adoption of an existing table
+//!   (PostgreSQL): it is kept, missing columns are added with their defaults, a
+//!   `status_history` object `{status: time}` becomes the list `[{status, at, actor}]`,
+//!   `status_changed` is backfilled from `created_at`, and `deleted-complete` becomes
+//!   `delete-complete` (status and history; migration 2, which runs before the trigger of
+//!   migration 3 exists). Adoption fails, rolled back, when live folders of one owner share
+//!   a name (the unique index cannot be built).
+//! - `vfolders_owner_name_live_key`: unique `(coalesce(user, group), name)` while the status is
+//!   ready, performing, cloning, delete-pending or delete-ongoing. Caveat: retrying a
+//!   `delete-error` folder whose name was reused meanwhile fails with [`Error::NameTaken`].
+//! - `vfolder_status_transitions`: the legal transitions (seeded equal to
+//!   [`crate::lifecycle::TRANSITIONS`]; a test compares them), consulted by the trigger.
+//! - The status trigger: an INSERT records its status as the first history entry, sets
+//!   `status_changed` and (PostgreSQL) notifies with `"from": null`; a status change is
+//!   checked, appended to the history with the actor, sets `status_changed` and notifies;
+//!   writing the same status does nothing. Rejections read
+//!   `illegal vfolder status transition: <from> -> <to>` or `unknown vfolder status[: <s>]`.
+//! - The actor: PostgreSQL reads the transaction-local setting `vfolder.actor`
+//!   (`SET LOCAL vfolder.actor = 'alice'`); SQLite reads the single row of `vfolder_actor`,
+//!   which a writer inserts and deletes inside its transaction. Without either it is null.
+//! - History and event times are UTC text: `…T19:25:12.123456Z` (PostgreSQL),
+//!   `…T19:25:12.123Z` (SQLite, where every timestamp column is such text, so text order is
+//!   time order; uuids are lowercase hyphenated text).
+//! - `vfolder_controller_state` (one row per folder, removed with it) and the append-only
+//!   `vfolder_audit` (no foreign key: it outlives purged rows).
 
 use std::time::Duration;
 
@@ -95,12 +123,19 @@ impl Error {
                         | sqlx::Error::PoolClosed
                         | sqlx::Error::Protocol(_)
                         | sqlx::Error::WorkerCrashed
-                ) || source
-                    .as_database_error()
-                    .and_then(|e| e.code())
-                    .is_some_and(|c| {
+                ) || source.as_database_error().is_some_and(|e| {
+                    if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                        // SQLITE_BUSY / SQLITE_LOCKED (and their extended codes): another
+                        // writer held the lock past the busy timeout.
+                        return e
+                            .code()
+                            .and_then(|c| c.parse::<i32>().ok())
+                            .is_some_and(|c| matches!(c & 0xff, 5 | 6));
+                    }
+                    e.code().is_some_and(|c| {
                         c.starts_with("40") || c.starts_with("08") || c.starts_with("57P")
                     })
+                })
             }
             Error::NotMigrated(_) => true,
             _ => false,

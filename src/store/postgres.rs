@@ -90,6 +90,17 @@ fn folder_from_row(row: &PgRow) -> Result<Folder> {
     })
 }
 
+/// `(status, host, name)` of a locked row, for checks and the audit entry.
+fn status_host_name(id: Uuid, row: &PgRow) -> Result<(Status, String, String)> {
+    let ctx = "reading a vfolder row";
+    let status: String = row.try_get("status").map_err(db(ctx))?;
+    Ok((
+        parse_status(id, &status)?,
+        row.try_get("host").map_err(db(ctx))?,
+        row.try_get("name").map_err(db(ctx))?,
+    ))
+}
+
 fn progress_from_row(row: &PgRow, ctx: &'static str) -> Result<Progress> {
     let get = |c: &str| -> Result<u64> {
         let v: Option<i64> = row.try_get(c).map_err(db(ctx))?;
@@ -195,8 +206,7 @@ async fn lock_folder(conn: &mut PgConnection, id: Uuid) -> Result<(Status, Strin
         .await
         .map_err(db("locking a vfolder row"))?
         .ok_or(Error::NotFound(id))?;
-    let status: String = row.get("status");
-    Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
+    status_host_name(id, &row)
 }
 
 /// Locks a folder whose lease `owner` holds: (status, host, name), or `None`.
@@ -215,11 +225,7 @@ async fn lock_leased(
     .fetch_optional(conn)
     .await
     .map_err(db("locking a leased vfolder row"))?;
-    row.map(|row| {
-        let status: String = row.get("status");
-        Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
-    })
-    .transpose()
+    row.map(|row| status_host_name(id, &row)).transpose()
 }
 
 async fn write_status(
@@ -525,7 +531,14 @@ impl Store for PgStore {
                                WHEN v.status = 'delete-pending' THEN 'move-to-trash'
                                ELSE 'restore' END AS kind
                    FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-                   WHERE v.host = ANY($1)
+                   WHERE v.id IN (
+                         -- One indexed branch per work kind; the full test follows.
+                         SELECT id FROM vfolders WHERE host = ANY($1) AND status = 'delete-ongoing'
+                         UNION ALL
+                         SELECT id FROM vfolders WHERE status = 'delete-pending' AND host = ANY($2)
+                         UNION ALL
+                         SELECT vfolder_id FROM vfolder_controller_state WHERE location = 'trash')
+                     AND v.host = ANY($1)
                      AND NOT (v.id = ANY($3))
                      AND (v.status = 'delete-ongoing'
                           OR (v.status = 'delete-pending' AND v.host = ANY($2)
@@ -741,17 +754,28 @@ impl Store for PgStore {
             .map_err(db("starting a transaction"))?;
         set_actor(&mut tx, actor).await?;
         let done = sqlx::query(
-            "WITH due AS (
-                 SELECT v.id FROM vfolders v
-                 LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+            "WITH by_age AS (
+                 -- In status_changed order straight off the (status, status_changed) index;
+                 -- folders with their own purge time wait for it instead.
+                 SELECT v.id, v.status_changed AS due_at FROM vfolders v
                  WHERE v.status = 'delete-pending'
-                   AND (s.purge_after <= now()
-                        OR (s.purge_after IS NULL
-                            AND coalesce(v.status_changed, v.created_at)
-                                <= now() - make_interval(secs => $1)))
+                   AND v.status_changed <= now() - make_interval(secs => $1)
+                   AND NOT EXISTS (SELECT 1 FROM vfolder_controller_state s
+                                   WHERE s.vfolder_id = v.id AND s.purge_after IS NOT NULL)
                  ORDER BY v.status_changed
                  LIMIT $2
                  FOR UPDATE OF v SKIP LOCKED
+             ), by_purge_after AS (
+                 SELECT v.id, s.purge_after AS due_at
+                 FROM vfolder_controller_state s JOIN vfolders v ON v.id = s.vfolder_id
+                 WHERE s.purge_after <= now() AND v.status = 'delete-pending'
+                 ORDER BY s.purge_after
+                 LIMIT $2
+                 FOR UPDATE OF v SKIP LOCKED
+             ), due AS (
+                 SELECT id FROM (SELECT * FROM by_age UNION ALL SELECT * FROM by_purge_after) AS d
+                 ORDER BY due_at
+                 LIMIT $2
              ), moved AS (
                  UPDATE vfolders v SET status = 'delete-ongoing'
                  FROM due WHERE v.id = due.id AND v.status = 'delete-pending'
@@ -777,9 +801,7 @@ impl Store for PgStore {
             "WITH due AS (
                  SELECT v.id FROM vfolders v
                  WHERE v.status = 'delete-complete'
-                   AND (v.status_changed <= now() - make_interval(secs => $1)
-                        OR (v.status_changed IS NULL
-                            AND v.created_at <= now() - make_interval(secs => $1)))
+                   AND v.status_changed <= now() - make_interval(secs => $1)
                  ORDER BY v.status_changed
                  LIMIT $2
                  FOR UPDATE OF v SKIP LOCKED

@@ -131,6 +131,17 @@ fn folder_from_row(row: &SqliteRow) -> Result<Folder> {
     })
 }
 
+/// `(status, host, name)` of a locked row, for checks and the audit entry.
+fn status_host_name(id: Uuid, row: &SqliteRow) -> Result<(Status, String, String)> {
+    let ctx = "reading a vfolder row";
+    let status: String = row.try_get("status").map_err(db(ctx))?;
+    Ok((
+        parse_status(id, &status)?,
+        row.try_get("host").map_err(db(ctx))?,
+        row.try_get("name").map_err(db(ctx))?,
+    ))
+}
+
 fn progress_from_row(row: &SqliteRow, ctx: &'static str) -> Result<Progress> {
     let get = |c: &str| -> Result<u64> {
         let v: Option<i64> = row.try_get(c).map_err(db(ctx))?;
@@ -240,8 +251,7 @@ async fn read_folder(conn: &mut SqliteConnection, id: Uuid) -> Result<(Status, S
         .await
         .map_err(db("reading a vfolder row"))?
         .ok_or(Error::NotFound(id))?;
-    let status: String = row.get("status");
-    Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
+    status_host_name(id, &row)
 }
 
 async fn read_leased(
@@ -259,11 +269,7 @@ async fn read_leased(
     .fetch_optional(conn)
     .await
     .map_err(db("reading a leased vfolder row"))?;
-    row.map(|row| {
-        let status: String = row.get("status");
-        Ok((parse_status(id, &status)?, row.get("host"), row.get("name")))
-    })
-    .transpose()
+    row.map(|row| status_host_name(id, &row)).transpose()
 }
 
 async fn write_status(
@@ -793,9 +799,7 @@ impl Store for SqliteStore {
             "SELECT v.id FROM vfolders v
              LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
              WHERE v.status = 'delete-pending'
-               AND (s.purge_after <= $1
-                    OR (s.purge_after IS NULL AND coalesce(v.status_changed, v.created_at) <= $2))
-             ORDER BY v.status_changed
+               AND (s.purge_after <= $1 OR (s.purge_after IS NULL AND v.status_changed <= $2))
              LIMIT $3",
         )
         .bind(ts(Utc::now()))
@@ -839,7 +843,7 @@ impl Store for SqliteStore {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM vfolders
              WHERE status = 'delete-complete'
-               AND (status_changed <= $1 OR (status_changed IS NULL AND created_at <= $1))
+               AND status_changed <= $1
              ORDER BY status_changed
              LIMIT $2",
         )
