@@ -101,6 +101,41 @@ pub fn remove_tree(
     progress: &Progress,
 ) -> Result<Outcome, Error> {
     let started = Instant::now();
+    let mut counts = Counts::default();
+    for _ in 0..MAX_PASSES {
+        let (pass, end) = run_pass(parent, name, opts, cancel, progress)?;
+        counts.add(&pass);
+        match end {
+            PassEnd::Completed => return Ok(Outcome::Completed(Report::new(counts, started))),
+            PassEnd::Cancelled => return Ok(Outcome::Cancelled(Report::new(counts, started))),
+            PassEnd::Restart => {}
+        }
+    }
+    Err(Error::TreeChanged {
+        folder: opts.folder,
+        path: opts.display_path.clone(),
+    })
+}
+
+/// How many times the walk starts again from the top after directories vanished under it.
+const MAX_PASSES: usize = 8;
+
+/// How one walk over the tree ended (errors aside).
+enum PassEnd {
+    Completed,
+    Cancelled,
+    /// Directories vanished under the walk (another removal of the same tree got to them
+    /// first), so some ancestors could not be reached: walk again from the top.
+    Restart,
+}
+
+fn run_pass(
+    parent: BorrowedFd<'_>,
+    name: &CStr,
+    opts: &RemoveOptions,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<(Counts, PassEnd), Error> {
     let io = |op, source| Error::Io {
         folder: opts.folder,
         op,
@@ -110,9 +145,7 @@ pub fn remove_tree(
     let parent_ident = ident(parent).map_err(|e| io("stat parent of", e))?;
     let root_fd = match rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => fd,
-        Err(Errno::NOENT) => {
-            return Ok(Outcome::Completed(Report::new(Counts::default(), started)));
-        }
+        Err(Errno::NOENT) => return Ok((Counts::default(), PassEnd::Completed)),
         Err(Errno::LOOP | Errno::NOTDIR) => {
             return Err(Error::UnsafePath {
                 folder: opts.folder,
@@ -130,6 +163,8 @@ pub fn remove_tree(
         });
     }
     let root = Node::new(None, name.to_owned(), root_ident);
+    let root_fd = Arc::new(root_fd);
+    *lock(&root.fd) = Some(root_fd.clone());
     let shared = Shared {
         opts,
         cancel,
@@ -138,7 +173,7 @@ pub fn remove_tree(
         root_dev: root_ident.dev,
         root_parent: parent_ident,
         queue: Mutex::new(Queue {
-            work: vec![Work::Scan(root.clone(), Arc::new(root_fd))],
+            work: vec![Work::Scan(root, root_fd)],
             active: 0,
             finished: false,
         }),
@@ -146,8 +181,8 @@ pub fn remove_tree(
         errors: AtomicU64::new(0),
         first_error: Mutex::new(None),
         root_done: AtomicBool::new(false),
+        restart: AtomicBool::new(false),
     };
-    drop(root);
     let threads = opts.threads.max(1);
     let counts = std::thread::scope(|scope| {
         let helpers: Vec<_> = (1..threads)
@@ -168,15 +203,18 @@ pub fn remove_tree(
         }
         total
     });
-    let report = Report::new(counts, started);
     if let Some(err) = lock(&shared.first_error).take() {
         return Err(err);
     }
-    if shared.root_done.load(Ordering::Acquire) {
-        Ok(Outcome::Completed(report))
+    let end = if shared.root_done.load(Ordering::Acquire) {
+        PassEnd::Completed
+    } else if shared.restart.load(Ordering::Acquire) {
+        PassEnd::Restart
     } else {
-        Ok(Outcome::Cancelled(report))
-    }
+        // The only other way for the root to stay is a cancelled walk.
+        PassEnd::Cancelled
+    };
+    Ok((counts, end))
 }
 
 /// Device and inode of an open directory, and whether it is the root of a mount.
@@ -289,6 +327,8 @@ struct Shared<'a> {
     errors: AtomicU64,
     first_error: Mutex<Option<Error>>,
     root_done: AtomicBool,
+    /// A directory vanished before its parent could be reached through it.
+    restart: AtomicBool,
 }
 
 impl Shared<'_> {
@@ -489,6 +529,8 @@ impl<'s, 'a> Worker<'s, 'a> {
             while let Some(entry) = dir.next() {
                 let entry = match entry {
                     Ok(e) => e,
+                    // Removed by someone else while we read it: nothing left to read.
+                    Err(Errno::NOENT) => break,
                     Err(e) => {
                         self.shared.io_error(&node, "read directory", None, e);
                         node.poison();
@@ -641,6 +683,12 @@ impl<'s, 'a> Worker<'s, 'a> {
     fn remove_dir(&mut self, node: &Node, own: BorrowedFd<'_>) -> Removed {
         let parent = match rustix::fs::openat(own, c"..", DIR_FLAGS, Mode::empty()) {
             Ok(p) => p,
+            // The directory was removed by someone else (a concurrent removal of the same
+            // tree); its parent is unreachable from here, so the next pass will finish it.
+            Err(Errno::NOENT) => {
+                self.shared.restart.store(true, Ordering::Relaxed);
+                return Removed::Failed;
+            }
             Err(e) => {
                 self.shared.io_error(node, "open parent of", None, e);
                 return Removed::Failed;

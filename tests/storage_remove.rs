@@ -1,0 +1,348 @@
+//! The remover on real directories: counts, shapes, concurrency, cancellation, fan-out
+//! pruning, trash moves and an oracle check against a sequential walk.
+
+mod storage_support;
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rustix::fs::{Mode, OFlags};
+use storage_support::*;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use vfolder_controller::storage::{Counts, FolderRef, Outcome, Progress};
+
+#[test]
+fn a_filled_folder_is_removed_counted_and_reported_live() {
+    let sb = Sandbox::with(|c| c.count_bytes = true);
+    let f = new_folder();
+    let path = sb.create(&f);
+    let mut expected = fill(&path, 20, 30);
+    std::fs::write(path.join("big"), vec![1u8; 12_345]).unwrap();
+    symlink("big", path.join("ln")).unwrap();
+    expected.files += 1;
+    expected.symlinks = 1;
+    expected.bytes = 20 * 30 + 12_345;
+    let before = sb.snapshot_except(&path);
+    let progress = Progress::default();
+    let outcome = sb
+        .volume
+        .remove_folder(&f, &CancellationToken::new(), &progress)
+        .unwrap();
+    assert_eq!(completed(outcome), expected);
+    assert_eq!(progress.snapshot(), expected);
+    assert!(!path.exists());
+    assert_same(&before, &sb.snapshot_except(&path));
+}
+
+#[test]
+fn non_utf8_names_are_removed() {
+    let sb = Sandbox::new();
+    let f = new_folder();
+    let path = sb.create(&f);
+    let dir = path.join(OsStr::from_bytes(b"d\xff\x80"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join(OsStr::from_bytes(b"\xfe\xfd file")), b"x").unwrap();
+    std::fs::write(path.join(OsStr::from_bytes(b"\x01\x02\xc3\x28")), b"x").unwrap();
+    symlink(
+        OsStr::from_bytes(b"\xff"),
+        path.join(OsStr::from_bytes(b"l\xff")),
+    )
+    .unwrap();
+    let before = sb.snapshot_except(&path);
+    let counts = completed(sb.remove(&f).unwrap());
+    assert_eq!((counts.files, counts.dirs, counts.symlinks), (2, 2, 1));
+    assert!(!path.exists());
+    assert_same(&before, &sb.snapshot_except(&path));
+}
+
+#[test]
+fn a_10000_deep_chain_is_removed() {
+    let sb = Sandbox::new();
+    let f = new_folder();
+    let path = sb.create(&f);
+    // Deeper than PATH_MAX allows by name, so build it with directory descriptors.
+    let mut fd =
+        rustix::fs::open(&path, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+    for _ in 0..10_000 {
+        rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(&fd, "d", OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+            .unwrap();
+    }
+    let file = rustix::fs::openat(
+        &fd,
+        "bottom",
+        OFlags::CREATE | OFlags::WRONLY,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    drop((file, fd));
+    let before = sb.snapshot_except(&path);
+    let counts = completed(sb.remove(&f).unwrap());
+    assert_eq!((counts.files, counts.dirs), (1, 10_001));
+    assert!(!path.exists());
+    assert_same(&before, &sb.snapshot_except(&path));
+}
+
+#[test]
+fn a_directory_of_100000_entries_is_removed() {
+    let sb = Sandbox::new();
+    let f = new_folder();
+    let path = sb.create(&f);
+    let dir = rustix::fs::open(&path, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+    for i in 0..100_000 {
+        let name = format!("entry-{i}");
+        drop(
+            rustix::fs::openat(
+                &dir,
+                name.as_str(),
+                OFlags::CREATE | OFlags::WRONLY,
+                Mode::from_raw_mode(0o644),
+            )
+            .unwrap(),
+        );
+    }
+    let before = sb.snapshot_except(&path);
+    let counts = completed(sb.remove(&f).unwrap());
+    assert_eq!((counts.files, counts.dirs), (100_000, 1));
+    assert!(!path.exists());
+    assert_same(&before, &sb.snapshot_except(&path));
+}
+
+#[test]
+fn an_already_removed_folder_is_success_with_zero_counts() {
+    let sb = Sandbox::new();
+    let f = new_folder();
+    let before = snapshot(sb.root());
+    assert_eq!(completed(sb.remove(&f).unwrap()), Counts::default());
+    let path = sb.create(&f);
+    fill(&path, 2, 2);
+    completed(sb.remove(&f).unwrap());
+    assert_eq!(completed(sb.remove(&f).unwrap()), Counts::default());
+    // The scope directory created on the way stays; nothing else changed.
+    let mut after = snapshot(sb.root());
+    after.remove(Path::new("vol/fedcba9876543210fedcba9876543210"));
+    assert_same(&before, &after);
+}
+
+#[test]
+fn two_removals_of_the_same_folder_at_once_both_succeed_and_count_each_entry_once() {
+    for _ in 0..5 {
+        let sb = Sandbox::new();
+        let f = new_folder();
+        let path = sb.create(&f);
+        let expected = fill(&path, 100, 40);
+        for d in 0..30 {
+            let nested = path.join(format!("d{d}/n1/n2"));
+            std::fs::create_dir_all(&nested).unwrap();
+            std::fs::write(nested.join("f"), b"x").unwrap();
+        }
+        let before = sb.snapshot_except(&path);
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2).map(|_| s.spawn(|| sb.remove(&f))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut total = Counts::default();
+        for r in results {
+            total.add(&completed(r.expect("both removals succeed")));
+        }
+        assert_eq!(total.files, expected.files + 30);
+        assert_eq!(total.dirs, expected.dirs + 60);
+        assert!(!path.exists());
+        assert_same(&before, &sb.snapshot_except(&path));
+    }
+}
+
+#[test]
+fn cancellation_returns_cancelled_and_a_second_call_finishes() {
+    let sb = Sandbox::new();
+    let f = new_folder();
+    let path = sb.create(&f);
+    let expected = fill(&path, 200, 200);
+    let cancel = CancellationToken::new();
+    let progress = Arc::new(Progress::default());
+    let first = std::thread::scope(|s| {
+        let h = s.spawn(|| sb.volume.remove_folder(&f, &cancel, &progress));
+        while progress.snapshot().files < 1_000 && !h.is_finished() {
+            std::thread::yield_now();
+        }
+        cancel.cancel();
+        h.join().unwrap().unwrap()
+    });
+    let Outcome::Cancelled(first) = first else {
+        panic!("expected Cancelled, got {first:?}");
+    };
+    assert!(path.exists(), "partly removed");
+    assert!(first.counts.files < expected.files);
+    let second = completed(sb.remove(&f).unwrap());
+    let mut total = first.counts;
+    total.add(&second);
+    assert_eq!(total, expected);
+    assert!(!path.exists());
+}
+
+fn with_prefix(prefix: &str) -> Uuid {
+    let rest = &Uuid::new_v4().simple().to_string()[4..];
+    Uuid::parse_str(&format!("{prefix}{rest}")).unwrap()
+}
+
+#[test]
+fn fanout_parents_go_when_empty_and_stay_when_shared_but_scope_and_root_stay() {
+    let sb = Sandbox::new();
+    let a = folder(with_prefix("abcd"));
+    let b = folder(with_prefix("abcd"));
+    let c = FolderRef {
+        quota_scope_id: None,
+        ..folder(with_prefix("ef01"))
+    };
+    for f in [&a, &b, &c] {
+        fill(&sb.create(f), 1, 1);
+    }
+    let scope = sb.vol().join("fedcba9876543210fedcba9876543210");
+    completed(sb.remove(&a).unwrap());
+    assert!(scope.join("ab/cd").is_dir(), "still holds b");
+    completed(sb.remove(&b).unwrap());
+    assert!(!scope.join("ab").exists(), "both fan-out levels pruned");
+    assert!(scope.is_dir(), "scope directory stays");
+    completed(sb.remove(&c).unwrap());
+    assert!(!sb.vol().join("ef").exists());
+    assert!(sb.vol().is_dir(), "volume root stays");
+}
+
+/// What a trivially correct sequential removal would leave and count: a directory goes
+/// only if everything in it goes; `keep` entries (immutable files) stay.
+fn oracle(
+    dir: &Path,
+    keep: &BTreeSet<PathBuf>,
+    counts: &mut Counts,
+    survivors: &mut BTreeSet<PathBuf>,
+) -> bool {
+    let mut all_gone = true;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let ft = std::fs::symlink_metadata(&p).unwrap().file_type();
+        let gone = if ft.is_dir() {
+            oracle(&p, keep, counts, survivors)
+        } else if keep.contains(&p) {
+            false
+        } else {
+            if ft.is_symlink() {
+                counts.symlinks += 1;
+            } else {
+                counts.files += 1;
+            }
+            true
+        };
+        if !gone {
+            survivors.insert(p);
+            all_gone = false;
+        }
+    }
+    if all_gone {
+        counts.dirs += 1;
+    }
+    all_gone
+}
+
+#[test]
+fn the_parallel_remover_matches_a_sequential_oracle_on_random_trees() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    for round in 0..4 {
+        let sb = Sandbox::with(|c| c.removal_threads = 4);
+        let f = new_folder();
+        let path = sb.create(&f);
+        let mut dirs = vec![path.clone()];
+        let mut files = Vec::new();
+        for i in 0..600 {
+            let parent = dirs[rng.random_range(0..dirs.len())].clone();
+            match rng.random_range(0..10) {
+                0..=2 => {
+                    let d = parent.join(format!("d{i}"));
+                    std::fs::create_dir(&d).unwrap();
+                    dirs.push(d);
+                }
+                3 => symlink(sb.outside(), parent.join(format!("l{i}"))).unwrap(),
+                _ => {
+                    let p = parent.join(format!("f{i}"));
+                    std::fs::write(&p, b"data").unwrap();
+                    files.push(p);
+                }
+            }
+        }
+        // Some rounds have unremovable files: the survivors must match too.
+        let keep: BTreeSet<PathBuf> = (0..round)
+            .map(|_| files[rng.random_range(0..files.len())].clone())
+            .collect();
+        let _guards: Vec<_> = keep.iter().map(|p| Immutable::set(p)).collect();
+        let mut want = Counts::default();
+        let mut survivors = BTreeSet::new();
+        let whole_gone = oracle(&path, &keep, &mut want, &mut survivors);
+        let outside = sb.snapshot_except(&path);
+        let progress = Progress::default();
+        let result = sb
+            .volume
+            .remove_folder(&f, &CancellationToken::new(), &progress);
+        if whole_gone {
+            assert_eq!(completed(result.unwrap()), want);
+            assert!(!path.exists());
+        } else {
+            let err = result.unwrap_err();
+            assert_eq!(err.kind(), "permission", "{err}");
+            assert!(!err.is_transient());
+            assert_eq!(progress.snapshot(), want);
+            let left: BTreeSet<PathBuf> =
+                snapshot(&path).into_keys().map(|p| path.join(p)).collect();
+            assert_eq!(left, survivors);
+        }
+        assert_same(&outside, &sb.snapshot_except(&path));
+    }
+}
+
+#[test]
+fn move_to_trash_and_restore_round_trip_byte_for_byte() {
+    let sb = Sandbox::new();
+    let f = new_folder();
+    let live = sb.create(&f);
+    make_sentinel(&live.join("content"));
+    fill(&live, 3, 3);
+    let trash = sb.vol().join(sb.volume.trash_path(&f).unwrap());
+    let content = snapshot(&live);
+    let others = sb.snapshot_except(&live);
+
+    sb.volume.move_to_trash(&f).unwrap();
+    assert!(!live.exists());
+    assert_eq!(snapshot(&trash), content);
+    sb.volume.move_to_trash(&f).unwrap(); // already done
+
+    sb.volume.restore_from_trash(&f).unwrap();
+    assert!(!trash.exists());
+    assert_eq!(snapshot(&live), content);
+    let mut now = sb.snapshot_except(&live);
+    // The trash directory and its scope directory stay for the next folder.
+    assert!(now.remove(Path::new("vol/.trash")).is_some());
+    assert!(
+        now.remove(Path::new("vol/.trash/fedcba9876543210fedcba9876543210"))
+            .is_some()
+    );
+    assert_same(&others, &now);
+
+    // Both copies present: refuse rather than overwrite either.
+    std::fs::create_dir_all(&trash).unwrap();
+    let err = sb.volume.move_to_trash(&f).unwrap_err();
+    assert_eq!(err.kind(), "conflict");
+    assert_eq!(snapshot(&live), content);
+
+    // remove_folder takes both copies.
+    std::fs::write(trash.join("t"), b"x").unwrap();
+    let counts = completed(sb.remove(&f).unwrap());
+    assert!(!live.exists() && !trash.exists());
+    assert_eq!(
+        counts.dirs,
+        content.values().filter(|e| **e == Entry::Dir).count() as u64 + 2
+    );
+}
