@@ -543,6 +543,65 @@ mod tests {
     }
 
     #[test]
+    fn each_error_class_has_its_exit_code() {
+        use crate::lifecycle::IllegalTransition;
+        let id = Uuid::nil();
+        let db = |source| store::Error::Database {
+            context: "testing",
+            source,
+        };
+        let cases: Vec<(Error, u8)> = vec![
+            (store::Error::NotFound(id).into(), 3),
+            (
+                store::Error::IllegalTransition {
+                    id,
+                    source: IllegalTransition {
+                        from: Status::DeleteComplete,
+                        to: Status::Ready,
+                    },
+                }
+                .into(),
+                4,
+            ),
+            (store::Error::NameTaken { name: "x".into() }.into(), 4),
+            (
+                store::Error::NotForgettable {
+                    id,
+                    status: Status::Ready,
+                }
+                .into(),
+                4,
+            ),
+            (store::Error::UnsupportedUrl("mysql://".into()).into(), 6),
+            (store::Error::NotMigrated("no".into()).into(), 5),
+            (Error::NotMigrated("no".into()), 5),
+            (
+                db(sqlx::Error::Io(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                )))
+                .into(),
+                5,
+            ),
+            (db(sqlx::Error::PoolTimedOut).into(), 5),
+            (db(sqlx::Error::RowNotFound).into(), 1),
+            (
+                config::Error::UnknownEnv("VFOLDER_CONTROLLER_X".into()).into(),
+                6,
+            ),
+            (
+                Error::UnknownVolume {
+                    host: "a:b".into(),
+                    configured: String::new(),
+                },
+                2,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.exit_code(), code, "{err}");
+        }
+    }
+
+    #[test]
     fn since_accepts_durations_and_times() {
         let now = DateTime::parse_from_rfc3339("2026-01-02T00:00:00Z")
             .unwrap()
