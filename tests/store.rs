@@ -1200,7 +1200,8 @@ async fn notify_payload_follows_a_raw_update() {
     // A broken listener connection ends the stream with an error.
     raw.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'
+           AND pid <> pg_backend_pid()",
     )
     .await
     .unwrap();
