@@ -203,6 +203,7 @@ fn run_pass(
         }
         total
     });
+    progress.add_errors(shared.errors.load(Ordering::Relaxed));
     if let Some(err) = lock(&shared.first_error).take() {
         return Err(err);
     }
@@ -498,9 +499,10 @@ impl<'s, 'a> Worker<'s, 'a> {
             },
             Err(Errno::NOENT) => {}
             // Replaced by a symlink or a file since it was listed: remove that name instead.
+            // (With O_NOFOLLOW | O_DIRECTORY a symlink gives either errno; look again.)
             Err(Errno::LOOP | Errno::NOTDIR) => {
                 if let Some(pfd) = &parent_fd {
-                    self.unlink(parent, pfd.as_fd(), name, FileType::Symlink);
+                    self.entry(parent, pfd.as_fd(), name, FileType::Unknown);
                 }
             }
             Err(e) => {
@@ -716,6 +718,12 @@ impl<'s, 'a> Worker<'s, 'a> {
             Ok(()) => Removed::Done(parent, true),
             Err(Errno::NOENT) => Removed::Done(parent, false),
             Err(Errno::NOTEMPTY | Errno::EXIST) => Removed::NotEmpty,
+            // The name now belongs to something else (it was swapped for a symlink or a
+            // file); our directory lives on under another name, which the next pass finds.
+            Err(Errno::NOTDIR) => {
+                self.shared.restart.store(true, Ordering::Relaxed);
+                Removed::Failed
+            }
             Err(e) => {
                 self.shared.io_error(node, "remove directory", None, e);
                 Removed::Failed

@@ -231,8 +231,27 @@ impl Volume {
         Ok(Some(fds))
     }
 
-    /// Like [`Volume::open_dirs`], creating missing directories.
+    /// Like [`Volume::open_dirs`], creating missing directories. A directory that vanishes
+    /// on the way (a concurrent removal pruning an empty fan-out directory) is retried.
     fn make_dirs(
+        &self,
+        base: BorrowedFd<'_>,
+        comps: &[&str],
+        folder: Uuid,
+    ) -> Result<OwnedFd, Error> {
+        let mut attempts = 0;
+        loop {
+            match self.make_dirs_once(base, comps, folder) {
+                Err(Error::Io {
+                    source: Errno::NOENT,
+                    ..
+                }) if attempts < 3 => attempts += 1,
+                result => return result,
+            }
+        }
+    }
+
+    fn make_dirs_once(
         &self,
         base: BorrowedFd<'_>,
         comps: &[&str],
