@@ -222,7 +222,13 @@ fn trash_shows_the_folder_in_the_trash_only(b: Backend) {
     assert!(trash.contains(&id) && !trash.contains(&kept), "{trash}");
     let trash: Value = serde_json::from_str(&env.ok(&["--json", "trash", "list"])).unwrap();
     assert_eq!(trash.as_array().unwrap().len(), 1);
-    assert!(trash[0]["purge_at"].is_string(), "{trash}");
+    // --purge-after 2d, not the default 7 days.
+    let at = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let in_trash = at(&trash[0]["purge_at"]) - at(&trash[0]["folder"]["status_changed"]);
+    assert!(
+        in_trash > chrono::Duration::days(1) && in_trash < chrono::Duration::days(3),
+        "{trash}"
+    );
     let by_status = env.ok(&["list", "--status", "DELETE_PENDING"]);
     assert!(by_status.contains(&id), "{by_status}");
     // The data stays while in the trash (in-place).
@@ -523,11 +529,13 @@ fn clean_history_removes_old_complete_rows_and_keeps_audit(b: Backend) {
     assert!(audit.contains("history-cleanup"), "{audit}");
 }
 
-fn run_logs_that_it_is_running_and_exits_0_on_sigterm(b: Backend) {
-    let env = Env::new(b);
-    // No --config: the built-in volume under the working directory is created.
+/// Starts `run` with `args` in the environment's directory (no `--config`: the built-in
+/// volume) and waits for the "running" log line; returns the child and that line.
+fn start_run(env: &Env, args: &[&str]) -> (std::process::Child, String) {
     let mut child = command(env.dir.path())
-        .args(["--database-url", &env.db.url, "run"])
+        .args(["--database-url", &env.db.url])
+        .args(args)
+        .arg("run")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -541,16 +549,28 @@ fn run_logs_that_it_is_running_and_exits_0_on_sigterm(b: Backend) {
         }
     });
     // The timeout only guards against a hang; the assertion is about the line.
-    let running = loop {
+    loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.contains("vfolder-controller running") => break line,
+            Ok(line) if line.contains("vfolder-controller running") => return (child, line),
             Ok(_) => continue,
             Err(e) => {
                 let _ = child.kill();
                 panic!("no 'running' log line: {e}");
             }
         }
-    };
+    }
+}
+
+/// Sends SIGTERM and returns the exit code.
+fn terminate(mut child: std::process::Child) -> Option<i32> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    child.wait().unwrap().code()
+}
+
+fn run_logs_that_it_is_running_and_exits_0_on_sigterm(b: Backend) {
+    let env = Env::unmigrated(b);
+    let (child, running) = start_run(&env, &[]);
     let backend = match b {
         Backend::Sqlite => "sqlite",
         Backend::Postgres => "postgres",
@@ -560,12 +580,69 @@ fn run_logs_that_it_is_running_and_exits_0_on_sigterm(b: Backend) {
         "{running}"
     );
     assert!(env.dir.path().join("var/volumes/volume1").is_dir());
-    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    // The database was migrated by `run`.
+    assert_eq!(terminate(child), Some(0));
+    // `run` migrated the database (PostgreSQL admin commands need that).
     assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn run_writes_json_log_lines_when_asked() {
+    let env = Env::unmigrated(Backend::Sqlite);
+    let (child, running) = start_run(&env, &["--log-format", "json"]);
+    let line: Value = serde_json::from_str(&running).unwrap();
+    assert_eq!(line["fields"]["message"], "vfolder-controller running");
+    assert_eq!(line["fields"]["backend"], "sqlite");
+    assert!(line["fields"]["replica"].is_string(), "{line}");
+    assert_eq!(terminate(child), Some(0));
+}
+
+#[test]
+fn help_teaches_every_command_and_the_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = |args: &[&str]| {
+        let out = command(dir.path())
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&[]);
+    for code in [
+        "2  bad command line",
+        "3  no vfolder",
+        "4  not allowed",
+        "5  database",
+        "6  invalid configuration",
+    ] {
+        assert!(top.contains(code), "{code} in {top}");
+    }
+    for cmd in [
+        "migrate",
+        "run",
+        "create",
+        "list",
+        "trash",
+        "restore",
+        "purge",
+        "force-delete",
+        "retry",
+        "forget",
+        "show",
+        "history",
+        "audit",
+        "clean-history",
+    ] {
+        let text = help(&[cmd]);
+        assert!(text.contains("vfolder-controller"), "{cmd}: {text}");
+        assert!(text.contains("Example"), "{cmd} has an example: {text}");
+    }
+    assert!(help(&["purge"]).contains("delete-pending → delete-ongoing"));
+    assert!(help(&["force-delete"]).contains("ready → delete-ongoing"));
+    assert!(help(&["retry"]).contains("delete-error → delete-ongoing"));
+    let written = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(written, 0, "--help creates no database");
 }
 
 #[test]
@@ -589,17 +666,14 @@ fn sqlite_admin_commands_migrate_on_first_use() {
 #[test]
 fn unreachable_database_exits_5() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [
-        &["list"][..],
-        &["show", &Uuid::new_v4().to_string()],
-        &["migrate"],
-    ] {
+    // An admin command and `migrate` (each waits for the store's connect timeout).
+    for args in [&["show", &Uuid::new_v4().to_string()][..], &["migrate"]] {
         let out = command(dir.path())
             .args(["--database-url", "postgres://postgres@127.0.0.1:1/x"])
             .args(args)
             .output()
             .unwrap();
-        assert_fails(&out, 5, "");
+        assert_fails(&out, 5, "connecting");
     }
 }
 

@@ -205,6 +205,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "VFOLDER_CONTROLLER_CONFIG",
         value_name = "FILE"
     )]
@@ -212,19 +213,34 @@ pub struct Cli {
 
     /// Database URL (postgres://user@host/db or sqlite://FILE); overrides the file and
     /// VFOLDER_CONTROLLER_DATABASE_URL.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "URL"
+    )]
     pub database_url: Option<String>,
 
     /// Print machine-readable JSON instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
 
     /// Who is acting, recorded in the status history and the audit log. Default: the OS user.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "NAME"
+    )]
     pub actor: Option<String>,
 
     /// Log line format of `run` (overrides [log] format).
-    #[arg(long, global = true, value_name = "FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FORMAT"
+    )]
     pub log_format: Option<LogFormat>,
 
     /// The command.
@@ -524,6 +540,65 @@ mod tests {
         assert!(t.list.is_some() && t.id.is_none());
         assert!(Cli::try_parse_from(["x", "trash"]).is_err());
         assert!(Cli::try_parse_from(["x", "trash", "nope"]).is_err());
+    }
+
+    #[test]
+    fn each_error_class_has_its_exit_code() {
+        use crate::lifecycle::IllegalTransition;
+        let id = Uuid::nil();
+        let db = |source| store::Error::Database {
+            context: "testing",
+            source,
+        };
+        let cases: Vec<(Error, u8)> = vec![
+            (store::Error::NotFound(id).into(), 3),
+            (
+                store::Error::IllegalTransition {
+                    id,
+                    source: IllegalTransition {
+                        from: Status::DeleteComplete,
+                        to: Status::Ready,
+                    },
+                }
+                .into(),
+                4,
+            ),
+            (store::Error::NameTaken { name: "x".into() }.into(), 4),
+            (
+                store::Error::NotForgettable {
+                    id,
+                    status: Status::Ready,
+                }
+                .into(),
+                4,
+            ),
+            (store::Error::UnsupportedUrl("mysql://".into()).into(), 6),
+            (store::Error::NotMigrated("no".into()).into(), 5),
+            (Error::NotMigrated("no".into()), 5),
+            (
+                db(sqlx::Error::Io(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                )))
+                .into(),
+                5,
+            ),
+            (db(sqlx::Error::PoolTimedOut).into(), 5),
+            (db(sqlx::Error::RowNotFound).into(), 1),
+            (
+                config::Error::UnknownEnv("VFOLDER_CONTROLLER_X".into()).into(),
+                6,
+            ),
+            (
+                Error::UnknownVolume {
+                    host: "a:b".into(),
+                    configured: String::new(),
+                },
+                2,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.exit_code(), code, "{err}");
+        }
     }
 
     #[test]
