@@ -175,6 +175,7 @@ async fn delete_one(site_url: &str, mount: &Path) -> uuid::Uuid {
             actor: "test".into(),
             action: "force-delete",
             purge_after: None,
+            expect_from: &[],
         })
         .await
         .expect("force-delete");

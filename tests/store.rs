@@ -180,6 +180,7 @@ async fn writing_the_same_status_is_a_no_op(db: TestDb) {
             actor: "alice".into(),
             action: "trash",
             purge_after: None,
+            expect_from: &[],
         })
         .await
         .unwrap();
@@ -374,6 +375,7 @@ fn request(id: uuid::Uuid, to: Status, action: &'static str) -> StatusRequest {
         actor: "alice".to_owned(),
         action,
         purge_after: None,
+        expect_from: &[],
     }
 }
 

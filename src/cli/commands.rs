@@ -341,27 +341,26 @@ impl Ctx<'_> {
         purge_after: Option<DateTime<Utc>>,
     ) -> Result<(), Error> {
         let current = self.store.get_folder(id).await?.folder;
-        let from = current.status;
-        // Illegal transitions go to the database, which rejects them with the canonical
-        // error; legal ones that belong to another command are refused here.
-        if from != tr.to && from.can_transition_to(tr.to) && !tr.from.contains(&from) {
-            return Err(Error::WrongStatus {
-                id,
-                status: from,
-                command: tr.command,
-                hint: tr.hint.to_owned(),
-            });
-        }
-        let change = self
-            .store
-            .set_status(&StatusRequest {
-                id,
-                to: tr.to,
-                actor: self.actor.clone(),
-                action: tr.action,
-                purge_after,
-            })
-            .await?;
+        let request = StatusRequest {
+            id,
+            to: tr.to,
+            actor: self.actor.clone(),
+            action: tr.action,
+            purge_after,
+            expect_from: tr.from,
+        };
+        // The store checks the expectation under the row lock; only the hint is ours.
+        let change = match self.store.set_status(&request).await {
+            Err(store::Error::UnexpectedStatus { status, .. }) => {
+                return Err(Error::WrongStatus {
+                    id,
+                    status,
+                    command: tr.command,
+                    hint: tr.hint.to_owned(),
+                });
+            }
+            other => other?,
+        };
         if self.json {
             return output::print_json(&change);
         }

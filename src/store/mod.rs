@@ -73,6 +73,17 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// The transition is legal, but the request was meant for folders in other statuses
+    /// (see [`StatusRequest::expect_from`]).
+    #[error("vfolder {id} is {status}; {action} does not apply to it")]
+    UnexpectedStatus {
+        /// The folder.
+        id: Uuid,
+        /// Its current status.
+        status: Status,
+        /// The requested action.
+        action: &'static str,
+    },
     /// `forget` was asked for a folder that is not in `delete-error`.
     #[error(
         "vfolder {id} is {status}; only a folder in delete-error can be forgotten (after manual cleanup)"
@@ -326,6 +337,40 @@ pub struct StatusRequest {
     pub action: &'static str,
     /// With `to = delete-pending`: purge at this time instead of after the trash retention.
     pub purge_after: Option<DateTime<Utc>>,
+    /// The statuses this request is meant to start from (empty: any). Checked under the
+    /// row lock, so e.g. a `purge` cannot turn into a force-delete of a folder that was
+    /// restored between the caller's read and its write.
+    pub expect_from: &'static [Status],
+}
+
+impl StatusRequest {
+    /// Decides what writing this request over a row in status `from` means: a no-op
+    /// (`changed: false`), a change, or an error. Both backends call this under the row
+    /// lock, so the lifecycle check and the caller's expectation are one atomic decision.
+    pub fn check(&self, from: Status) -> Result<StatusChange> {
+        let change = StatusChange {
+            id: self.id,
+            from,
+            to: self.to,
+            changed: from != self.to,
+        };
+        if !change.changed {
+            return Ok(change);
+        }
+        from.transition_to(self.to)
+            .map_err(|source| Error::IllegalTransition {
+                id: self.id,
+                source,
+            })?;
+        if !self.expect_from.is_empty() && !self.expect_from.contains(&from) {
+            return Err(Error::UnexpectedStatus {
+                id: self.id,
+                status: from,
+                action: self.action,
+            });
+        }
+        Ok(change)
+    }
 }
 
 /// What kind of work a claimed row needs.

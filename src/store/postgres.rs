@@ -410,14 +410,7 @@ impl Store for PgStore {
             .await
             .map_err(db("starting a transaction"))?;
         let (from, host, name) = lock_folder(&mut tx, req.id).await?;
-        from.transition_to(req.to)
-            .map_err(|source| Error::IllegalTransition { id: req.id, source })?;
-        let change = StatusChange {
-            id: req.id,
-            from,
-            to: req.to,
-            changed: from != req.to,
-        };
+        let change = req.check(from)?;
         if !change.changed {
             return Ok(change);
         }

@@ -465,14 +465,7 @@ impl Store for SqliteStore {
     async fn set_status(&self, req: &StatusRequest) -> Result<StatusChange> {
         let mut tx = self.begin().await?;
         let (from, host, name) = read_folder(&mut tx, req.id).await?;
-        from.transition_to(req.to)
-            .map_err(|source| Error::IllegalTransition { id: req.id, source })?;
-        let change = StatusChange {
-            id: req.id,
-            from,
-            to: req.to,
-            changed: from != req.to,
-        };
+        let change = req.check(from)?;
         if !change.changed {
             return Ok(change);
         }
