@@ -93,7 +93,10 @@ fn a_fresh_registry_exports_build_info_zeros_and_every_status() {
         1.0
     );
     assert_eq!(value(&m, "vfolder_controller_lease_reclaims_total"), 0.0);
-    assert_eq!(value(&m, "vfolder_controller_listener_reconnects_total"), 0.0);
+    assert_eq!(
+        value(&m, "vfolder_controller_listener_reconnects_total"),
+        0.0
+    );
     assert_eq!(
         value(&m, "vfolder_controller_worker_slots{state=\"total\"}"),
         0.0
@@ -161,8 +164,14 @@ fn calls_show_up_with_their_labels_and_values() {
     assert_eq!(v("vfolder_controller_worker_slots{state=\"total\"}"), 8.0);
     assert_eq!(v("vfolder_controller_worker_slots{state=\"busy\"}"), 2.0);
     assert_eq!(v("vfolder_controller_folders{status=\"ready\"}"), 40.0);
-    assert_eq!(v("vfolder_controller_folders{status=\"delete-error\"}"), 2.0);
-    assert_eq!(v("vfolder_controller_folders{status=\"delete-pending\"}"), 0.0);
+    assert_eq!(
+        v("vfolder_controller_folders{status=\"delete-error\"}"),
+        2.0
+    );
+    assert_eq!(
+        v("vfolder_controller_folders{status=\"delete-pending\"}"),
+        0.0
+    );
     assert_eq!(
         v("vfolder_controller_oldest_unconverged_seconds{kind=\"remove\"}"),
         90.0

@@ -31,7 +31,8 @@ pub const PREFIX: &str = "vfolder_controller";
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Content type of [`Metrics::encode_openmetrics`].
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionResult {
@@ -308,7 +309,9 @@ impl Metrics {
 
     /// A removal on `volume` started: the in-flight gauge goes up by one.
     pub fn removal_started(&self, volume: &str) {
-        self.removals_in_flight.get_or_create(&volume_label(volume)).inc();
+        self.removals_in_flight
+            .get_or_create(&volume_label(volume))
+            .inc();
     }
 
     /// A removal on `volume` ended (any `result`): the in-flight gauge goes down by one, what
