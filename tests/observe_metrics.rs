@@ -1,5 +1,6 @@
 //! The metrics registry: values after calls, the exposition formats, and promtool's lint.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -278,4 +279,72 @@ fn promtool_check_is_able_to_fail() {
     // "no help text" for every counter: the reason `encode` converts.
     let err = promtool_check(&exercised().encode_openmetrics()).unwrap_err();
     assert!(err.contains("no help text"), "{err}");
+}
+
+/// The label names of one sample line, without the histogram's `le`.
+fn sample_label_names(line: &str) -> Vec<String> {
+    let labels = line
+        .split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map_or("", |(inner, _)| inner);
+    labels
+        .split(',')
+        .filter_map(|pair| pair.split_once('=').map(|(k, _)| k.trim().to_owned()))
+        .filter(|k| k != "le")
+        .collect()
+}
+
+/// Each family of `text` (Prometheus 0.0.4): name, type and the label names of its samples.
+fn families(text: &str) -> Vec<(String, String, BTreeSet<String>)> {
+    let mut out: Vec<(String, String, BTreeSet<String>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            out.push((name.to_owned(), kind.to_owned(), BTreeSet::new()));
+        } else if !line.starts_with('#') {
+            out.last_mut().unwrap().2.extend(sample_label_names(line));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_family_is_documented_with_its_type_and_labels() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md"),
+    )
+    .unwrap();
+    let rows: Vec<Vec<&str>> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `vfolder_controller_"))
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    let exported = families(&exercised().encode());
+    let mut problems = Vec::new();
+    for (name, kind, labels) in &exported {
+        let Some(row) = rows.iter().find(|r| r[0] == format!("`{name}`")) else {
+            problems.push(format!("{name} is not in docs/metrics.md"));
+            continue;
+        };
+        if row[1] != kind {
+            problems.push(format!("{name}: documented as {}, is a {kind}", row[1]));
+        }
+        let documented: BTreeSet<String> = row[2]
+            .split(", ")
+            .filter(|l| *l != "(none)")
+            .map(|l| l.trim_matches('`').to_owned())
+            .collect();
+        if &documented != labels {
+            problems.push(format!(
+                "{name}: documented labels {documented:?}, exported {labels:?}"
+            ));
+        }
+    }
+    for row in &rows {
+        let name = row[0].trim_matches('`');
+        if !exported.iter().any(|(n, _, _)| n == name) {
+            problems.push(format!("docs/metrics.md documents {name}, which is not exported"));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }
