@@ -343,7 +343,9 @@ fn every_family_is_documented_with_its_type_and_labels() {
     for row in &rows {
         let name = row[0].trim_matches('`');
         if !exported.iter().any(|(n, _, _)| n == name) {
-            problems.push(format!("docs/metrics.md documents {name}, which is not exported"));
+            problems.push(format!(
+                "docs/metrics.md documents {name}, which is not exported"
+            ));
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
