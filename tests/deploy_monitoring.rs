@@ -252,6 +252,51 @@ fn unknown_names(
     unknown
 }
 
+/// The GitHub anchors of the headings of `docs/operations.md`.
+fn runbook_anchors() -> BTreeSet<String> {
+    let doc = std::fs::read_to_string(repo("docs/operations.md")).unwrap();
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("## ").or(l.strip_prefix("# ")))
+        .map(|h| {
+            h.to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_runbook_section() {
+    let anchors = runbook_anchors();
+    let doc = std::fs::read_to_string(repo("docs/operations.md")).unwrap();
+    let text = std::fs::read_to_string(repo("deploy/prometheus/alerts.yml")).unwrap();
+    let rules: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut problems = Vec::new();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            let runbook = rule["annotations"]["runbook"].as_str().unwrap_or("");
+            match runbook.strip_prefix("docs/operations.md#") {
+                Some(anchor) if anchors.contains(anchor) => {}
+                _ => problems.push(format!("{name}: runbook {runbook:?} is no section")),
+            }
+            if !doc.contains(&format!("| `{name}` |")) {
+                problems.push(format!("{name} is not in the runbook's alert table"));
+            }
+        }
+    }
+    // The runbook's own links to its sections.
+    for link in doc.split("](#").skip(1) {
+        let anchor = link.split(')').next().unwrap();
+        if !anchors.contains(anchor) {
+            problems.push(format!("docs/operations.md links to missing #{anchor}"));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
 #[test]
 fn promtool_accepts_the_alert_rules() {
     let said = promtool(&["check", "rules", "deploy/prometheus/alerts.yml"]);
