@@ -203,7 +203,7 @@ async fn metrics_are_served_in_the_format_the_scraper_asks_for() {
     let refused = get(
         s.addr,
         "/metrics",
-        Some("application/openmetrics-text; q=0, text/plain"),
+        Some("application/openmetrics-text; q=0.0, text/plain"),
     )
     .await;
     assert!(

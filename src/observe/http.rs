@@ -87,8 +87,12 @@ fn wants_openmetrics(headers: &HeaderMap) -> bool {
         .any(|media| {
             let mut parts = media.split(';').map(str::trim);
             let is_openmetrics = parts.next() == Some("application/openmetrics-text");
-            // `q=0` means "not acceptable".
-            let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+            // A weight of 0 (`q=0`, `q=0.0`) means "not acceptable".
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
             is_openmetrics && !refused
         })
 }

@@ -139,8 +139,8 @@ impl Metrics {
     /// binary's version. Families without labels, `worker_slots` and `folders` (every status)
     /// export a sample from the start, so dashboards and alerts see zeros, not gaps.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix(PREFIX);
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix(PREFIX),
             reconciles: Family::default(),
             reconcile_duration: Family::new_with_constructor(reconcile_histogram),
             removals_in_flight: Family::default(),
@@ -160,8 +160,16 @@ impl Metrics {
             listener_reconnects: Counter::default(),
             timer_runs: Family::default(),
             timer_rows: Family::default(),
-            registry: Registry::default(),
         };
+        m.register_families();
+        m.set_worker_slots(0, 0);
+        m.set_folders_by_status(&[]);
+        m
+    }
+
+    /// Registers every family (and the constant `build_info`) in `self.registry`.
+    fn register_families(&mut self) {
+        let registry = &mut self.registry;
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -177,96 +185,93 @@ impl Metrics {
         registry.register(
             "reconciles",
             "Reconciles of one folder, by action and result",
-            m.reconciles.clone(),
+            self.reconciles.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
             "Time one reconcile of one folder took, by action",
-            m.reconcile_duration.clone(),
+            self.reconcile_duration.clone(),
         );
         registry.register(
             "removals_in_flight",
             "Folder removals running now in this replica, by volume",
-            m.removals_in_flight.clone(),
+            self.removals_in_flight.clone(),
         );
         registry.register(
             "removals",
             "Finished folder removals (complete, failed or cancelled), by volume and result",
-            m.removals.clone(),
+            self.removals.clone(),
         );
         registry.register(
             "files_removed",
             "Files (and symlinks and other non-directories) removed, by volume",
-            m.files_removed.clone(),
+            self.files_removed.clone(),
         );
         registry.register(
             "dirs_removed",
             "Directories removed, by volume",
-            m.dirs_removed.clone(),
+            self.dirs_removed.clone(),
         );
         registry.register(
             "bytes_removed",
             "Bytes of removed regular files, by volume (0 unless the volume counts bytes)",
-            m.bytes_removed.clone(),
+            self.bytes_removed.clone(),
         );
         registry.register(
             "removal_duration_seconds",
             "Time one whole folder removal took, by volume",
-            m.removal_duration.clone(),
+            self.removal_duration.clone(),
         );
         registry.register(
             "worker_slots",
             "Removal worker slots of this replica: total and busy",
-            m.worker_slots.clone(),
+            self.worker_slots.clone(),
         );
         registry.register(
             "folders",
             "Folder rows in the database by status (the same in every replica)",
-            m.folders.clone(),
+            self.folders.clone(),
         );
         registry.register(
             "oldest_unconverged_seconds",
             "Age of the oldest folder still waiting for this kind of work (0 when none waits)",
-            m.oldest_unconverged.clone(),
+            self.oldest_unconverged.clone(),
         );
         registry.register(
             "lease_reclaims",
             "Claims that took over another replica's expired lease",
-            m.lease_reclaims.clone(),
+            self.lease_reclaims.clone(),
         );
         registry.register(
             "retries",
             "Transient failures scheduled for a retry with backoff, by kind of work",
-            m.retries.clone(),
+            self.retries.clone(),
         );
         registry.register(
             "terminal_errors",
             "Permanent failures that moved a folder to delete-error, by kind of work",
-            m.terminal_errors.clone(),
+            self.terminal_errors.clone(),
         );
         registry.register(
             "database_errors",
             "Failed database operations, by operation",
-            m.database_errors.clone(),
+            self.database_errors.clone(),
         );
         registry.register(
             "listener_reconnects",
             "Times the PostgreSQL LISTEN connection was re-established",
-            m.listener_reconnects.clone(),
+            self.listener_reconnects.clone(),
         );
         registry.register(
             "timer_runs",
             "Runs of a periodic maintenance job, by timer",
-            m.timer_runs.clone(),
+            self.timer_runs.clone(),
         );
         registry.register(
             "timer_rows",
             "Rows changed by a periodic maintenance job, by timer",
-            m.timer_rows.clone(),
+            self.timer_rows.clone(),
         );
-        m.set_worker_slots(0, 0);
-        m.set_folders_by_status(&[]);
-        Metrics { registry, ..m }
     }
 
     /// The registry, for callers that register more metrics of their own.
@@ -314,10 +319,12 @@ impl Metrics {
             .inc();
     }
 
-    /// A removal on `volume` ended (any `result`): the in-flight gauge goes down by one, what
-    /// it removed is added to the counters, it is counted by result and its duration recorded.
-    /// Call it exactly once per [`Metrics::removal_started`], and do not also report the same
-    /// progress with [`Metrics::add_removed`].
+    /// A removal on `volume` ended (any `result`): the in-flight gauge goes down by one, it
+    /// is counted by result and its duration recorded, and `files`, `dirs` and `bytes` are
+    /// added to the removed counters. Those are the amounts not yet reported with
+    /// [`Metrics::add_removed`]: a caller that reports progress while removing passes the
+    /// remainder here, one that does not passes the totals. Call it exactly once per
+    /// [`Metrics::removal_started`].
     pub fn removal_finished(
         &self,
         volume: &str,
@@ -341,8 +348,9 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
-    /// Adds removed entries to the per-volume counters without ending a removal (progress
-    /// of a removal that was cancelled or failed part-way, or periodic flushes).
+    /// Adds removed entries to the per-volume counters without ending a removal: progress
+    /// reported while a long removal runs (so throughput graphs are smooth), or what a
+    /// removal that was abandoned without [`Metrics::removal_finished`] had removed.
     pub fn add_removed(&self, volume: &str, files: u64, dirs: u64, bytes: u64) {
         let label = volume_label(volume);
         self.files_removed.get_or_create(&label).inc_by(files);
