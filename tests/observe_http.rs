@@ -273,3 +273,20 @@ async fn unknown_paths_are_404_and_shutdown_ends_serve() {
         .unwrap();
     assert!(TcpStream::connect(s.addr).await.is_err(), "listener closed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn stall_detection_follows_tokio_time() {
+    let health = Health::new(Duration::from_secs(30));
+    health.pass_completed();
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert_eq!(health.liveness(), Ok(()));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let err = health.liveness().unwrap_err();
+    assert!(err.contains("no report for 31s (limit 30s)"), "{err}");
+    health.set_database_ok(false, Some("down".into()));
+    assert_eq!(
+        health.liveness(),
+        Ok(()),
+        "a database report proves the loop is alive"
+    );
+}

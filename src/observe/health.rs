@@ -8,7 +8,11 @@
 //! reporting and is restarted by the liveness probe.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so tests of the loop can drive stall detection with paused time; outside a
+// paused runtime it is the system's monotonic clock.
+use tokio::time::Instant;
 
 /// Shared (behind an `Arc`) between the loop, which reports, and the HTTP server, which asks.
 #[derive(Debug)]
