@@ -1,58 +1,35 @@
-//! TEMPORARY interface stub (replaced by the observe branch).
-#![allow(missing_docs, unused_variables)]
-use std::sync::Arc;
-use std::time::Duration;
-pub struct Metrics;
-impl Metrics {
-    pub fn new() -> Metrics {
-        Metrics
-    }
-    pub fn encode(&self) -> String {
-        todo!()
-    }
-    pub fn reconcile(&self, action: &str, result: &str, duration: Duration) {}
-    pub fn removal_started(&self, volume: &str) {}
-    pub fn removal_finished(
-        &self,
-        volume: &str,
-        files: u64,
-        dirs: u64,
-        bytes: u64,
-        duration: Duration,
-        result: &str,
-    ) {
-    }
-    pub fn add_removed(&self, volume: &str, files: u64, dirs: u64, bytes: u64) {}
-    pub fn set_worker_slots(&self, total: i64, busy: i64) {}
-    pub fn set_folders_by_status(&self, counts: &[(crate::lifecycle::Status, i64)]) {}
-    pub fn set_oldest_unconverged(&self, kind: &str, age: Duration) {}
-    pub fn lease_reclaimed(&self) {}
-    pub fn retry(&self, kind: &str) {}
-    pub fn terminal_error(&self, kind: &str) {}
-    pub fn database_error(&self, operation: &str) {}
-    pub fn listener_reconnect(&self) {}
-    pub fn timer_run(&self, timer: &str, rows: u64) {}
-}
-pub struct Health;
-impl Health {
-    pub fn new(stall_after: Duration) -> Health {
-        Health
-    }
-    pub fn pass_completed(&self) {}
-    pub fn set_database_ok(&self, ok: bool, reason: Option<String>) {}
-    pub fn liveness(&self) -> Result<(), String> {
-        todo!()
-    }
-}
-pub struct HttpState {
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
-    pub store: Arc<dyn crate::store::Store>,
-}
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: HttpState,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    todo!()
+//! Observability: Prometheus metrics, the `/metrics` `/healthz` `/readyz` endpoint, and logging.
+//!
+//! The controller loop owns an `Arc<Metrics>` and an `Arc<Health>` and reports to them; the
+//! HTTP server reads them. Nothing here decides anything about folders: this module only
+//! counts, exposes and logs, so it can be tested without a controller.
+
+mod health;
+mod http;
+mod logging;
+mod metrics;
+
+pub use health::Health;
+pub use http::{HttpState, READY_TIMEOUT, router, serve};
+pub use logging::{FILTER_ENV, build_filter, init_logging, subscriber};
+pub use metrics::{
+    Metrics, OPENMETRICS_CONTENT_TYPE, PREFIX, PROMETHEUS_CONTENT_TYPE, openmetrics_to_prometheus,
+};
+
+/// Errors of this module (logging set-up; metrics and health cannot fail).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A log filter does not parse.
+    #[error("invalid log filter {filter:?} in {source_name}: {message}")]
+    LogFilter {
+        /// Where the filter came from: `RUST_LOG` or `log.filter`.
+        source_name: &'static str,
+        /// The filter text.
+        filter: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The global subscriber could not be installed (one is installed already).
+    #[error("cannot install the log subscriber: {0}")]
+    LoggingInit(String),
 }
