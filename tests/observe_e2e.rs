@@ -82,7 +82,7 @@ async fn metrics_count_a_real_removal_and_pass_promtool_and_prometheus() {
     assert_eq!(
         sample(
             &after,
-            "vfolder_controller_reconciles_total{action=\"remove\",result=\"success\"}"
+            "vfolder_controller_reconciles_total{action=\"remove\",result=\"ok\"}"
         ),
         Some(1.0)
     );

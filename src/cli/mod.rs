@@ -62,6 +62,9 @@ pub enum Error {
     /// The configuration could not be loaded.
     #[error(transparent)]
     Config(#[from] config::Error),
+    /// The log filter or format cannot be set up.
+    #[error(transparent)]
+    Logging(#[from] crate::observe::Error),
     /// The database refused or failed.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -126,7 +129,7 @@ impl Error {
     /// The exit code class of this error.
     pub fn class(&self) -> ExitClass {
         match self {
-            Error::Config(_) => ExitClass::Config,
+            Error::Config(_) | Error::Logging(_) => ExitClass::Config,
             Error::Store(e) => store_class(e),
             Error::WrongStatus { .. } => ExitClass::Conflict,
             Error::NotMigrated(_) => ExitClass::DatabaseUnavailable,

@@ -3,7 +3,6 @@
 //! [`run`] is the one place that wires configuration, logging, database and controller
 //! together, so the body can grow into the full controller without touching the CLI.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
-use crate::config::{Config, LogFormat, VolumeConfig};
+use crate::config::{Config, VolumeConfig};
 use crate::controller::shutdown::shutdown_on_signal;
 use crate::controller::{self, Context};
 use crate::observe::{self, Health, HttpState, Metrics};
@@ -21,7 +20,7 @@ use crate::store::{self, Store};
 /// directory, the HTTP endpoint, then the reconcile loop until SIGTERM/SIGINT (a second
 /// signal exits at once). Returns `Ok` (exit 0) after a graceful stop.
 pub async fn run(config: Config) -> Result<(), Error> {
-    init_logging(&config);
+    observe::init_logging(config.log.format, &config.log.filter)?;
     let store: Arc<dyn Store> = store::connect(&config.database_url).await?;
     store.migrate().await?;
     ensure_builtin_volume(&config)?;
@@ -84,21 +83,4 @@ pub fn ensure_builtin_volume(config: &Config) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// Installs the `tracing` subscriber on stderr: `RUST_LOG` if set, else `[log] filter`;
-/// text or JSON lines. A second call (tests) keeps the first subscriber.
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    // An error here only means a subscriber is already installed.
-    let _ = match config.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }

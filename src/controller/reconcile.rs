@@ -220,7 +220,7 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
                 counts.dirs,
                 counts.bytes,
                 elapsed,
-                "success",
+                "ok",
             );
             let done = Completion {
                 progress: to_store(counts),
@@ -240,13 +240,13 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
                         elapsed_ms = elapsed.as_millis() as u64,
                         "folder removed: delete-ongoing -> delete-complete"
                     );
-                    "success"
+                    "ok"
                 }
                 Some(false) => {
                     tracing::warn!(
                         "folder removed, but the lease was lost before completion; the new owner completes it"
                     );
-                    "lease-lost"
+                    "lost-lease"
                 }
                 None => "database-error",
             }
@@ -259,7 +259,7 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
             {
                 Some(_) => {
                     tracing::info!(?location, "folder data moved");
-                    "success"
+                    "ok"
                 }
                 None => "database-error",
             }
@@ -294,11 +294,12 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
                 counts.dirs,
                 counts.bytes,
                 Duration::ZERO,
-                "lease-lost",
+                "lost-lease",
             );
-            "lease-lost"
+            "lost-lease"
         }
         Outcome::Failed { error, counts } => {
+            let result = record_failure(ctx, claim, &error).await;
             if claim.kind == WorkKind::Remove {
                 ctx.metrics.removal_finished(
                     host,
@@ -306,10 +307,10 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
                     counts.dirs,
                     counts.bytes,
                     Duration::ZERO,
-                    "error",
+                    if result == "retry" { "retry" } else { "error" },
                 );
             }
-            record_failure(ctx, claim, &error).await
+            result
         }
     }
 }

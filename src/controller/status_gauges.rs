@@ -18,9 +18,6 @@ pub struct StatusGauges {
     pub trash_retention: Duration,
 }
 
-/// The unconverged-work kinds, so a kind with no waiting rows reads 0 instead of going stale.
-const KINDS: [&str; 2] = ["remove", "trash-timer"];
-
 impl MaintenanceJob for StatusGauges {
     const NAME: &'static str = "status-gauges";
 
@@ -28,13 +25,7 @@ impl MaintenanceJob for StatusGauges {
         let counts = self.store.status_counts().await?;
         self.metrics.set_folders_by_status(&counts);
         let ages = self.store.oldest_unconverged(self.trash_retention).await?;
-        for kind in KINDS {
-            let age = ages
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .map_or(Duration::ZERO, |(_, age)| *age);
-            self.metrics.set_oldest_unconverged(kind, age);
-        }
+        self.metrics.set_oldest_unconverged_all(&ages);
         Ok(0)
     }
 }
