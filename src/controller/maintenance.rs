@@ -28,32 +28,45 @@ pub trait MaintenanceJob: Send + Sync + 'static {
     fn run_once(&self) -> impl Future<Output = Result<u64, store::Error>> + Send;
 }
 
-/// Runs `job` every `interval` (jittered) until `cancel` fires.
-pub async fn run_periodically<J: MaintenanceJob>(
-    job: J,
-    interval: Duration,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            result = job.run_once() => match result {
-                Ok(rows) => {
-                    if rows > 0 {
-                        tracing::info!(job = J::NAME, rows, "maintenance job changed rows");
+/// When and under which token periodic jobs run; shared by all jobs of a replica.
+#[derive(Clone)]
+pub struct Schedule {
+    /// Pause between runs (jittered).
+    pub interval: Duration,
+    /// Where runs and failures are counted.
+    pub metrics: Arc<Metrics>,
+    /// Ends every job.
+    pub cancel: CancellationToken,
+}
+
+impl Schedule {
+    /// Runs `job` now and then every `interval` (jittered) until `cancel` fires.
+    pub async fn run<J: MaintenanceJob>(self, job: J) {
+        let Schedule {
+            interval,
+            metrics,
+            cancel,
+        } = self;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                result = job.run_once() => match result {
+                    Ok(rows) => {
+                        if rows > 0 {
+                            tracing::info!(job = J::NAME, rows, "maintenance job changed rows");
+                        }
+                        metrics.timer_run(J::NAME, rows);
                     }
-                    metrics.timer_run(J::NAME, rows);
-                }
-                Err(error) => {
-                    metrics.database_error(J::NAME);
-                    tracing::warn!(job = J::NAME, %error, "maintenance job failed; retrying at the next tick");
-                }
-            },
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(jittered(interval)) => {}
+                    Err(error) => {
+                        metrics.database_error(J::NAME);
+                        tracing::warn!(job = J::NAME, %error, "maintenance job failed; retrying at the next tick");
+                    }
+                },
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(jittered(interval)) => {}
+            }
         }
     }
 }

@@ -122,34 +122,24 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
         ctx.metrics.clone(),
         maintenance.clone(),
     ));
-    background.spawn(maintenance::run_periodically(
-        trash_timer::TrashTimer {
-            store: ctx.store.clone(),
-            retention: ctx.config.trash_retention,
-        },
+    let every = maintenance::Schedule {
         interval,
-        ctx.metrics.clone(),
-        maintenance.clone(),
-    ));
-    background.spawn(maintenance::run_periodically(
-        history_cleanup::HistoryCleanup {
-            store: ctx.store.clone(),
-            retention: ctx.config.history_retention,
-        },
-        interval,
-        ctx.metrics.clone(),
-        maintenance.clone(),
-    ));
-    background.spawn(maintenance::run_periodically(
-        status_gauges::StatusGauges {
-            store: ctx.store.clone(),
-            metrics: ctx.metrics.clone(),
-            trash_retention: ctx.config.trash_retention,
-        },
-        interval,
-        ctx.metrics.clone(),
-        maintenance.clone(),
-    ));
+        metrics: ctx.metrics.clone(),
+        cancel: maintenance.clone(),
+    };
+    background.spawn(every.clone().run(trash_timer::TrashTimer {
+        store: ctx.store.clone(),
+        retention: ctx.config.trash_retention,
+    }));
+    background.spawn(every.clone().run(history_cleanup::HistoryCleanup {
+        store: ctx.store.clone(),
+        retention: ctx.config.history_retention,
+    }));
+    background.spawn(every.run(status_gauges::StatusGauges {
+        store: ctx.store.clone(),
+        metrics: ctx.metrics.clone(),
+        trash_retention: ctx.config.trash_retention,
+    }));
 
     let work_cancel = CancellationToken::new();
     let mut runner = Runner {

@@ -207,6 +207,18 @@ async fn relocate(ctx: &Arc<Context>, claim: &Claim) -> Outcome {
     }
 }
 
+/// Counts a finished (or abandoned) removal on the volume's metrics.
+fn count_removal(ctx: &Context, host: &str, counts: Counts, elapsed: Duration, result: &str) {
+    ctx.metrics.removal_finished(
+        host,
+        counts.files,
+        counts.dirs,
+        counts.bytes,
+        elapsed,
+        result,
+    );
+}
+
 /// Writes the outcome to the database; returns the result label for metrics.
 async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str {
     let id = claim.folder.id;
@@ -214,14 +226,7 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
     let owner = ctx.replica.as_str();
     match outcome {
         Outcome::Removed { counts, elapsed } => {
-            ctx.metrics.removal_finished(
-                host,
-                counts.files,
-                counts.dirs,
-                counts.bytes,
-                elapsed,
-                "ok",
-            );
+            count_removal(ctx, host, counts, elapsed, "ok");
             let done = Completion {
                 progress: to_store(counts),
                 duration: elapsed,
@@ -265,14 +270,7 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
             }
         }
         Outcome::Cancelled(counts) => {
-            ctx.metrics.removal_finished(
-                host,
-                counts.files,
-                counts.dirs,
-                counts.bytes,
-                Duration::ZERO,
-                "cancelled",
-            );
+            count_removal(ctx, host, counts, Duration::ZERO, "cancelled");
             // The runner's token is cancelled by now, so this cleanup has its own timeout.
             match tokio::time::timeout(CLEANUP_TIMEOUT, ctx.store.release_lease(id, owner)).await {
                 Ok(Ok(())) => {
@@ -288,24 +286,16 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
             "cancelled"
         }
         Outcome::LeaseLost(counts) => {
-            ctx.metrics.removal_finished(
-                host,
-                counts.files,
-                counts.dirs,
-                counts.bytes,
-                Duration::ZERO,
-                "lost-lease",
-            );
+            count_removal(ctx, host, counts, Duration::ZERO, "lost-lease");
             "lost-lease"
         }
         Outcome::Failed { error, counts } => {
             let result = record_failure(ctx, claim, &error).await;
             if claim.kind == WorkKind::Remove {
-                ctx.metrics.removal_finished(
+                count_removal(
+                    ctx,
                     host,
-                    counts.files,
-                    counts.dirs,
-                    counts.bytes,
+                    counts,
                     Duration::ZERO,
                     if result == "retry" { "retry" } else { "error" },
                 );
