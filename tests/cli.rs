@@ -45,7 +45,7 @@ impl Env {
         std::fs::write(
             env.config_path(),
             format!(
-                "database_url = {:?}\n[[volumes]]\nhost = {HOST:?}\nmount = {:?}\nrequire_mount_point = false\n",
+                "database_url = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[[volumes]]\nhost = {HOST:?}\nmount = {:?}\nrequire_mount_point = false\n",
                 env.db.url,
                 env.mount()
             ),
@@ -129,6 +129,8 @@ fn command(cwd: &Path) -> Command {
             cmd.env_remove(k);
         }
     }
+    // Tests run side by side: never fight over the default metrics port.
+    cmd.env("VFOLDER_CONTROLLER_HTTP_LISTEN", "127.0.0.1:0");
     cmd
 }
 
@@ -590,9 +592,10 @@ fn run_writes_json_log_lines_when_asked() {
     let env = Env::unmigrated(Backend::Sqlite);
     let (child, running) = start_run(&env, &["--log-format", "json"]);
     let line: Value = serde_json::from_str(&running).unwrap();
-    assert_eq!(line["fields"]["message"], "vfolder-controller running");
-    assert_eq!(line["fields"]["backend"], "sqlite");
-    assert!(line["fields"]["replica"].is_string(), "{line}");
+    // Events are flattened: fields sit beside the message at the top level.
+    assert_eq!(line["message"], "vfolder-controller running");
+    assert_eq!(line["backend"], "sqlite");
+    assert!(line["replica"].is_string(), "{line}");
     assert_eq!(terminate(child), Some(0));
 }
 
