@@ -533,7 +533,7 @@ fn clean_history_removes_old_complete_rows_and_keeps_audit(b: Backend) {
 
 /// Starts `run` with `args` in the environment's directory (no `--config`: the built-in
 /// volume) and waits for the "running" log line; returns the child and that line.
-fn start_run(env: &Env, args: &[&str]) -> (std::process::Child, String) {
+fn start_run(env: &Env, args: &[&str]) -> (Running, String) {
     let mut child = command(env.dir.path())
         .args(["--database-url", &env.db.url])
         .args(args)
@@ -553,7 +553,9 @@ fn start_run(env: &Env, args: &[&str]) -> (std::process::Child, String) {
     // The timeout only guards against a hang; the assertion is about the line.
     loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.contains("vfolder-controller running") => return (child, line),
+            Ok(line) if line.contains("vfolder-controller running") => {
+                return (Running(Some(child)), line);
+            }
             Ok(_) => continue,
             Err(e) => {
                 let _ = child.kill();
@@ -563,8 +565,21 @@ fn start_run(env: &Env, args: &[&str]) -> (std::process::Child, String) {
     }
 }
 
+/// A running `run` process, killed on drop so a failing test leaves nothing behind.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Sends SIGTERM and returns the exit code.
-fn terminate(mut child: std::process::Child) -> Option<i32> {
+fn terminate(mut running: Running) -> Option<i32> {
+    let mut child = running.0.take()?;
     let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     child.wait().unwrap().code()
