@@ -7,7 +7,7 @@
 //! `VFOLDER_CONTROLLER_*` variables are errors, because a typo in a deletion controller's
 //! configuration should stop it rather than be silently ignored.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -294,9 +294,9 @@ impl Config {
 
     /// Checks what serde cannot: unique volume hosts, non-zero limits, known shard filter.
     pub fn validate(&self) -> Result<(), Error> {
-        let mut seen = BTreeMap::new();
+        let mut seen = BTreeSet::new();
         for v in &self.volumes {
-            if seen.insert(v.host.as_str(), ()).is_some() {
+            if !seen.insert(v.host.as_str()) {
                 return Err(Error::Volume(format!(
                     "volume host {:?} is configured twice",
                     v.host
@@ -310,7 +310,7 @@ impl Config {
             }
         }
         for host in &self.controller.only_volumes {
-            if !seen.contains_key(host.as_str()) {
+            if !seen.contains(host.as_str()) {
                 return Err(Error::Volume(format!(
                     "controller.only_volumes names {host:?}, which is not a configured volume"
                 )));

@@ -508,29 +508,60 @@ impl Store for PgStore {
     }
 
     async fn status_counts(&self) -> Result<Vec<(Status, i64)>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM vfolders GROUP BY status ORDER BY status")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("counting vfolders per status"))?;
+        // One index-only count per known status instead of a sequential scan of the table
+        // (statuses outside the lifecycle are not reported anyway).
+        let statuses: Vec<&str> = crate::lifecycle::ALL.iter().map(|s| s.as_str()).collect();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, n FROM (
+                 SELECT s.status, (SELECT count(*) FROM vfolders v WHERE v.status = s.status) AS n
+                 FROM unnest($1::text[]) AS s(status)) c
+             WHERE n > 0 ORDER BY status",
+        )
+        .bind(&statuses)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("counting vfolders per status"))?;
         Ok(super::known_counts(rows))
     }
 
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>> {
         let rows = sqlx::query(concat!(
-            r#"WITH due AS (
+            // `candidates` walks each work kind's index in age order and stops after
+            // `$4` due rows, so a claim costs the same with ten or a million rows waiting
+            // (no sort of the whole backlog). `due` re-checks every condition on the
+            // candidates and locks them; rows another replica is claiming are skipped.
+            r#"WITH candidates AS (
+                   (SELECT v.id FROM vfolders v
+                      LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+                    WHERE v.status = 'delete-ongoing' AND v.host = ANY($1)
+                      AND NOT (v.id = ANY($3))
+                      AND (s.lease_owner IS NULL OR s.lease_expires_at < now())
+                      AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
+                    ORDER BY v.status, v.status_changed LIMIT $4)
+                   UNION ALL
+                   (SELECT v.id FROM vfolders v
+                      LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+                    WHERE v.status = 'delete-pending' AND v.host = ANY($2)
+                      AND coalesce(s.location, 'live') = 'live'
+                      AND NOT (v.id = ANY($3))
+                      AND (s.lease_owner IS NULL OR s.lease_expires_at < now())
+                      AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
+                    ORDER BY v.status, v.status_changed LIMIT $4)
+                   UNION ALL
+                   (SELECT v.id FROM vfolder_controller_state s
+                      JOIN vfolders v ON v.id = s.vfolder_id
+                    WHERE s.location = 'trash' AND v.status = 'ready' AND v.host = ANY($2)
+                      AND NOT (v.id = ANY($3))
+                      AND (s.lease_owner IS NULL OR s.lease_expires_at < now())
+                      AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
+                    LIMIT $4)
+               ), due AS (
                    SELECT v.id, s.lease_owner AS prev_owner,
                           CASE WHEN v.status = 'delete-ongoing' THEN 'remove'
                                WHEN v.status = 'delete-pending' THEN 'move-to-trash'
                                ELSE 'restore' END AS kind
                    FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-                   WHERE v.id IN (
-                         -- One indexed branch per work kind; the full test follows.
-                         SELECT id FROM vfolders WHERE host = ANY($1) AND status = 'delete-ongoing'
-                         UNION ALL
-                         SELECT id FROM vfolders WHERE status = 'delete-pending' AND host = ANY($2)
-                         UNION ALL
-                         SELECT vfolder_id FROM vfolder_controller_state WHERE location = 'trash')
+                   WHERE v.id IN (SELECT id FROM candidates)
                      AND v.host = ANY($1)
                      AND NOT (v.id = ANY($3))
                      AND (v.status = 'delete-ongoing'
