@@ -5,8 +5,8 @@
 #   bash benches/controller.sh            # full run (about 5 minutes)
 #   bash benches/controller.sh --quick    # smaller numbers, for a smoke test
 #
-# It starts a private PostgreSQL instance (its own data directory and port, auto_explain
-# loaded so every statement the controller runs is logged with its EXPLAIN ANALYZE plan),
+# It starts a private PostgreSQL instance (its own data directory and port, with auto_explain
+# loaded; the bench switches it on for part (c) only, so (a) and (b) run at full speed),
 # builds the release binary and runs benches/controller_bench.rs against it. The shared
 # server on 5432 is not touched. Results are printed as a Markdown table.
 set -euo pipefail
@@ -28,8 +28,7 @@ trap cleanup EXIT
 runuser -u postgres -- "$bin/initdb" -A trust -U postgres -D "$work/data" >/dev/null
 runuser -u postgres -- "$bin/pg_ctl" -D "$work/data" -w -l "$work/server.log" \
   -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c shared_preload_libraries=auto_explain \
-      -c auto_explain.log_min_duration=0 -c auto_explain.log_analyze=on \
-      -c auto_explain.log_nested_statements=on -c fsync=on" start >/dev/null
+      -c auto_explain.log_min_duration=-1 -c fsync=on" start >/dev/null
 
 cargo build --release --bin vfolder-controller --quiet
 cargo bench --bench controller_bench --quiet -- \

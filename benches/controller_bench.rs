@@ -156,6 +156,14 @@ async fn main() -> Res<()> {
     ))
     .execute(&mut db)
     .await?;
+    // From here on every statement of a new session is logged with its EXPLAIN ANALYZE plan.
+    sqlx::raw_sql(
+        "ALTER DATABASE postgres SET auto_explain.log_min_duration = 0;
+         ALTER DATABASE postgres SET auto_explain.log_analyze = on;
+         ALTER DATABASE postgres SET auto_explain.log_nested_statements = on;",
+    )
+    .execute(&mut db)
+    .await?;
     let log_offset = std::fs::metadata(&args.server_log)?.len();
     let idle = if args.quick { 15 } else { 60 };
     let mut ctl = start(&args.binary, &config_path, "bench-c")?;

@@ -86,6 +86,8 @@ struct Served {
     host: String,
     moves_trash: bool,
     slots: Arc<Semaphore>,
+    /// Free slots worth a claim when the only news is a finished worker (see `pass`).
+    refill_batch: usize,
 }
 
 /// Runs the controller until `shutdown` is cancelled, then shuts down gracefully.
@@ -103,6 +105,11 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
             host: v.host.clone(),
             moves_trash: v.trash == TrashMode::Move,
             slots: Arc::new(Semaphore::new(v.max_concurrent_removals)),
+            refill_batch: (v
+                .max_concurrent_removals
+                .min(config.controller.max_concurrent_removals)
+                / 4)
+            .max(1),
         })
         .collect();
     let hosts: Vec<&str> = served.iter().map(|s| s.host.as_str()).collect();
@@ -202,8 +209,12 @@ struct Runner {
 impl Runner {
     async fn run(&mut self, interval: Duration, wake: &Notify, shutdown: &CancellationToken) {
         let mut db_failures = 0u32;
+        // A wake-up, a poll tick or a database retry claims whatever is free; a finished
+        // worker alone waits until a batch of slots is free, so a backlog of small folders is
+        // claimed a few rows per statement instead of one.
+        let mut eager = true;
         loop {
-            match self.pass().await {
+            match self.pass(eager).await {
                 Ok(()) => {
                     if db_failures > 0 {
                         tracing::info!("database reachable again");
@@ -233,12 +244,15 @@ impl Runner {
             } else {
                 jittered(interval)
             };
-            tokio::select! {
+            eager = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = wake.notified() => {}
-                Some(done) = self.workers.join_next_with_id(), if !self.workers.is_empty() => self.finished(done),
-                _ = tokio::time::sleep(pause) => {}
-            }
+                _ = wake.notified() => true,
+                Some(done) = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
+                    self.finished(done);
+                    false
+                }
+                _ = tokio::time::sleep(pause) => true,
+            };
             while let Some(done) = self.workers.try_join_next_with_id() {
                 self.finished(done);
             }
@@ -257,13 +271,14 @@ impl Runner {
     }
 
     /// One pass: for every served volume with free slots, claim due rows and start them.
-    async fn pass(&mut self) -> Result<(), crate::store::Error> {
+    /// Unless `eager`, a volume is skipped until `refill_batch` of its slots are free.
+    async fn pass(&mut self, eager: bool) -> Result<(), crate::store::Error> {
         for i in 0..self.served.len() {
             let free = self
                 .global
                 .available_permits()
                 .min(self.served[i].slots.available_permits());
-            if free == 0 {
+            if free == 0 || (!eager && free < self.served[i].refill_batch) {
                 continue;
             }
             let host = self.served[i].host.clone();
