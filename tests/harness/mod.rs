@@ -360,7 +360,12 @@ impl Tmpfs {
     }
 
     pub fn unmount(&self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        // Unmounting twice (explicitly, then on drop) is fine; keep the second quiet.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
