@@ -163,12 +163,12 @@ fn cancellation_returns_cancelled_and_a_second_call_finishes() {
     let sb = Sandbox::new();
     let f = new_folder();
     let path = sb.create(&f);
-    let expected = fill(&path, 200, 200);
+    let expected = fill(&path, 100, 150);
     let cancel = CancellationToken::new();
     let progress = Arc::new(Progress::default());
     let first = std::thread::scope(|s| {
         let h = s.spawn(|| sb.volume.remove_folder(&f, &cancel, &progress));
-        while progress.snapshot().files < 1_000 && !h.is_finished() {
+        while progress.snapshot().files < 500 && !h.is_finished() {
             std::thread::yield_now();
         }
         cancel.cancel();
@@ -345,4 +345,68 @@ fn move_to_trash_and_restore_round_trip_byte_for_byte() {
         counts.dirs,
         content.values().filter(|e| **e == Entry::Dir).count() as u64 + 2
     );
+}
+
+#[test]
+fn remove_tree_removes_an_arbitrary_directory_beneath_an_open_parent() {
+    use std::os::fd::AsFd;
+    use vfolder_controller::storage::{RemoveOptions, remove_tree};
+    let sb = Sandbox::new();
+    let tree = sb.root().join("bench/tree");
+    let expected = fill(&tree, 10, 10);
+    let parent = rustix::fs::open(
+        sb.root().join("bench").as_path(),
+        OFlags::DIRECTORY | OFlags::RDONLY,
+        Mode::empty(),
+    )
+    .unwrap();
+    let opts = RemoveOptions {
+        threads: 3,
+        count_bytes: false,
+        folder: None,
+        display_path: "tree".into(),
+    };
+    let progress = Progress::default();
+    let outcome = remove_tree(
+        parent.as_fd(),
+        c"tree",
+        &opts,
+        &CancellationToken::new(),
+        &progress,
+    )
+    .unwrap();
+    assert_eq!(completed(outcome), expected);
+    assert!(!tree.exists() && sb.root().join("bench").is_dir());
+    assert_eq!(progress.errors(), 0);
+    // A tree root that is a symlink is refused and left in place.
+    symlink(sb.outside(), sb.root().join("bench/tree")).unwrap();
+    let err = remove_tree(
+        parent.as_fd(),
+        c"tree",
+        &opts,
+        &CancellationToken::new(),
+        &progress,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), "unsafe-path");
+    assert!(
+        sb.root()
+            .join("bench/tree")
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(snapshot(&sb.outside()).len(), 7);
+}
+
+#[test]
+fn create_folder_makes_the_root_of_a_volume_that_need_not_be_mounted() {
+    let sb = Sandbox::new();
+    std::fs::remove_dir(sb.vol()).unwrap();
+    let f = new_folder();
+    assert_eq!(sb.remove(&f).unwrap_err().kind(), "volume-unavailable");
+    let path = sb.create(&f);
+    assert!(path.is_dir());
+    assert_eq!(path, sb.vol().join(sb.volume.folder_path(&f).unwrap()));
 }

@@ -7,7 +7,7 @@ mod storage_support;
 
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rustix::fs::{CWD, RenameFlags};
 use storage_support::*;
@@ -81,10 +81,12 @@ fn symlinks_inside_the_tree_are_unlinked_not_followed() {
 }
 
 /// Swaps two names in one directory atomically, over and over, until told to stop.
-fn swap_until(stop: &AtomicBool, a: &Path, b: &Path) {
+fn swap_until(stop: &AtomicBool, swaps: &AtomicUsize, a: &Path, b: &Path) {
     while !stop.load(Ordering::Relaxed) {
         // Fails once the remover has taken one of the names; keep trying anyway.
-        let _ = rustix::fs::renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE);
+        if rustix::fs::renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).is_ok() {
+            swaps.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -105,9 +107,21 @@ fn a_directory_swapped_for_a_symlink_during_removal_never_redirects_it() {
         symlink(&victim, path.join("a/d0/link")).unwrap();
         let before = sb.snapshot_except(&path);
         let stop = AtomicBool::new(false);
+        let swaps = AtomicUsize::new(0);
         let result = std::thread::scope(|s| {
-            s.spawn(|| swap_until(&stop, &path.join("a"), &path.join("b")));
-            s.spawn(|| swap_until(&stop, &path.join("a/d0/deep"), &path.join("a/d0/link")));
+            s.spawn(|| swap_until(&stop, &swaps, &path.join("a"), &path.join("b")));
+            s.spawn(|| {
+                swap_until(
+                    &stop,
+                    &swaps,
+                    &path.join("a/d0/deep"),
+                    &path.join("a/d0/link"),
+                )
+            });
+            // Attack first, then remove while the swapping goes on.
+            while swaps.load(Ordering::Relaxed) < 100 {
+                std::thread::yield_now();
+            }
             let r = sb.remove(&f);
             stop.store(true, Ordering::Relaxed);
             r
@@ -251,6 +265,7 @@ fn an_immutable_file_is_a_permanent_permission_error_naming_it() {
     assert!(err.to_string().contains("d1/locked"), "{err}");
     assert_eq!(std::fs::read(path.join("d1/locked")).unwrap(), b"keep");
     assert_eq!(progress.snapshot().files, 9);
+    assert_eq!(progress.errors(), 1);
     assert_same(&before, &sb.snapshot_except(&path));
     drop(guard);
     completed(sb.remove(&f).unwrap());

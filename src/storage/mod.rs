@@ -39,9 +39,20 @@ pub struct Progress {
     dirs: AtomicU64,
     symlinks: AtomicU64,
     bytes: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl Progress {
+    /// How many entries failed so far (the first failure is what the removal returns).
+    /// Updated when a pass over the tree ends.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    fn add_errors(&self, n: u64) {
+        self.errors.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The counts so far (each field read atomically; the set is not one snapshot).
     pub fn snapshot(&self) -> Counts {
         Counts {

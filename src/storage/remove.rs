@@ -34,7 +34,13 @@
 //! tree; if someone renames a directory out of the tree while it is being emptied, its
 //! remaining entries are still removed (as with `rm -rf`). Hard links are counted once per
 //! name. Two removals of the same tree may run at once: entries the other one removed first
-//! are skipped (`ENOENT`) and a directory found non-empty is rescanned a few times.
+//! are skipped (`ENOENT`), a directory found non-empty is rescanned a few times, and when a
+//! directory vanishes (or its name is swapped away) before its parent could be reached
+//! through it, the walk starts again from the top, at most a few times before reporting
+//! [`Error::TreeChanged`]. A directory's descriptor stays open only while some listed
+//! subdirectory has yet to be opened relative to it, so a pathological tree (thousands of
+//! levels each with several subdirectories) can still need one descriptor per level;
+//! running out of descriptors is a transient error.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::mem::{self, MaybeUninit};
@@ -203,6 +209,7 @@ fn run_pass(
         }
         total
     });
+    progress.add_errors(shared.errors.load(Ordering::Relaxed));
     if let Some(err) = lock(&shared.first_error).take() {
         return Err(err);
     }
@@ -280,7 +287,7 @@ impl Node {
         }
     }
 
-    /// Marks this directory and all its ancestors as not removable.
+    /// Marks this directory as not removable; [`Worker::finish`] passes it on upwards.
     fn poison(&self) {
         self.failed.store(true, Ordering::Release);
     }
@@ -356,11 +363,12 @@ impl Shared<'_> {
 
 /// Where a directory's removal ended.
 enum Removed {
-    /// Removed (or already gone); here is its parent, opened through `..` and verified.
+    /// Removed by us (`true`) or already gone (`false`); here is its parent, opened
+    /// through `..` and verified.
     Done(OwnedFd, bool),
     /// Still has entries: scan it again.
     NotEmpty,
-    /// Could not be removed; the error is recorded.
+    /// Could not be removed: an error is recorded, or the walk must restart from the top.
     Failed,
 }
 
@@ -389,11 +397,10 @@ impl<'s, 'a> Worker<'s, 'a> {
 
     fn run(mut self) -> Counts {
         while let Some(work) = self.next_work() {
-            let next = match work {
+            let mut next = match work {
                 Work::Open { parent, name } => self.open_child(&parent, &name),
                 Work::Scan(node, fd) => Some((node, fd)),
             };
-            let mut next = next;
             while let Some((node, fd)) = next {
                 next = self.scan(node, fd);
             }
@@ -498,9 +505,10 @@ impl<'s, 'a> Worker<'s, 'a> {
             },
             Err(Errno::NOENT) => {}
             // Replaced by a symlink or a file since it was listed: remove that name instead.
+            // (With O_NOFOLLOW | O_DIRECTORY a symlink gives either errno; look again.)
             Err(Errno::LOOP | Errno::NOTDIR) => {
                 if let Some(pfd) = &parent_fd {
-                    self.unlink(parent, pfd.as_fd(), name, FileType::Symlink);
+                    self.entry(parent, pfd.as_fd(), name, FileType::Unknown);
                 }
             }
             Err(e) => {
@@ -716,6 +724,12 @@ impl<'s, 'a> Worker<'s, 'a> {
             Ok(()) => Removed::Done(parent, true),
             Err(Errno::NOENT) => Removed::Done(parent, false),
             Err(Errno::NOTEMPTY | Errno::EXIST) => Removed::NotEmpty,
+            // The name now belongs to something else (it was swapped for a symlink or a
+            // file); our directory lives on under another name, which the next pass finds.
+            Err(Errno::NOTDIR) => {
+                self.shared.restart.store(true, Ordering::Relaxed);
+                Removed::Failed
+            }
             Err(e) => {
                 self.shared.io_error(node, "remove directory", None, e);
                 Removed::Failed

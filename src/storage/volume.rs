@@ -97,8 +97,18 @@ impl Volume {
 
     /// Creates the folder's directory and any missing parents beneath the root, refusing
     /// symlinks on the way; an existing directory is fine. Returns its absolute path.
+    /// A volume that need not be a mount point (like the built-in default volume) has its
+    /// root directory created on first use; a mount-point volume must already be mounted.
     pub fn create_folder(&self, folder: &FolderRef<'_>) -> Result<PathBuf, Error> {
         let layout = Layout::of(folder)?;
+        if !self.config.require_mount_point && !self.config.mount.exists() {
+            std::fs::create_dir_all(&self.config.mount).map_err(|e| {
+                self.unavailable(format!(
+                    "cannot create {}: {e}",
+                    self.config.mount.display()
+                ))
+            })?;
+        }
         let root = self.open_root()?;
         let mut comps: Vec<&str> = layout.parents().collect();
         comps.push(&layout.leaf);
@@ -231,8 +241,27 @@ impl Volume {
         Ok(Some(fds))
     }
 
-    /// Like [`Volume::open_dirs`], creating missing directories.
+    /// Like [`Volume::open_dirs`], creating missing directories. A directory that vanishes
+    /// on the way (a concurrent removal pruning an empty fan-out directory) is retried.
     fn make_dirs(
+        &self,
+        base: BorrowedFd<'_>,
+        comps: &[&str],
+        folder: Uuid,
+    ) -> Result<OwnedFd, Error> {
+        let mut attempts = 0;
+        loop {
+            match self.make_dirs_once(base, comps, folder) {
+                Err(Error::Io {
+                    source: Errno::NOENT,
+                    ..
+                }) if attempts < 3 => attempts += 1,
+                result => return result,
+            }
+        }
+    }
+
+    fn make_dirs_once(
         &self,
         base: BorrowedFd<'_>,
         comps: &[&str],
