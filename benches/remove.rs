@@ -55,31 +55,39 @@ fn main() -> ExitCode {
 /// `Ok(None)` when no directory was named (smoke-check mode; other arguments are then the
 /// test harness's and are ignored).
 fn parse(args: &[String]) -> Result<Option<Args>, String> {
-    let Some(dir) = args.iter().find(|a| !a.starts_with('-')) else {
-        return Ok(None);
-    };
-    let mut parsed = Args {
-        dir: PathBuf::from(dir),
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-        count_bytes: false,
-    };
-    let mut rest = args.iter().filter(|a| *a != dir);
+    let mut dir = None;
+    let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut count_bytes = false;
+    let mut flags = Vec::new();
+    let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--threads" => {
-                parsed.threads = rest
+                threads = rest
                     .next()
                     .and_then(|n| n.parse().ok())
                     .filter(|n| *n > 0)
                     .ok_or("--threads needs a positive number")?;
             }
-            "--count-bytes" => parsed.count_bytes = true,
+            "--count-bytes" => count_bytes = true,
             // `cargo bench` appends it to every bench target's arguments.
             "--bench" => {}
-            other => return Err(format!("unknown argument {other:?}")),
+            flag if flag.starts_with('-') => flags.push(flag),
+            path if dir.is_none() => dir = Some(PathBuf::from(path)),
+            extra => return Err(format!("unexpected argument {extra:?}")),
         }
     }
-    Ok(Some(parsed))
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    if let Some(flag) = flags.first() {
+        return Err(format!("unknown argument {flag:?}"));
+    }
+    Ok(Some(Args {
+        dir,
+        threads,
+        count_bytes,
+    }))
 }
 
 /// Removes `args.dir` with the engine and prints the one-line report.
