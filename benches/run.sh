@@ -146,7 +146,10 @@ tool_cmd() {
   esac
 }
 
-RESULTS="$SCRATCH/results.tsv"   # shape tool run seconds rss_kib
+# Busy CPU ticks of the whole machine so far (all but idle and iowait).
+cpu_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+
+RESULTS="$SCRATCH/results.tsv"   # shape tool run seconds rss_kib other_cores
 : > "$RESULTS"
 declare -A EXPECTED_FILES SHAPE_TITLE SHAPE_THREADS
 
@@ -188,17 +191,25 @@ bench_shape() {
       drop_caches
       # Page the tool in again: loading a cold binary (the engine's is 15 MB) is not removal.
       cat "$(command -v "${CMD[0]}")" > /dev/null
+      stat0=$(cpu_ticks)
       t0=$(date +%s%N)
       out=$(/usr/bin/time -v -o "$SCRATCH/time.txt" "${CMD[@]}" 2>&1) || die "[$key] $tool failed: $out"
       t1=$(date +%s%N)
+      stat1=$(cpu_ticks)
       [ ! -e "$MNT/data/tree" ] || die "[$key] $tool left the tree behind"
       if [[ $tool == engine* ]]; then
         [[ $out == *"files=${EXPECTED_FILES[$key]} "* ]] || die "[$key] $tool miscounted: $out"
       fi
       rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$SCRATCH/time.txt")
       secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
-      printf '%s\t%s\t%s\t%s\t%s\n' "$key" "$tool" "$run" "$secs" "$rss" >> "$RESULTS"
-      log "[$key] run $run $tool: ${secs}s, peak RSS ${rss} KiB${out:+ ($out)}"
+      # Cores that everything but the tool kept busy meanwhile: the machine is shared.
+      others=$(awk -F': ' -v s0="$stat0" -v s1="$stat1" -v hz="$(getconf CLK_TCK)" -v secs="$secs" '
+        /User time|System time/ { own += $2 }
+        END { split(s0, a, " "); split(s1, b, " ")
+              busy = (b[1] - a[1]) / hz - own; if (busy < 0) busy = 0
+              printf "%.2f", busy / secs }' "$SCRATCH/time.txt")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$tool" "$run" "$secs" "$rss" "$others" >> "$RESULTS"
+      log "[$key] run $run $tool: ${secs}s, peak RSS ${rss} KiB, others ${others} cores${out:+ ($out)}"
       if [ "$latency" -eq 1 ]; then
         umount "$FUSE"; wait "$LFS_PID"; LFS_PID=""
       fi
@@ -233,12 +244,13 @@ ELAPSED=$(( $(date -u +%s) - STARTED ))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- Report ---------------------------------------------------------------------------------
-# summary.tsv: shape tool runs median min max rss_kib (tools in first-seen order)
+# summary.tsv: shape tool runs median min max rss_kib mean_other_cores (first-seen order)
 SUMMARY="$SCRATCH/summary.tsv"
 awk -F'\t' '
   { if (!(($1, $2) in n)) order[++k] = $1 SUBSEP $2
     i = ++n[$1, $2]; t[$1, $2, i] = $4
-    if ($5 > rss[$1, $2]) rss[$1, $2] = $5 }
+    if ($5 > rss[$1, $2]) rss[$1, $2] = $5
+    oth[$1, $2] += $6 }
   END {
     for (o = 1; o <= k; o++) {
       key = order[o]; c = n[key]
@@ -246,7 +258,7 @@ awk -F'\t' '
       for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (v[j] < v[i]) { x = v[i]; v[i] = v[j]; v[j] = x }
       med = c % 2 ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2
       split(key, parts, SUBSEP)
-      printf "%s\t%s\t%d\t%.3f\t%.3f\t%.3f\t%d\n", parts[1], parts[2], c, med, v[1], v[c], rss[key]
+      printf "%s\t%s\t%d\t%.3f\t%.3f\t%.3f\t%d\t%.2f\n", parts[1], parts[2], c, med, v[1], v[c], rss[key], oth[key] / c
     }
   }' "$RESULTS" > "$SUMMARY"
 median_of() { awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t { print $4 }' "$SUMMARY"; }
@@ -269,21 +281,22 @@ mkdir -p "$(dirname "$OUT")"
   echo "- caches dropped: $DROP_NOTE; each tool's binary is then read once, so loading it from disk is not timed"
   echo "- load average before / after: $LOAD_BEFORE / $LOAD_AFTER; wall time $((ELAPSED / 60)) min $((ELAPSED % 60)) s"
   echo "- tools: \`rm -rf\` ($(rm --version | head -n 1)), rmz ($RMZ_VERSION, its own thread count), std \`remove_dir_all\` ($(rustc --version | cut -d' ' -f2)), engine = \`storage::remove_tree\` (\`engine+bytes\`: \`--count-bytes\`; \`engine@nproc\`: $NPROC threads)"
+  echo "- others' cores = CPU time that everything except the tool used during its timed removals (other users of this shared machine, and kernel threads such as the ext4 journal and the FUSE server), divided by the wall time, averaged over the runs: out of $NPROC"
   echo "- time = wall clock of the whole process, median of the runs; files/s = files in the tree / median; × rm and × rmz = their median / this median (higher is faster)"
   echo
-  echo "| shape | tool | runs | median s | min–max s | files/s | × rm -rf | × rmz | peak RSS MiB |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| shape | tool | runs | median s | min–max s | files/s | × rm -rf | × rmz | peak RSS MiB | others' cores |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   for shape in ${SHAPES//,/ }; do
     awk -F'\t' -v shape="$shape" -v title="${SHAPE_TITLE[$shape]}" \
         -v files="${EXPECTED_FILES[$shape]}" -v threads="${SHAPE_THREADS[$shape]}" '
-      $1 == shape { tool[++k] = $2; runs[$2] = $3; m[$2] = $4; lo[$2] = $5; hi[$2] = $6; rss[$2] = $7 }
+      $1 == shape { tool[++k] = $2; runs[$2] = $3; m[$2] = $4; lo[$2] = $5; hi[$2] = $6; rss[$2] = $7; oth[$2] = $8 }
       END {
         for (i = 1; i <= k; i++) {
           t = tool[i]; label = t
           if (t == "engine" || t == "engine+bytes") label = t " (" threads " thr)"
-          printf "| %s | %s | %d | %.2f | %.2f–%.2f | %.0f | %.2f | %.2f | %.1f |\n",
+          printf "| %s | %s | %d | %.2f | %.2f–%.2f | %.0f | %.2f | %.2f | %.1f | %.2f |\n",
             (i == 1 ? title : ""), label, runs[t], m[t], lo[t], hi[t], files / m[t],
-            m["rm"] / m[t], m["rmz"] / m[t], rss[t] / 1024
+            m["rm"] / m[t], m["rmz"] / m[t], rss[t] / 1024, oth[t]
         }
       }' "$SUMMARY"
   done
@@ -299,7 +312,7 @@ mkdir -p "$(dirname "$OUT")"
   awk -F'\t' '$1 == "wide" && $2 == "engine" {
     printf "| engine peak RSS, wide tree | < 32 MiB | %.1f MiB | %s |\n", $7 / 1024, ($7 < 32768 ? "met" : "MISSED") }' "$SUMMARY"
   echo
-  echo "Raw runs (shape, tool, run, seconds, peak RSS KiB):"
+  echo "Raw runs (shape, tool, run, seconds, peak RSS KiB, others' cores):"
   echo
   echo '```'
   cat "$RESULTS"
