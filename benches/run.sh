@@ -5,7 +5,7 @@
 # filesystem standing in for network storage. Prints medians, files/s, the ratio to `rm -rf`
 # and to rmz, and the peak RSS of every tool; results and the machine are in benches/README.md.
 #
-#   sudo bash benches/run.sh            # full run: about 15 minutes on 2 cores
+#   sudo bash benches/run.sh            # full run: about 14 minutes on 2 shared cores
 #   sudo bash benches/run.sh --quick    # smaller trees, 2 runs: a smoke test (~2 minutes)
 #   options: --runs N (every shape), --shapes wide,deep,flat,big,latency, --out FILE
 #
