@@ -1,0 +1,180 @@
+//! The removal engine as a command: removes one directory tree and prints what it removed.
+//!
+//! Metric: wall-clock time to remove a whole tree, compared by `benches/run.sh` against
+//! `rm -rf`, rmz and std's `remove_dir_all` on the same freshly built trees (medians,
+//! files/s, ratios; see `benches/README.md` for the results and the machine). This binary is
+//! the engine's side of that comparison; it calls `storage::remove_tree` exactly as the
+//! controller does, minus the database.
+//!
+//! Exact commands:
+//!
+//! ```text
+//! bash benches/run.sh [--quick]                              # the whole comparison (root)
+//! cargo bench --bench remove -- DIR [--threads N] [--count-bytes]
+//! ```
+//!
+//! With `DIR` it removes `DIR` and prints one line, `files=.. dirs=.. symlinks=.. bytes=..
+//! elapsed_ms=.. threads=..`, exiting non-zero if the engine reported an error or `DIR` is
+//! still there. Without `DIR` (as a plain `cargo bench` or `cargo test --benches` runs it,
+//! with harness flags such as `--bench` or `--test-threads=2` that are then ignored) it is a
+//! smoke check: it builds a small tree in a temporary directory, removes it and exits
+//! non-zero unless every entry was counted and the tree is gone.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use rustix::fs::{Mode, OFlags};
+use tokio_util::sync::CancellationToken;
+use vfolder_controller::storage::{Counts, Outcome, Progress, RemoveOptions, remove_tree};
+
+/// What to remove and how.
+struct Args {
+    dir: PathBuf,
+    threads: usize,
+    count_bytes: bool,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match parse(&args) {
+        Ok(Some(args)) => remove(&args).map(|_| ()),
+        Ok(None) => smoke_check(),
+        Err(message) => Err(message),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("remove: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `Ok(None)` when no directory was named (smoke-check mode; other arguments are then the
+/// test harness's and are ignored).
+fn parse(args: &[String]) -> Result<Option<Args>, String> {
+    let mut dir = None;
+    let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut count_bytes = false;
+    let mut flags = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--threads" => {
+                threads = rest
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--threads needs a positive number")?;
+            }
+            "--count-bytes" => count_bytes = true,
+            // `cargo bench` appends it to every bench target's arguments.
+            "--bench" => {}
+            flag if flag.starts_with('-') => flags.push(flag),
+            path if dir.is_none() => dir = Some(PathBuf::from(path)),
+            extra => return Err(format!("unexpected argument {extra:?}")),
+        }
+    }
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    if let Some(flag) = flags.first() {
+        return Err(format!("unknown argument {flag:?}"));
+    }
+    Ok(Some(Args {
+        dir,
+        threads,
+        count_bytes,
+    }))
+}
+
+/// Removes `args.dir` with the engine and prints the one-line report.
+fn remove(args: &Args) -> Result<Counts, String> {
+    let dir = &args.dir;
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(format!("{} has no parent directory", dir.display()));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let parent_fd = rustix::fs::open(
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open {}: {e}", parent.display()))?;
+    let name_c = CString::new(name.as_bytes()).map_err(|e| e.to_string())?;
+    let opts = RemoveOptions {
+        threads: args.threads,
+        count_bytes: args.count_bytes,
+        folder: None,
+        display_path: PathBuf::from(name),
+    };
+    let outcome = remove_tree(
+        std::os::fd::AsFd::as_fd(&parent_fd),
+        &name_c,
+        &opts,
+        &CancellationToken::new(),
+        &Progress::default(),
+    )
+    .map_err(|e| format!("removing {}: {e}", dir.display()))?;
+    let report = match outcome {
+        Outcome::Completed(report) => report,
+        Outcome::Cancelled(_) => return Err("cancelled, though nothing cancels it".into()),
+    };
+    let c = report.counts;
+    println!(
+        "files={} dirs={} symlinks={} bytes={} elapsed_ms={:.1} threads={}",
+        c.files,
+        c.dirs,
+        c.symlinks,
+        c.bytes,
+        report.elapsed.as_secs_f64() * 1000.0,
+        args.threads
+    );
+    if dir.symlink_metadata().is_ok() {
+        return Err(format!("{} still exists", dir.display()));
+    }
+    Ok(c)
+}
+
+/// Builds a small tree (nested directories, files with content, a symlink) in a temporary
+/// directory, removes it with byte counting on two threads, and checks every count.
+fn smoke_check() -> Result<(), String> {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let root = tmp.path().join("tree");
+    let io = |e: std::io::Error| e.to_string();
+    let mut expected = Counts {
+        dirs: 1,
+        ..Counts::default()
+    };
+    for d in 0..20 {
+        let dir = root.join(format!("d{d:02}")).join("inner");
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        expected.dirs += 2;
+        for f in 0..10 {
+            let content = vec![b'x'; d * 10 + f];
+            std::fs::write(dir.join(format!("f{f}")), &content).map_err(io)?;
+            expected.files += 1;
+            expected.bytes += content.len() as u64;
+        }
+    }
+    std::os::unix::fs::symlink("/", root.join("link-to-root")).map_err(io)?;
+    expected.symlinks += 1;
+    let counts = remove(&Args {
+        dir: root,
+        threads: 2,
+        count_bytes: true,
+    })?;
+    if counts != expected {
+        return Err(format!(
+            "smoke check: removed {counts:?}, expected {expected:?}"
+        ));
+    }
+    println!("smoke check passed (run benches/run.sh for the benchmark)");
+    Ok(())
+}
