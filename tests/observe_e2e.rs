@@ -53,7 +53,7 @@ async fn metrics_count_a_real_removal_and_pass_promtool_and_prometheus() {
     })
     .await;
 
-    // The gauges refresh on the resync interval (1 s in tests); wait for one refresh.
+    // The table-wide gauges refresh every 6 resync intervals (6 s in tests); wait for one.
     let deadline = Instant::now() + Duration::from_secs(20);
     let after = loop {
         let s = scrape(port);
