@@ -385,24 +385,8 @@ async fn kill_9_at_random_moments_loses_no_work() {
         "the kills must interrupt work: {completed_at_kill:?}"
     );
     let _last = site.start("final");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let done = site
-            .store
-            .list_folders(&[Status::DeleteComplete])
-            .await
-            .expect("list")
-            .len();
-        if done == folders.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {done} complete:\n{}",
-            site.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    site.wait_all_complete(folders.len(), Duration::from_secs(180))
+        .await;
     assert!(
         site.store
             .list_folders(&[Status::DeleteError])
@@ -503,24 +487,7 @@ async fn three_replicas_share_the_work_and_never_double_start() {
     }
     site.raw_sql("UPDATE vfolders SET status = 'delete-ongoing'")
         .await;
-    let deadline = Instant::now() + LONG * 2;
-    loop {
-        let done = site
-            .store
-            .list_folders(&[Status::DeleteComplete])
-            .await
-            .expect("list")
-            .len();
-        if done == folders.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {done} complete:\n{}",
-            site.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    site.wait_all_complete(folders.len(), LONG * 2).await;
     let audit = site
         .store
         .audit(&AuditFilter::default())

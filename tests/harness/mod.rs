@@ -228,6 +228,28 @@ mount = "{}"
         }
     }
 
+    /// Waits until `n` rows are `delete-complete`, or panics with the logs.
+    pub async fn wait_all_complete(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = self
+                .store
+                .list_folders(&[vfolder_controller::lifecycle::Status::DeleteComplete])
+                .await
+                .expect("list")
+                .len();
+            if done == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {done} of {n} complete:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// All controller logs of this site, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
