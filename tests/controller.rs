@@ -14,7 +14,7 @@ use rustix::process::Signal;
 use storage_support::snapshot;
 use uuid::Uuid;
 use vfolder_controller::lifecycle::Status;
-use vfolder_controller::store::{AuditFilter, Location};
+use vfolder_controller::store::Location;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -23,13 +23,8 @@ fn sentinel_snapshots(site: &Site) -> Vec<BTreeMap<std::path::PathBuf, storage_s
 }
 
 async fn audit_actions(site: &Site, id: Uuid) -> Vec<String> {
-    site.store
-        .audit(&AuditFilter {
-            id: Some(id),
-            ..AuditFilter::default()
-        })
+    site.audit(Some(id))
         .await
-        .expect("audit")
         .into_iter()
         .map(|e| e.action)
         .collect()
@@ -82,14 +77,7 @@ async fn raw_sql_delete_ongoing_removes_the_tree_and_completes(db: TestDb) {
         "empty fan-out parents are removed"
     );
     assert!(scope_dir.is_dir(), "the quota-scope directory is kept");
-    let audit = site
-        .store
-        .audit(&AuditFilter {
-            id: Some(folder.id),
-            ..AuditFilter::default()
-        })
-        .await
-        .expect("audit");
+    let audit = site.audit(Some(folder.id)).await;
     let removed: Vec<_> = audit.iter().filter(|e| e.action == "removed").collect();
     assert_eq!(removed.len(), 1, "one completion audit entry: {audit:#?}");
     let progress = removed[0].progress.expect("removal counts in the audit");
@@ -325,14 +313,7 @@ async fn permanent_failure_goes_to_delete_error_and_retry_recovers() {
         std::fs::read(inner.join("precious")).expect("tmpfs contents survive"),
         b"keep me"
     );
-    let audit = site
-        .store
-        .audit(&AuditFilter {
-            id: Some(folder.id),
-            ..AuditFilter::default()
-        })
-        .await
-        .expect("audit");
+    let audit = site.audit(Some(folder.id)).await;
     assert!(
         audit
             .iter()
@@ -394,11 +375,7 @@ async fn kill_9_at_random_moments_loses_no_work() {
             .expect("list")
             .is_empty()
     );
-    let audit = site
-        .store
-        .audit(&AuditFilter::default())
-        .await
-        .expect("audit");
+    let audit = site.audit(None).await;
     let mut completions: BTreeMap<Uuid, usize> = BTreeMap::new();
     for e in audit.iter().filter(|e| e.action == "removed") {
         *completions.entry(e.vfolder_id).or_default() += 1;
@@ -488,11 +465,7 @@ async fn three_replicas_share_the_work_and_never_double_start() {
     site.raw_sql("UPDATE vfolders SET status = 'delete-ongoing'")
         .await;
     site.wait_all_complete(folders.len(), LONG * 2).await;
-    let audit = site
-        .store
-        .audit(&AuditFilter::default())
-        .await
-        .expect("audit");
+    let audit = site.audit(None).await;
     let mut by_replica: BTreeMap<String, usize> = BTreeMap::new();
     let mut per_folder: BTreeMap<Uuid, usize> = BTreeMap::new();
     for e in audit.iter().filter(|e| e.action == "removed") {

@@ -161,11 +161,7 @@ async fn delete_one(site_url: &str, mount: &Path) -> uuid::Uuid {
     let rel = volumes
         .get("local:volume1")
         .expect("volume")
-        .folder_path(&vfolder_controller::storage::FolderRef {
-            id: folder.id,
-            host: "local:volume1",
-            quota_scope_id: None,
-        })
+        .folder_path(&vfolder_controller::storage::FolderRef::from(&folder))
         .expect("path");
     harness::make_tree(&mount.join(rel), 2, 3);
     store

@@ -230,11 +230,7 @@ impl Ctx<'_> {
             ownership_type: ownership_type.to_owned(),
         };
         let volumes = Volumes::new(&self.config.volumes);
-        let folder_ref = FolderRef {
-            id: new.id,
-            host: &new.host,
-            quota_scope_id: new.quota_scope_id.as_deref(),
-        };
+        let folder_ref = FolderRef::from(&new);
         let storage_err = |source| Error::Storage {
             host: new.host.clone(),
             source,
@@ -539,11 +535,7 @@ impl Ctx<'_> {
             })
             .flatten();
         let path = volumes.and_then(|vs| {
-            let r = FolderRef {
-                id: f.id,
-                host: &f.host,
-                quota_scope_id: f.quota_scope_id.as_deref(),
-            };
+            let r = FolderRef::from(f);
             let v = vs.get(&f.host).ok()?;
             let relative = match state.map_or(Location::Live, |s| s.location) {
                 Location::Live => v.folder_path(&r),

@@ -125,12 +125,7 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
         let folder = claim.folder.clone();
         tokio::task::spawn_blocking(move || {
             let volume = ctx.volumes.get(&folder.host)?;
-            let target = FolderRef {
-                id: folder.id,
-                host: &folder.host,
-                quota_scope_id: folder.quota_scope_id.as_deref(),
-            };
-            volume.remove_folder(&target, &removal_cancel, &progress)
+            volume.remove_folder(&FolderRef::from(&folder), &removal_cancel, &progress)
         })
     };
     let mut renew = tokio::time::interval(ctx.config.lease_renew_interval);
@@ -183,11 +178,7 @@ async fn relocate(ctx: &Arc<Context>, claim: &Claim) -> Outcome {
     let kind = claim.kind;
     let joined = tokio::task::spawn_blocking(move || {
         let volume = ctx2.volumes.get(&folder.host)?;
-        let target = FolderRef {
-            id: folder.id,
-            host: &folder.host,
-            quota_scope_id: folder.quota_scope_id.as_deref(),
-        };
+        let target = FolderRef::from(&folder);
         match kind {
             WorkKind::Restore => volume.restore_from_trash(&target).map(|()| Location::Live),
             _ => volume.move_to_trash(&target).map(|()| Location::Trash),

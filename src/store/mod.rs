@@ -201,6 +201,28 @@ pub struct Folder {
     pub created_at: DateTime<Utc>,
 }
 
+impl<'a> From<&'a Folder> for crate::storage::FolderRef<'a> {
+    /// The row as the storage layer addresses its data (id, host, quota scope).
+    fn from(f: &'a Folder) -> Self {
+        crate::storage::FolderRef {
+            id: f.id,
+            host: &f.host,
+            quota_scope_id: f.quota_scope_id.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a NewFolder> for crate::storage::FolderRef<'a> {
+    /// A row about to be inserted, as the storage layer addresses its data.
+    fn from(f: &'a NewFolder) -> Self {
+        crate::storage::FolderRef {
+            id: f.id,
+            host: &f.host,
+            quota_scope_id: f.quota_scope_id.as_deref(),
+        }
+    }
+}
+
 /// One entry of a row's `status_history` (a JSON list, oldest first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {

@@ -115,26 +115,14 @@ mount = "{}"
     /// Absolute live path of a folder (the engine's one path computation).
     pub fn folder_path(&self, folder: &Folder) -> PathBuf {
         let volume = self.volumes.get(&folder.host).expect("volume");
-        let rel = volume
-            .folder_path(&FolderRef {
-                id: folder.id,
-                host: &folder.host,
-                quota_scope_id: folder.quota_scope_id.as_deref(),
-            })
-            .expect("path");
+        let rel = volume.folder_path(&FolderRef::from(folder)).expect("path");
         self.mount().join(rel)
     }
 
     /// Absolute trash path of a folder.
     pub fn trash_path(&self, folder: &Folder) -> PathBuf {
         let volume = self.volumes.get(&folder.host).expect("volume");
-        let rel = volume
-            .trash_path(&FolderRef {
-                id: folder.id,
-                host: &folder.host,
-                quota_scope_id: folder.quota_scope_id.as_deref(),
-            })
-            .expect("path");
+        let rel = volume.trash_path(&FolderRef::from(folder)).expect("path");
         self.mount().join(rel)
     }
 
@@ -226,6 +214,17 @@ mount = "{}"
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The audit log, oldest first: of one folder, or of all with `None`.
+    pub async fn audit(&self, id: Option<Uuid>) -> Vec<vfolder_controller::store::AuditEntry> {
+        self.store
+            .audit(&vfolder_controller::store::AuditFilter {
+                id,
+                ..Default::default()
+            })
+            .await
+            .expect("audit")
     }
 
     /// Waits until `n` rows are `delete-complete`, or panics with the logs.
