@@ -72,7 +72,7 @@ async fn main() -> Res<()> {
     )?;
     Config::load(Some(&config_path), Vec::new())?;
     let store = store::connect(&args.database_url).await?;
-    store.migrate().await?;
+    store.migrate(false).await?;
     let volumes = Volumes::new(std::slice::from_ref(&volume));
     let mut rows = Vec::new();
 

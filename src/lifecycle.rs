@@ -103,6 +103,174 @@ impl Status {
     pub fn is_in_trash(self) -> bool {
         matches!(self, Status::DeletePending | Status::DeleteOngoing)
     }
+
+    /// The deletion lifecycle: the statuses this controller owns on an adopted table, where
+    /// every other status belongs to the platform that created the table.
+    pub fn is_deletion(self) -> bool {
+        matches!(
+            self,
+            Status::DeletePending
+                | Status::DeleteOngoing
+                | Status::DeleteComplete
+                | Status::DeleteError
+        )
+    }
+
+    /// The status a legacy spelling of the reference platform stands for, as the platform
+    /// meant it: `deleted-complete` was its *trash* in 24.03–25.x (the data is still on disk
+    /// and restorable), so it is `delete-pending`, never `delete-complete`, which would
+    /// orphan the data; `purge-ongoing` is `delete-ongoing`.
+    pub fn from_legacy(text: &str) -> Option<Status> {
+        LEGACY_SPELLINGS
+            .iter()
+            .find(|(legacy, _)| *legacy == text)
+            .map(|(_, status)| *status)
+    }
+}
+
+/// The reference platform's legacy status spellings and what they mean (see
+/// [`Status::from_legacy`]). The migrations and the PostgreSQL trigger apply the same map.
+pub const LEGACY_SPELLINGS: [(&str, Status); 2] = [
+    ("deleted-complete", Status::DeletePending),
+    ("purge-ongoing", Status::DeleteOngoing),
+];
+
+/// Transitions accepted only on an adopted table, because the platform writes them: its
+/// "delete forever" of a folder whose files are already gone (`delete-complete`) starts a
+/// removal again, which finds nothing and completes at once; its storage-failure event
+/// marks a trashed folder `delete-error` (it only updates rows in `delete-pending`), which
+/// leaves the data for an operator.
+pub const ADOPTED_TRANSITIONS: [(Status, Status); 2] = [
+    (Status::DeleteComplete, Status::DeleteOngoing),
+    (Status::DeletePending, Status::DeleteError),
+];
+
+/// Who created the `vfolders` table, which decides the rules the database enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaMode {
+    /// The controller created the table: the strict lifecycle, list-shaped history and the
+    /// name-reuse index hold.
+    Own,
+    /// The reference platform created the table and keeps writing to it: the controller is
+    /// a guest that owns only the deletion lifecycle.
+    Adopted,
+}
+
+impl SchemaMode {
+    /// The text stored in `vfolder_controller_meta.mode`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SchemaMode::Own => "own",
+            SchemaMode::Adopted => "adopted",
+        }
+    }
+
+    /// Whether the database accepts a status write `from → to` (texts as stored). The
+    /// trigger enforces exactly this; a test compares the two over every pair.
+    ///
+    /// - The same status: always (a no-op).
+    /// - Own table: only [`TRANSITIONS`] between known statuses.
+    /// - Adopted table: anything between statuses outside the deletion lifecycle (the
+    ///   platform's business: `ready`, `mounted`, `error`, values added later), and into,
+    ///   out of or within the deletion lifecycle only [`TRANSITIONS`] and
+    ///   [`ADOPTED_TRANSITIONS`], so `ready -> delete-complete` or `delete-ongoing -> ready`
+    ///   stay impossible whoever writes them.
+    ///
+    /// Legacy spellings are normalised before the check (see [`Status::from_legacy`]).
+    pub fn allows(self, from: &RowStatus, to: &RowStatus) -> bool {
+        let (from, to) = (from.normalized(), to.normalized());
+        if from == to {
+            return true;
+        }
+        let pair = match (from.known(), to.known()) {
+            (Some(f), Some(t)) => Some((f, t)),
+            _ => None,
+        };
+        let listed = |table: &[(Status, Status)]| pair.is_some_and(|p| table.contains(&p));
+        match self {
+            SchemaMode::Own => listed(&TRANSITIONS),
+            SchemaMode::Adopted => {
+                let deletion = |s: &RowStatus| s.known().is_some_and(Status::is_deletion);
+                (!deletion(&from) && !deletion(&to))
+                    || listed(&TRANSITIONS)
+                    || listed(&ADOPTED_TRANSITIONS)
+            }
+        }
+    }
+}
+
+/// A row's status as stored. On an adopted table the platform also writes statuses this
+/// controller does not own (`mounted`, `error`, values added later): they are `Foreign`,
+/// shown exactly as stored, never written by the controller, and count as live (listed,
+/// never removed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RowStatus {
+    /// One of the lifecycle's statuses, stored in its canonical spelling.
+    Known(Status),
+    /// Any other stored text, kept as it is.
+    Foreign(String),
+}
+
+impl RowStatus {
+    /// Reads a stored text. Only the exact canonical spelling is [`RowStatus::Known`]: a
+    /// stored `DELETE_ONGOING` is shown as what it is, never passed off as
+    /// `delete-ongoing` (the claim and the timers would not see it).
+    pub fn from_stored(text: &str) -> RowStatus {
+        ALL.into_iter()
+            .find(|s| s.as_str() == text)
+            .map_or_else(|| RowStatus::Foreign(text.to_owned()), RowStatus::Known)
+    }
+
+    /// The stored text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RowStatus::Known(s) => s.as_str(),
+            RowStatus::Foreign(text) => text,
+        }
+    }
+
+    /// The lifecycle status, unless the value is foreign.
+    pub fn known(&self) -> Option<Status> {
+        match self {
+            RowStatus::Known(s) => Some(*s),
+            RowStatus::Foreign(_) => None,
+        }
+    }
+
+    /// Live folders (the normal list): the lifecycle's live statuses and every foreign one.
+    pub fn is_live(&self) -> bool {
+        self.known().is_none_or(Status::is_live)
+    }
+
+    /// The value with a legacy spelling replaced by the status it stands for.
+    fn normalized(&self) -> RowStatus {
+        match self {
+            RowStatus::Foreign(text) => {
+                Status::from_legacy(text).map_or_else(|| self.clone(), RowStatus::Known)
+            }
+            known => known.clone(),
+        }
+    }
+}
+
+impl From<Status> for RowStatus {
+    fn from(s: Status) -> Self {
+        RowStatus::Known(s)
+    }
+}
+
+impl PartialEq<Status> for RowStatus {
+    fn eq(&self, other: &Status) -> bool {
+        self.known() == Some(*other)
+    }
+}
+
+impl fmt::Display for RowStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl fmt::Display for Status {
@@ -178,6 +346,70 @@ mod tests {
             err.to_string(),
             "illegal status transition delete-complete -> ready"
         );
+    }
+
+    #[test]
+    fn legacy_spellings_mean_what_the_platform_meant() {
+        assert_eq!(
+            Status::from_legacy("deleted-complete"),
+            Some(Status::DeletePending)
+        );
+        assert_eq!(
+            Status::from_legacy("purge-ongoing"),
+            Some(Status::DeleteOngoing)
+        );
+        assert_eq!(Status::from_legacy("delete-complete"), None);
+    }
+
+    #[test]
+    fn stored_text_is_known_only_in_its_canonical_spelling() {
+        assert_eq!(
+            RowStatus::from_stored("delete-ongoing"),
+            Status::DeleteOngoing
+        );
+        for foreign in ["DELETE_ONGOING", "mounted", "error", ""] {
+            let st = RowStatus::from_stored(foreign);
+            assert_eq!(st, RowStatus::Foreign(foreign.to_owned()));
+            assert_eq!(st.as_str(), foreign);
+            assert!(st.is_live());
+        }
+    }
+
+    #[test]
+    fn an_adopted_table_accepts_the_platform_and_guards_the_deletion_lifecycle() {
+        let st = |t: &str| RowStatus::from_stored(t);
+        let adopted = SchemaMode::Adopted;
+        for (from, to) in [
+            ("mounted", "ready"),
+            ("ready", "mounted"),
+            ("error", "ready"),
+            ("ready", "error"),
+            ("performing", "mounted"),
+            ("something-new", "ready"),
+            ("delete-complete", "delete-ongoing"),
+            ("ready", "delete-pending"),
+            ("delete-pending", "ready"),
+            ("ready", "deleted-complete"),
+            ("delete-pending", "purge-ongoing"),
+        ] {
+            assert!(adopted.allows(&st(from), &st(to)), "{from} -> {to}");
+        }
+        for (from, to) in [
+            ("ready", "delete-complete"),
+            ("delete-ongoing", "ready"),
+            ("mounted", "delete-ongoing"),
+            ("delete-pending", "error"),
+            ("delete-complete", "delete-pending"),
+            ("delete-error", "ready"),
+        ] {
+            assert!(!adopted.allows(&st(from), &st(to)), "{from} -> {to}");
+        }
+        assert!(!SchemaMode::Own.allows(&st("mounted"), &st("ready")));
+        assert!(!SchemaMode::Own.allows(&st("delete-complete"), &st("delete-ongoing")));
+        for (from, to) in TRANSITIONS {
+            assert!(SchemaMode::Own.allows(&from.into(), &to.into()));
+            assert!(adopted.allows(&from.into(), &to.into()));
+        }
     }
 
     #[test]

@@ -355,7 +355,7 @@ async fn kill_9_at_random_moments_loses_no_work() {
         kills += 1;
         let done = site
             .store
-            .list_folders(&[Status::DeleteComplete])
+            .list_folders(&[Status::DeleteComplete], false)
             .await
             .expect("list")
             .len();
@@ -370,7 +370,7 @@ async fn kill_9_at_random_moments_loses_no_work() {
         .await;
     assert!(
         site.store
-            .list_folders(&[Status::DeleteError])
+            .list_folders(&[Status::DeleteError], false)
             .await
             .expect("list")
             .is_empty()

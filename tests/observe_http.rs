@@ -15,7 +15,8 @@ use vfolder_controller::lifecycle::Status;
 use vfolder_controller::observe::{Health, HttpState, Metrics, serve};
 use vfolder_controller::store::{
     AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, Error, EventStream, Folder,
-    FolderDetail, Location, NewFolder, Progress, Result, StatusChange, StatusRequest, Store,
+    FolderDetail, Location, MigrationPlan, NewFolder, Progress, Result, Schema, StatusChange,
+    StatusRequest, Store, UnadoptPlan,
 };
 
 const UP: u8 = 0;
@@ -32,7 +33,16 @@ impl Store for SwitchStore {
     fn backend(&self) -> &'static str {
         "test"
     }
-    async fn migrate(&self) -> Result<()> {
+    async fn plan_migration(&self) -> Result<MigrationPlan> {
+        unimplemented!("not used by the HTTP endpoints")
+    }
+    async fn migrate(&self, _: bool) -> Result<MigrationPlan> {
+        unimplemented!("not used by the HTTP endpoints")
+    }
+    async fn unadopt(&self, _: bool, _: bool) -> Result<UnadoptPlan> {
+        unimplemented!("not used by the HTTP endpoints")
+    }
+    async fn schema(&self) -> Result<Schema> {
         unimplemented!("not used by the HTTP endpoints")
     }
     async fn check_ready(&self) -> Result<()> {
@@ -48,7 +58,7 @@ impl Store for SwitchStore {
     async fn get_folder(&self, _: Uuid) -> Result<FolderDetail> {
         unimplemented!()
     }
-    async fn list_folders(&self, _: &[Status]) -> Result<Vec<Folder>> {
+    async fn list_folders(&self, _: &[Status], _: bool) -> Result<Vec<Folder>> {
         unimplemented!()
     }
     async fn set_status(&self, _: &StatusRequest) -> Result<StatusChange> {

@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{Backend, TestDb};
-use vfolder_controller::lifecycle::{ALL, Status, TRANSITIONS};
+use vfolder_controller::lifecycle::{ADOPTED_TRANSITIONS, ALL, Status, TRANSITIONS};
 use vfolder_controller::store::{self, Error};
 
 fn new_id() -> uuid::Uuid {
@@ -28,7 +28,7 @@ conformance!(
     unknown_statuses_are_rejected_by_the_database,
     history_has_one_entry_per_change_in_order_with_the_actor,
     writing_the_same_status_is_a_no_op,
-    legacy_deleted_complete_rows_are_fixed_by_the_migrations,
+    legacy_spellings_mean_what_the_platform_meant,
     migrations_run_twice_are_a_no_op,
     a_name_is_reserved_while_live_or_trashed_and_free_once_dead,
 );
@@ -42,6 +42,16 @@ async fn seeded_transition_table_equals_lifecycle_transitions(db: TestDb) {
         .map(|(a, b)| (a.as_str().to_owned(), b.as_str().to_owned()))
         .collect();
     assert_eq!(seeded, expected);
+    let adopted: BTreeSet<(String, String)> = raw.adopted_transitions().await.into_iter().collect();
+    let expected: BTreeSet<(String, String)> = match db.backend {
+        // Only a PostgreSQL table can be adopted.
+        Backend::Postgres => ADOPTED_TRANSITIONS
+            .iter()
+            .map(|(a, b)| (a.as_str().to_owned(), b.as_str().to_owned()))
+            .collect(),
+        Backend::Sqlite => BTreeSet::new(),
+    };
+    assert_eq!(adopted, expected);
 }
 
 async fn minimal_insert_gets_defaults_and_an_initial_history_entry(db: TestDb) {
@@ -115,7 +125,7 @@ async fn unknown_statuses_are_rejected_by_the_database(db: TestDb) {
     let raw = db.raw().await;
     let id = new_id();
     raw.insert(id, "known", None).await.unwrap();
-    let err = raw.set_status(id, "deleted-complete").await.unwrap_err();
+    let err = raw.set_status(id, "deleting").await.unwrap_err();
     assert!(err.contains("unknown vfolder status"), "{err}");
     let err = raw
         .insert(new_id(), "bogus", Some("DELETE_PENDING"))
@@ -197,100 +207,49 @@ async fn writing_the_same_status_is_a_no_op(db: TestDb) {
 
 /// Creates a table shaped like the reference platform's (before this program existed), with
 /// legacy rows, then migrates.
-async fn legacy_deleted_complete_rows_are_fixed_by_the_migrations(db: TestDb) {
+async fn legacy_spellings_mean_what_the_platform_meant(db: TestDb) {
+    let _store = db.migrated().await;
     let raw = db.raw().await;
-    let legacy = new_id();
-    let object_history = new_id();
-    let live = new_id();
-    match db.backend {
-        Backend::Postgres => {
-            raw.execute(
-                r#"CREATE TABLE vfolders (
-                       id uuid PRIMARY KEY, host varchar(128) NOT NULL,
-                       quota_scope_id varchar(64), name varchar(64) NOT NULL,
-                       "user" uuid, "group" uuid, ownership_type varchar(16) NOT NULL,
-                       status varchar(64) NOT NULL, status_history jsonb,
-                       status_changed timestamptz, created_at timestamptz DEFAULT now())"#,
-            )
-            .await
-            .unwrap();
-        }
-        Backend::Sqlite => {
-            raw.execute(
-                r#"CREATE TABLE vfolders (
-                       id text PRIMARY KEY NOT NULL, host varchar(128) NOT NULL,
-                       quota_scope_id varchar(64), name varchar(64) NOT NULL,
-                       "user" text, "group" text, ownership_type varchar(16) NOT NULL DEFAULT 'user',
-                       status varchar(64) NOT NULL DEFAULT 'ready',
-                       status_history text NOT NULL DEFAULT '[]', status_changed text,
-                       created_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"#,
-            )
-            .await
-            .unwrap();
-        }
-    }
-    raw.execute(&format!(
-        r#"INSERT INTO vfolders (id, host, name, ownership_type, status, status_history)
-           VALUES ('{legacy}', 'local:volume1', 'old', 'user', 'deleted-complete',
-                   '[{{"status": "delete-ongoing", "at": "2024-01-01T00:00:00.000Z", "actor": null}},
-                     {{"status": "deleted-complete", "at": "2024-01-02T00:00:00.000Z", "actor": null}}]'),
-                  ('{live}', 'local:volume1', 'live', 'user', 'ready', '[]')"#
-    ))
-    .await
-    .unwrap();
-    if db.backend == Backend::Postgres {
-        // The reference platform's older history shape: an object {status: time}.
-        raw.execute(&format!(
-            r#"INSERT INTO vfolders (id, host, name, ownership_type, status, status_history)
-               VALUES ('{object_history}', 'local:volume1', 'obj', 'user', 'deleted-complete',
-                       '{{"deleted-complete": "2024-01-02T00:00:00Z", "ready": "2024-01-01T00:00:00Z"}}')"#
-        ))
+    // deleted-complete was the platform's trash: written, it is delete-pending (restorable),
+    // never delete-complete, which would orphan the data.
+    let inserted = new_id();
+    raw.insert(inserted, "legacy-insert", Some("deleted-complete"))
         .await
         .unwrap();
-    }
-
-    let store = db.migrated().await;
-    store.check_ready().await.unwrap();
-
-    assert_eq!(raw.status(legacy).await, "delete-complete");
-    let history = raw.history(legacy).await;
-    let statuses: Vec<&str> = history
+    assert_eq!(raw.status(inserted).await, "delete-pending");
+    let trashed = new_id();
+    raw.insert(trashed, "legacy-update", None).await.unwrap();
+    raw.set_status(trashed, "deleted-complete").await.unwrap();
+    assert_eq!(raw.status(trashed).await, "delete-pending");
+    raw.set_status(trashed, "purge-ongoing").await.unwrap();
+    assert_eq!(raw.status(trashed).await, "delete-ongoing");
+    let statuses: Vec<String> = raw
+        .history(trashed)
+        .await
         .iter()
-        .map(|e| e["status"].as_str().unwrap())
+        .map(|e| e["status"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(statuses, ["delete-ongoing", "delete-complete"]);
-    if db.backend == Backend::Postgres {
-        assert_eq!(raw.status(object_history).await, "delete-complete");
-        let statuses: Vec<String> = raw
-            .history(object_history)
-            .await
-            .iter()
-            .map(|e| e["status"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(statuses, ["ready", "delete-complete"]);
-    }
-    // The fixed row reads through the store, and the trigger now guards it.
-    let detail = store.get_folder(legacy).await.unwrap();
-    assert_eq!(detail.folder.status, Status::DeleteComplete);
-    let err = raw.set_status(legacy, "ready").await.unwrap_err();
+    assert_eq!(statuses, ["ready", "delete-pending", "delete-ongoing"]);
+    // The rewritten row is still guarded: a legacy spelling is no way around the lifecycle.
+    let err = raw
+        .set_status(trashed, "deleted-complete")
+        .await
+        .unwrap_err();
     assert!(
-        err.contains("illegal vfolder status transition: delete-complete -> ready"),
+        err.contains("illegal vfolder status transition: delete-ongoing -> delete-pending"),
         "{err}"
     );
-    // An adopted live row takes part in the lifecycle.
-    raw.set_status(live, "delete-pending").await.unwrap();
-    assert_eq!(raw.history(live).await.len(), 1);
 }
 
 async fn migrations_run_twice_are_a_no_op(db: TestDb) {
     let store = db.store().await;
     let err = store.check_ready().await.unwrap_err();
     assert!(matches!(err, Error::NotMigrated(_)), "{err}");
-    store.migrate().await.unwrap();
+    store.migrate(false).await.unwrap();
     let raw = db.raw().await;
     let id = new_id();
     raw.insert(id, "kept", None).await.unwrap();
-    store.migrate().await.unwrap();
+    store.migrate(false).await.unwrap();
     store.check_ready().await.unwrap();
     assert_eq!(raw.status(id).await, "ready");
     assert_eq!(raw.history(id).await.len(), 1);
@@ -468,10 +427,10 @@ async fn create_get_and_list_round_trip(db: TestDb) {
         .set_status(&request(other.id, Status::DeletePending, "trash"))
         .await
         .unwrap();
-    let live = store.list_folders(&[Status::Ready]).await.unwrap();
+    let live = store.list_folders(&[Status::Ready], false).await.unwrap();
     assert_eq!(live.iter().map(|f| f.id).collect::<Vec<_>>(), [new.id]);
     let trash = store
-        .list_folders(&[Status::DeletePending, Status::DeleteOngoing])
+        .list_folders(&[Status::DeletePending, Status::DeleteOngoing], false)
         .await
         .unwrap();
     assert_eq!(trash.iter().map(|f| f.id).collect::<Vec<_>>(), [other.id]);
@@ -1296,7 +1255,7 @@ async fn connect_chooses_the_backend_by_url_scheme_and_creates_the_sqlite_file()
         .unwrap();
     assert_eq!(store.backend(), "sqlite");
     assert!(file.exists());
-    store.migrate().await.unwrap();
+    store.migrate(false).await.unwrap();
     store.check_ready().await.unwrap();
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
         .await

@@ -11,14 +11,15 @@ use uuid::Uuid;
 
 use super::output::{self, Table, fields, opt, opt_time, time};
 use super::{
-    Admin, AuditArgs, Cli, Command, CreateArgs, Error, ListArgs, TrashArgs, TrashCommand, run,
+    Admin, AuditArgs, Cli, Command, CreateArgs, Error, ListArgs, MigrateArgs, TrashArgs,
+    TrashCommand, UnadoptArgs, run,
 };
 use crate::config::Config;
 use crate::lifecycle::Status;
 use crate::storage::{FolderRef, Volumes};
 use crate::store::{
-    self, AuditEntry, AuditFilter, Folder, FolderDetail, Location, NewFolder, StatusChange,
-    StatusRequest, Store,
+    self, AuditEntry, AuditFilter, Folder, FolderDetail, HistoryShape, Location, NewFolder, Schema,
+    StatusChange, StatusRequest, Store,
 };
 
 /// The owner of folders created without `--user`/`--project`: a fixed, documented user, so
@@ -34,7 +35,8 @@ pub async fn execute(cli: Cli, config: Config) -> Result<(), Error> {
     let json = cli.json;
     match cli.command {
         Command::Run => run::run(config).await,
-        Command::Migrate => migrate(&config, json).await,
+        Command::Migrate(args) => migrate(&config, &args, json).await,
+        Command::Unadopt(args) => unadopt(&config, &args, json).await,
         Command::Admin(command) => {
             let store = open(&config).await?;
             let ctx = Ctx {
@@ -54,7 +56,7 @@ pub async fn execute(cli: Cli, config: Config) -> Result<(), Error> {
 async fn open(config: &Config) -> Result<Arc<dyn Store>, Error> {
     let store = store::connect(&config.database_url).await?;
     if store.backend() == "sqlite" {
-        store.migrate().await?;
+        store.migrate(false).await?;
     } else {
         store.check_ready().await.map_err(|e| match e {
             store::Error::NotMigrated(reason) => Error::NotMigrated(reason),
@@ -64,17 +66,34 @@ async fn open(config: &Config) -> Result<Arc<dyn Store>, Error> {
     Ok(store)
 }
 
-async fn migrate(config: &Config, json: bool) -> Result<(), Error> {
+async fn migrate(config: &Config, args: &MigrateArgs, json: bool) -> Result<(), Error> {
     let store = store::connect(&config.database_url).await?;
-    store.migrate().await?;
-    if json {
-        output::print_json(&serde_json::json!({ "backend": store.backend(), "migrated": true }))
+    let plan = if args.dry_run {
+        store.plan_migration().await?
     } else {
-        output::print(&format!(
-            "{} database is migrated to the current schema\n",
-            store.backend()
-        ))
+        store.migrate(args.adopt).await?
+    };
+    if json {
+        return output::print_json(&serde_json::json!({
+            "dry_run": args.dry_run,
+            "migrated": !args.dry_run,
+            "plan": plan,
+        }));
     }
+    output::print(&output::migration_plan(&plan, args.dry_run))
+}
+
+async fn unadopt(config: &Config, args: &UnadoptArgs, json: bool) -> Result<(), Error> {
+    let store = store::connect(&config.database_url).await?;
+    let plan = store.unadopt(args.dry_run, args.force).await?;
+    if json {
+        return output::print_json(&serde_json::json!({
+            "dry_run": args.dry_run,
+            "unadopted": !args.dry_run,
+            "plan": plan,
+        }));
+    }
+    output::print(&output::unadopt_plan(&plan, args.dry_run))
 }
 
 /// What a status-changing command means: its target status, the statuses it is meant to
@@ -264,6 +283,8 @@ impl Ctx<'_> {
     }
 
     async fn list(&self, args: ListArgs) -> Result<(), Error> {
+        // Without --status: the live folders, including statuses another service owns.
+        let foreign = args.statuses.is_empty();
         let statuses = if args.statuses.is_empty() {
             crate::lifecycle::ALL
                 .into_iter()
@@ -272,7 +293,7 @@ impl Ctx<'_> {
         } else {
             args.statuses
         };
-        let folders = self.store.list_folders(&statuses).await?;
+        let folders = self.store.list_folders(&statuses, foreign).await?;
         if self.json {
             return output::print_json(&folders);
         }
@@ -282,9 +303,9 @@ impl Ctx<'_> {
                 f.id.to_string(),
                 f.name.clone(),
                 f.host.clone(),
-                opt(f.quota_scope_id.as_deref()),
+                owner(f),
                 f.status.to_string(),
-                time(f.status_changed.unwrap_or(f.created_at)),
+                opt_time(f.since()),
             ]);
         }
         output::print(&t.render())
@@ -293,14 +314,15 @@ impl Ctx<'_> {
     async fn trash_list(&self) -> Result<(), Error> {
         let folders = self
             .store
-            .list_folders(&[Status::DeletePending, Status::DeleteOngoing])
+            .list_folders(&[Status::DeletePending, Status::DeleteOngoing], false)
             .await?;
+        let schema = self.store.schema().await?;
         let mut shown = Vec::with_capacity(folders.len());
         for f in folders {
             // The per-folder purge time lives in the controller state; a folder removed
             // between the two queries simply drops out of the list.
             match self.store.get_folder(f.id).await {
-                Ok(detail) => shown.push(self.shown(detail, None)),
+                Ok(detail) => shown.push(self.shown(detail, &schema, None)),
                 Err(store::Error::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -317,12 +339,13 @@ impl Ctx<'_> {
                 f.id.to_string(),
                 f.name.clone(),
                 f.host.clone(),
-                opt(f.quota_scope_id.as_deref()),
+                owner(f),
                 f.status.to_string(),
                 opt_time(f.status_changed),
-                match f.status {
-                    Status::DeleteOngoing => "being removed".to_owned(),
-                    _ => opt_time(s.purge_at),
+                if f.status == Status::DeleteOngoing {
+                    "being removed".to_owned()
+                } else {
+                    opt_time(s.purge_at)
                 },
             ]);
         }
@@ -375,8 +398,9 @@ impl Ctx<'_> {
 
     async fn show(&self, id: Uuid) -> Result<(), Error> {
         let detail = self.store.get_folder(id).await?;
+        let schema = self.store.schema().await?;
         let volumes = Volumes::new(&self.config.volumes);
-        let shown = self.shown(detail, Some(&volumes));
+        let shown = self.shown(detail, &schema, Some(&volumes));
         if self.json {
             return output::print_json(&shown);
         }
@@ -387,14 +411,18 @@ impl Ctx<'_> {
             ("id", f.id.to_string()),
             ("name", f.name.clone()),
             ("host", f.host.clone()),
-            ("owner", opt(f.quota_scope_id.as_deref())),
+            ("owner", owner(f)),
+            ("quota scope", opt(f.quota_scope_id.as_deref())),
             (
                 "status",
-                format!(
-                    "{} since {}",
-                    f.status,
-                    time(f.status_changed.unwrap_or(f.created_at))
-                ),
+                match f.status.known() {
+                    Some(_) => format!("{} since {}", f.status, opt_time(f.since())),
+                    None => format!(
+                        "{} since {} (a status vfolder-controller does not own; left alone)",
+                        f.status,
+                        opt_time(f.since())
+                    ),
+                },
             ),
             (
                 "path",
@@ -403,7 +431,7 @@ impl Ctx<'_> {
                     None => format!("- (volume {} is not configured here)", f.host),
                 },
             ),
-            ("created", time(f.created_at)),
+            ("created", opt_time(f.created_at)),
         ];
         if f.status == Status::DeletePending {
             pairs.push(("purge at", opt_time(shown.purge_at)));
@@ -440,7 +468,10 @@ impl Ctx<'_> {
             ),
         ]);
         let mut text = fields(&pairs);
-        text.push_str("history:\n");
+        text.push_str(&format!(
+            "history ({}):\n",
+            history_shape_name(&shown.detail.history_shape)
+        ));
         for line in history_table(&shown.detail).render().lines() {
             text.push_str("  ");
             text.push_str(line);
@@ -522,14 +553,16 @@ impl Ctx<'_> {
         ))
     }
 
-    /// Adds the data path (when `volumes` is given and knows the host) and the purge time.
-    fn shown(&self, detail: FolderDetail, volumes: Option<&Volumes>) -> Shown {
+    /// Adds the data path (when `volumes` is given and knows the host) and the purge time,
+    /// which counts by the timers' clock ([`Schema::clock_start`]).
+    fn shown(&self, detail: FolderDetail, schema: &Schema, volumes: Option<&Volumes>) -> Shown {
         let f = &detail.folder;
         let state = detail.state.as_ref();
         let purge_at = (f.status == Status::DeletePending)
             .then(|| {
                 state.and_then(|s| s.purge_after).or_else(|| {
-                    f.status_changed
+                    schema
+                        .clock_start(f.status_changed)
                         .and_then(|t| later(t, self.config.controller.trash_retention))
                 })
             })
@@ -578,7 +611,29 @@ fn history_table(detail: &FolderDetail) -> Table {
     for h in &detail.history {
         t.row(vec![h.status.clone(), time(h.at), opt(h.actor.as_deref())]);
     }
+    if let HistoryShape::Unreadable(raw) = &detail.history_shape {
+        t.row(vec!["(unreadable)".to_owned(), "-".to_owned(), raw.clone()]);
+    }
     t
+}
+
+/// How a history is stored, for the heading of `show`.
+fn history_shape_name(shape: &HistoryShape) -> &'static str {
+    match shape {
+        HistoryShape::List => "list",
+        HistoryShape::Object => "the platform's object {STATUS: time}, in time order",
+        HistoryShape::Null => "none recorded",
+        HistoryShape::Unreadable(_) => "unreadable, shown raw",
+    }
+}
+
+/// The owner column of the tables: the user or group id, else the quota scope.
+fn owner(f: &Folder) -> String {
+    match (f.user, f.group) {
+        (Some(u), _) => format!("user:{u}"),
+        (None, Some(g)) => format!("project:{g}"),
+        (None, None) => opt(f.quota_scope_id.as_deref()),
+    }
 }
 
 fn audit_result(e: &AuditEntry) -> String {

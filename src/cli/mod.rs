@@ -148,9 +148,15 @@ fn store_class(e: &store::Error) -> ExitClass {
     use store::Error as E;
     match e {
         E::NotFound(_) => ExitClass::NotFound,
-        E::IllegalTransition { .. } | E::NameTaken { .. } | E::NotForgettable { .. } => {
-            ExitClass::Conflict
-        }
+        E::IllegalTransition { .. }
+        | E::NameTaken { .. }
+        | E::NotForgettable { .. }
+        | E::UnknownStatus { .. }
+        | E::AdoptionRequired { .. }
+        | E::AdoptedTable(_)
+        | E::NotAdopted(_)
+        | E::NotAdoptable(_)
+        | E::ControllerRunning(..) => ExitClass::Conflict,
         E::UnsupportedUrl(_) => ExitClass::Config,
         E::NotMigrated(_) => ExitClass::DatabaseUnavailable,
         E::Migrate(sqlx::migrate::MigrateError::Execute(source)) if is_unreachable(source) => {
@@ -254,14 +260,36 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply the database migrations (idempotent; run it again after an upgrade).
+    /// Apply the database migrations (idempotent; run it again after an upgrade), or adopt
+    /// an existing reference-platform table with --adopt (preview it with --dry-run).
     #[command(
         long_about = "Apply the embedded database migrations for the configured backend. \
 Running it again is a no-op. `run` migrates by itself; on PostgreSQL the admin commands \
-require a migrated database, on SQLite they migrate on first use.",
-        after_help = "Example:\n  vfolder-controller --database-url postgres://postgres@db/vfolders migrate"
+require a migrated database, on SQLite they migrate on first use.\n\n\
+A PostgreSQL database whose vfolders table the reference platform (Backend.AI) created is \
+adopted only when asked (--adopt): the controller then adds its own tables, indexes (built \
+concurrently) and a status trigger beside the table, never retypes, reshapes or drops its \
+columns or rows, remaps legacy statuses as the platform meant them (deleted-complete -> \
+delete-pending, purge-ongoing -> delete-ongoing), leaves statuses it does not own (mounted, \
+error, ...) alone, and starts a full trash retention for every folder already in the trash. \
+--dry-run prints all of that, row counts included, and changes nothing; `unadopt` takes it \
+back. See docs/adopting.md.",
+        after_help = "Examples:\n  vfolder-controller --database-url postgres://postgres@db/vfolders migrate\n  vfolder-controller --database-url postgres://backend@db/backend migrate --dry-run\n  vfolder-controller --database-url postgres://backend@db/backend migrate --adopt"
     )]
-    Migrate,
+    Migrate(MigrateArgs),
+
+    /// Give an adopted table back: remove everything the controller added to the database.
+    #[command(
+        long_about = "The way back from `migrate --adopt`: drops the controller's trigger, \
+function, indexes on vfolders and its own tables (state, audit log, transitions, mode, \
+migration bookkeeping) in one transaction, and leaves the vfolders table with the \
+platform's columns and rows, statuses as they are at that moment. Stop every controller \
+replica first (refused while leases are held, unless --force); export the audit log first \
+if you want to keep it (`audit --json`). Refused on a database whose table the controller \
+created.",
+        after_help = "Examples:\n  vfolder-controller --database-url postgres://backend@db/backend unadopt --dry-run\n  vfolder-controller --database-url postgres://backend@db/backend unadopt"
+    )]
+    Unadopt(UnadoptArgs),
 
     /// Start the controller: migrate, then converge folders until SIGTERM/SIGINT.
     #[command(
@@ -378,6 +406,29 @@ controller does the same with history_retention; this runs it now.",
         after_help = "Example:\n  vfolder-controller clean-history --older-than 30d"
     )]
     CleanHistory(CleanHistoryArgs),
+}
+
+/// Arguments of `migrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// Print what the migration would do (mode, migrations, objects added, legacy rows
+    /// remapped, trash clocks started, foreign statuses, duplicate names) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Adopt an existing vfolders table that the reference platform created.
+    #[arg(long)]
+    pub adopt: bool,
+}
+
+/// Arguments of `unadopt`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UnadoptArgs {
+    /// Print what would be dropped and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Drop even while a controller holds leases (its replicas then fail).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `create`.

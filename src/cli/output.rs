@@ -7,8 +7,11 @@ use std::io::{self, Write};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use uuid::Uuid;
 
 use super::Error;
+use crate::lifecycle::SchemaMode;
+use crate::store::{MigrationPlan, UnadoptPlan};
 
 /// A table with a header row; columns are left-aligned and padded to their widest cell.
 #[derive(Debug, Default)]
@@ -99,6 +102,148 @@ fn quiet_pipe(r: io::Result<()>) -> Result<(), Error> {
     match r {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::Output(e)),
         _ => Ok(()),
+    }
+}
+
+/// The text of `migrate` (and its `--dry-run`): what the migration does or would do.
+pub fn migration_plan(plan: &MigrationPlan, dry_run: bool) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    let verb = |would: &'static str, did: &'static str| if dry_run { would } else { did };
+    match (plan.mode, plan.adopting) {
+        (SchemaMode::Adopted, true) => line(format!(
+            "mode: adopt the existing vfolders table ({} rows) that vfolder-controller did not create; its columns and rows are not retyped, reshaped or dropped",
+            plan.rows
+        )),
+        (mode, _) => line(format!(
+            "mode: {} ({} database)",
+            match mode {
+                SchemaMode::Own => "own (vfolder-controller created vfolders)",
+                SchemaMode::Adopted => "adopted (the platform created vfolders)",
+            },
+            plan.backend
+        )),
+    }
+    if plan.pending.is_empty() {
+        line("migrations: none pending; the schema is current".to_owned());
+    } else {
+        line(format!("migrations {}:", verb("to apply", "applied")));
+        for m in &plan.pending {
+            line(format!("  {} {}", m.version, m.description));
+        }
+    }
+    if plan.adopting {
+        line(format!("{}:", verb("will add", "added")));
+        for add in &plan.adds {
+            line(format!("  {add}"));
+        }
+        if plan.remaps.is_empty() {
+            line("legacy statuses: none".to_owned());
+        }
+        for r in &plan.remaps {
+            let sample: Vec<String> = r.sample.iter().map(Uuid::to_string).collect();
+            line(format!(
+                "legacy status {} -> {}: {} row(s) {} (audited as adopt-remap), e.g. {}",
+                r.from,
+                r.to,
+                r.rows,
+                verb("will be remapped", "remapped"),
+                sample.join(", ")
+            ));
+        }
+        line(format!(
+            "trash clock: {} folder(s) in the trash {} a full trash retention from the adoption, whatever status_changed says",
+            plan.trash_clock_started,
+            verb("will get", "got")
+        ));
+        line(format!(
+            "history clock: {} delete-complete row(s) {} a full history retention from the adoption",
+            plan.history_clock_started,
+            verb("will get", "got")
+        ));
+        if plan.foreign_statuses.is_empty() {
+            line("statuses it does not own: none".to_owned());
+        } else {
+            let counts: Vec<String> = plan
+                .foreign_statuses
+                .iter()
+                .map(|(status, n)| format!("{} {n}", escape(status)))
+                .collect();
+            line(format!(
+                "statuses it does not own (left alone, accepted from the platform): {}",
+                counts.join(", ")
+            ));
+        }
+        if plan.duplicate_groups == 0 {
+            line("live name duplicates: none".to_owned());
+        } else {
+            line(format!(
+                "live name duplicates: {} group(s) of live folders of one owner share a name; kept as they are (an adopted table gets no name index):",
+                plan.duplicate_groups
+            ));
+            for d in &plan.duplicates {
+                let ids: Vec<String> = d.ids.iter().map(Uuid::to_string).collect();
+                line(format!(
+                    "  owner {} name {:?}: {}",
+                    opt(d.owner),
+                    escape(&d.name),
+                    ids.join(", ")
+                ));
+            }
+        }
+    }
+    line(if dry_run {
+        "dry run: nothing was changed".to_owned()
+    } else {
+        format!(
+            "{} database is migrated to the current schema",
+            plan.backend
+        )
+    });
+    out
+}
+
+/// The text of `unadopt` (and its `--dry-run`).
+pub fn unadopt_plan(plan: &UnadoptPlan, dry_run: bool) -> String {
+    let mut out = format!(
+        "{}:\n",
+        if dry_run {
+            "would run"
+        } else {
+            "ran, in one transaction"
+        }
+    );
+    for statement in &plan.drops {
+        out.push_str(&format!("  {statement};\n"));
+    }
+    out.push_str(&format!(
+        "the audit log's {} entr(ies) {} with it (export them first with `audit --json`)\n",
+        plan.audit_entries,
+        if dry_run { "would go" } else { "went" }
+    ));
+    if plan.delete_ongoing > 0 {
+        out.push_str(&format!(
+            "{} folder(s) stay delete-ongoing for the platform to finish\n",
+            plan.delete_ongoing
+        ));
+    }
+    out.push_str(if dry_run {
+        "dry run: nothing was changed\n"
+    } else {
+        "vfolders keeps the platform's columns and rows; vfolder-controller is gone from this database\n"
+    });
+    out
+}
+
+/// A stored text made safe for a terminal: control characters are escaped.
+fn escape(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        text.escape_default().to_string()
+    } else {
+        text.to_owned()
     }
 }
 

@@ -22,7 +22,7 @@ use crate::store::{self, Store};
 pub async fn run(config: Config) -> Result<(), Error> {
     observe::init_logging(config.log.format, &config.log.filter)?;
     let store: Arc<dyn Store> = store::connect(&config.database_url).await?;
-    store.migrate().await?;
+    store.migrate(false).await?;
     ensure_builtin_volume(&config)?;
     // Installed before the "running" line, so a signal sent after it is never missed.
     let shutdown = CancellationToken::new();

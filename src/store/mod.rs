@@ -48,10 +48,13 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::lifecycle::{IllegalTransition, Status};
+use crate::lifecycle::{IllegalTransition, RowStatus, Status};
 
 pub mod postgres;
+pub mod schema;
 pub mod sqlite;
+
+pub use schema::{MigrationPlan, Schema, UnadoptPlan};
 
 /// Errors from the store. [`Error::is_transient`] tells the controller whether to retry.
 #[derive(Debug, thiserror::Error)]
@@ -94,14 +97,41 @@ pub enum Error {
         /// Its status.
         status: Status,
     },
-    /// A row holds a status text this program does not know.
-    #[error("vfolder {id} has an unknown status {status:?}")]
+    /// A row holds a status this controller does not own (`mounted`, `error`, ... on an
+    /// adopted table): the lifecycle commands leave it alone.
+    #[error(
+        "vfolder {id} is in status {status:?}, which vfolder-controller does not own (another service sets it); it is left alone"
+    )]
     UnknownStatus {
         /// The folder.
         id: Uuid,
         /// The stored text.
         status: String,
     },
+    /// `vfolders` exists but was not created by this program: adopting it is an explicit
+    /// decision (`migrate --dry-run`, then `migrate --adopt`).
+    #[error(
+        "the database already has a vfolders table that vfolder-controller did not create ({rows} rows); preview the adoption with `vfolder-controller migrate --dry-run`, then adopt it with `vfolder-controller migrate --adopt` (see docs/adopting.md)"
+    )]
+    AdoptionRequired {
+        /// Rows in the table.
+        rows: i64,
+    },
+    /// The command would write the platform's own rows in a way only the platform may.
+    #[error("the vfolders table of this database belongs to the reference platform (adopted); {0}")]
+    AdoptedTable(&'static str),
+    /// The existing `vfolders` table is not the reference platform's: adopting it could
+    /// not work.
+    #[error("cannot adopt: {0}")]
+    NotAdoptable(String),
+    /// `unadopt` on a database whose table the controller created, or never adopted.
+    #[error("{0}")]
+    NotAdopted(String),
+    /// `unadopt` while a controller still holds leases.
+    #[error(
+        "{0} folder(s) are leased by a running controller (e.g. replica {1:?}); stop every replica first, or pass --force"
+    )]
+    ControllerRunning(i64, String),
     /// The database URL is neither `postgres://` nor `sqlite://`.
     #[error("unsupported database URL {0:?} (expected postgres://... or sqlite://...)")]
     UnsupportedUrl(String),
@@ -191,14 +221,21 @@ pub struct Folder {
     pub user: Option<Uuid>,
     /// Owning group.
     pub group: Option<Uuid>,
-    /// `user` or `group`.
-    pub ownership_type: String,
-    /// Current status.
-    pub status: Status,
-    /// When the status last changed (`None` if it never did).
+    /// `user` or `group` (NULL on some adopted rows; the platform stores it as an enum).
+    pub ownership_type: Option<String>,
+    /// Current status, as stored (statuses the controller does not own are kept as text).
+    pub status: RowStatus,
+    /// When the status last changed (`None` if it never did, or the writer did not say).
     pub status_changed: Option<DateTime<Utc>>,
-    /// When the row was created.
-    pub created_at: DateTime<Utc>,
+    /// When the row was created (the platform's column may be NULL).
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl Folder {
+    /// The best-known time the row entered its status: `status_changed`, else `created_at`.
+    pub fn since(&self) -> Option<DateTime<Utc>> {
+        self.status_changed.or(self.created_at)
+    }
 }
 
 impl<'a> From<&'a Folder> for crate::storage::FolderRef<'a> {
@@ -223,7 +260,22 @@ impl<'a> From<&'a NewFolder> for crate::storage::FolderRef<'a> {
     }
 }
 
-/// One entry of a row's `status_history` (a JSON list, oldest first).
+/// The shape a row's `status_history` is stored in. The controller keeps each row's shape:
+/// its own rows are lists; the reference platform writes objects `{"DELETE_PENDING": time}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "shape", content = "raw")]
+pub enum HistoryShape {
+    /// `[{status, at, actor}]`, oldest first.
+    List,
+    /// `{"STATUS_NAME": "<iso time>"}` (the platform's shape; shown in time order).
+    Object,
+    /// NULL or JSON null: no history recorded.
+    Null,
+    /// Anything that cannot be read as either shape, kept raw for display.
+    Unreadable(String),
+}
+
+/// One entry of a row's `status_history`, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// The status the row changed to (text: history may hold legacy spellings).
@@ -283,8 +335,10 @@ pub struct ControllerState {
 pub struct FolderDetail {
     /// The row.
     pub folder: Folder,
-    /// Its status history, oldest first.
+    /// Its status history, oldest first (both stored shapes read the same).
     pub history: Vec<HistoryEntry>,
+    /// The shape the history is stored in.
+    pub history_shape: HistoryShape,
     /// The controller's state, if the controller or the CLI ever touched it.
     pub state: Option<ControllerState>,
 }
@@ -474,8 +528,24 @@ pub trait Store: Send + Sync + 'static {
     /// `postgres` or `sqlite`.
     fn backend(&self) -> &'static str;
 
-    /// Applies the embedded migrations; running it again is a no-op.
-    async fn migrate(&self) -> Result<()>;
+    /// What `migrate` would do now: the mode, the pending migrations and, for a table to
+    /// adopt, every change it makes and the rows it affects. Changes nothing.
+    async fn plan_migration(&self) -> Result<MigrationPlan>;
+
+    /// Applies the embedded migrations for the database's mode and returns the plan it
+    /// carried out; running it again is a no-op. A `vfolders` table this program did not
+    /// create is adopted only with `adopt` ([`Error::AdoptionRequired`] otherwise).
+    async fn migrate(&self, adopt: bool) -> Result<MigrationPlan>;
+
+    /// The way back from an adoption: drops everything the controller added to the
+    /// database (its tables, trigger, function, indexes) and leaves `vfolders` with the
+    /// platform's columns and rows, statuses as they are now. With `dry_run`, only says
+    /// what it would drop. Refused on a table the controller created
+    /// ([`Error::NotAdopted`]) and while leases are held, unless `force`.
+    async fn unadopt(&self, dry_run: bool, force: bool) -> Result<UnadoptPlan>;
+
+    /// Whether this program created `vfolders` or adopted it, and when.
+    async fn schema(&self) -> Result<Schema>;
 
     /// Ok when the database answers and every embedded migration is applied (readiness).
     async fn check_ready(&self) -> Result<()>;
@@ -488,8 +558,9 @@ pub trait Store: Send + Sync + 'static {
     /// The row with its history and controller state.
     async fn get_folder(&self, id: Uuid) -> Result<FolderDetail>;
 
-    /// Rows whose status is one of `statuses`, oldest first.
-    async fn list_folders(&self, statuses: &[Status]) -> Result<Vec<Folder>>;
+    /// Rows whose status is one of `statuses`, and with `foreign` also those in statuses the
+    /// controller does not own (live folders of an adopted table), oldest first.
+    async fn list_folders(&self, statuses: &[Status], foreign: bool) -> Result<Vec<Folder>>;
 
     /// Writes a requested status (legal transitions only), with history, audit and event.
     async fn set_status(&self, req: &StatusRequest) -> Result<StatusChange>;
@@ -645,7 +716,8 @@ pub(crate) fn decode_err(context: &'static str, what: String) -> Error {
     }
 }
 
-/// Parses a stored status text.
+/// Parses the stored status of a row a lifecycle operation locked; a status the controller
+/// does not own is [`Error::UnknownStatus`].
 pub(crate) fn parse_status(id: Uuid, text: &str) -> Result<Status> {
     text.parse().map_err(|_| Error::UnknownStatus {
         id,
@@ -653,10 +725,49 @@ pub(crate) fn parse_status(id: Uuid, text: &str) -> Result<Status> {
     })
 }
 
-/// Parses a `status_history` JSON list.
-pub(crate) fn parse_history(value: serde_json::Value) -> Result<Vec<HistoryEntry>> {
-    serde_json::from_value(value)
-        .map_err(|e| decode_err("reading status_history", format!("status_history: {e}")))
+/// Reads a `status_history` in whatever shape it is stored: a list of entries, the
+/// platform's object `{"STATUS_NAME": time}` (entries in time order, the name shown in the
+/// stored spelling, no actor), NULL, or something unreadable, which is kept raw and never
+/// an error (a history is for people; it must not stop a command).
+pub(crate) fn parse_history(value: Option<serde_json::Value>) -> (Vec<HistoryEntry>, HistoryShape) {
+    use serde_json::Value;
+    let unreadable = |v: &Value| (Vec::new(), HistoryShape::Unreadable(v.to_string()));
+    match value {
+        None | Some(Value::Null) => (Vec::new(), HistoryShape::Null),
+        Some(v @ Value::Array(_)) => match serde_json::from_value::<Vec<HistoryEntry>>(v.clone()) {
+            Ok(entries) => (entries, HistoryShape::List),
+            Err(_) => unreadable(&v),
+        },
+        Some(Value::Object(map)) => {
+            let mut entries = Vec::with_capacity(map.len());
+            for (name, at) in &map {
+                let Some(at) = at.as_str().and_then(parse_history_time) else {
+                    return unreadable(&Value::Object(map));
+                };
+                entries.push(HistoryEntry {
+                    status: name.to_ascii_lowercase().replace('_', "-"),
+                    at,
+                    actor: None,
+                });
+            }
+            entries.sort_by_key(|e| e.at);
+            (entries, HistoryShape::Object)
+        }
+        Some(other) => unreadable(&other),
+    }
+}
+
+/// A history time: RFC 3339 (the platform's `isoformat()` with an offset), or a naive
+/// ISO time, read as UTC.
+fn parse_history_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|t| t.and_utc())
+        })
 }
 
 /// Parses a stored location text.
@@ -763,14 +874,19 @@ pub(crate) fn compare_migrations(
     Ok(())
 }
 
-/// Keeps the counts of known statuses; rows with an unknown status text are logged, not
-/// fatal, so one legacy row cannot break the metrics.
+/// Keeps the counts of the lifecycle's statuses. Statuses the controller does not own
+/// (the platform's `mounted`, `error`, ...) are not counted: they are not its business and
+/// their values are not a bounded label set.
 pub(crate) fn known_counts(rows: Vec<(String, i64)>) -> Vec<(Status, i64)> {
     rows.into_iter()
-        .filter_map(|(text, n)| match text.parse() {
-            Ok(status) => Some((status, n)),
-            Err(_) => {
-                tracing::warn!(status = text, rows = n, "vfolders with an unknown status");
+        .filter_map(|(text, n)| match RowStatus::from_stored(&text) {
+            RowStatus::Known(status) => Some((status, n)),
+            RowStatus::Foreign(_) => {
+                tracing::debug!(
+                    status = text,
+                    rows = n,
+                    "vfolders in a status the controller does not own"
+                );
                 None
             }
         })

@@ -6,6 +6,8 @@
 //! returns nothing. Status writes set the transaction-local `vfolder.actor` before updating,
 //! so the trigger records who made the change.
 
+use std::borrow::Cow;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,22 +18,70 @@ use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use super::schema::{self, ADDED, DuplicateName, MigrationPlan, Remap, Schema, UnadoptPlan};
 use super::{
     AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, ControllerState, EVENT_CHANNEL,
     Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, Progress, Result,
     StatusChange, StatusEvent, StatusRequest, Store, WorkKind, db, parse_history, parse_location,
     parse_status, to_i64, to_u64, write_err,
 };
-use crate::lifecycle::Status;
+use crate::lifecycle::{self, RowStatus, SchemaMode, Status};
 
-/// The embedded PostgreSQL migrations (`migrations/postgres`).
+/// The embedded PostgreSQL migrations of a database whose `vfolders` this program created
+/// (`migrations/postgres`).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The adoption of an existing table (`migrations/postgres-adopted`), which takes the place
+/// of the own schema's first migrations, those that create `vfolders`.
+static ADOPTION_BASE: Migrator = sqlx::migrate!("migrations/postgres-adopted");
+
+/// The last own-schema migration that creates or rewrites `vfolders`; every later one runs
+/// on adopted databases too.
+const OWN_ONLY_THROUGH: i64 = 20261127000003;
+
+/// The migrations of an adopted database: the adoption, then the shared ones.
+static ADOPTED_MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| Migrator {
+    migrations: Cow::Owned(
+        ADOPTION_BASE
+            .iter()
+            .chain(MIGRATOR.iter().filter(|m| m.version > OWN_ONLY_THROUGH))
+            .cloned()
+            .collect(),
+    ),
+    ignore_missing: false,
+    locking: true,
+    no_tx: false,
+});
+
+/// The migrations of a database of this mode.
+fn migrator(mode: SchemaMode) -> &'static Migrator {
+    match mode {
+        SchemaMode::Own => &MIGRATOR,
+        SchemaMode::Adopted => &ADOPTED_MIGRATOR,
+    }
+}
+
+/// The columns (and their types) the controller reads and writes in `vfolders`; a table
+/// without them is not the platform's and is not adopted.
+const REQUIRED_COLUMNS: [(&str, &str); 10] = [
+    ("id", "uuid"),
+    ("host", "character varying"),
+    ("quota_scope_id", "character varying"),
+    ("name", "character varying"),
+    ("user", "uuid"),
+    ("group", "uuid"),
+    ("status", "character varying"),
+    ("status_history", "jsonb"),
+    ("status_changed", "timestamp with time zone"),
+    ("created_at", "timestamp with time zone"),
+];
 
 /// Columns of a [`Folder`], from `vfolders v`.
 macro_rules! folder_columns {
     () => {
-        r#"v.id, v.host, v.quota_scope_id, v.name, v."user", v."group", v.ownership_type,
-           v.status, v.status_changed, v.created_at"#
+        // ownership_type is a native enum on the platform's table: read it as text.
+        r#"v.id, v.host, v.quota_scope_id, v.name, v."user", v."group",
+           v.ownership_type::text AS ownership_type, v.status, v.status_changed, v.created_at"#
     };
 }
 
@@ -72,6 +122,171 @@ impl PgStore {
     }
 }
 
+/// What `detect` found: the mode, whether the table is still to be adopted, and the applied
+/// migrations (version, checksum).
+struct Found {
+    mode: SchemaMode,
+    adopted_at: Option<DateTime<Utc>>,
+    adopting: bool,
+    applied: Vec<(i64, Vec<u8>)>,
+}
+
+impl PgStore {
+    /// Finds out which kind of database this is (see [`schema`] for the rules).
+    async fn detect(&self) -> Result<Found> {
+        let ctx = "finding out the schema mode";
+        let (has_meta, has_bookkeeping, has_vfolders): (bool, bool, bool) = sqlx::query_as(
+            "SELECT to_regclass('vfolder_controller_meta') IS NOT NULL,
+                    to_regclass('_sqlx_migrations') IS NOT NULL,
+                    to_regclass('vfolders') IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db(ctx))?;
+        let applied: Vec<(i64, Vec<u8>)> = if has_bookkeeping {
+            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading applied migrations"))?
+        } else {
+            Vec::new()
+        };
+        let ran = |migrator: &Migrator| {
+            migrator
+                .iter()
+                .next()
+                .is_some_and(|first| applied.iter().any(|(v, _)| *v == first.version))
+        };
+        let mut adopted_at = None;
+        let (mode, adopting) = if has_meta {
+            let (text, at): (String, Option<DateTime<Utc>>) =
+                sqlx::query_as("SELECT mode, adopted_at FROM vfolder_controller_meta")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db(ctx))?;
+            adopted_at = at;
+            let mode = if text == SchemaMode::Adopted.as_str() {
+                SchemaMode::Adopted
+            } else {
+                SchemaMode::Own
+            };
+            (mode, false)
+        } else if ran(&MIGRATOR) {
+            (SchemaMode::Own, false)
+        } else if ran(&ADOPTION_BASE) {
+            (SchemaMode::Adopted, false)
+        } else if has_vfolders {
+            (SchemaMode::Adopted, true)
+        } else {
+            (SchemaMode::Own, false)
+        };
+        Ok(Found {
+            mode,
+            adopted_at,
+            adopting,
+            applied,
+        })
+    }
+
+    /// Fills in what an adoption does to the rows, and refuses a table that is not the
+    /// platform's (a column the controller needs is missing or of another type).
+    async fn plan_adoption(&self, plan: &mut MigrationPlan) -> Result<()> {
+        let ctx = "planning the adoption";
+        let columns: Vec<(String, String)> = sqlx::query_as(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns
+             WHERE table_name = 'vfolders' AND table_schema = current_schema()",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db(ctx))?;
+        let wrong: Vec<String> = REQUIRED_COLUMNS
+            .iter()
+            .filter(|(name, ty)| !columns.iter().any(|(n, t)| n == name && t == ty))
+            .map(|(name, ty)| format!("{name} {ty}"))
+            .collect();
+        if !wrong.is_empty() {
+            return Err(Error::NotAdoptable(format!(
+                "the existing vfolders table lacks columns the controller needs (or has them with another type): {}",
+                wrong.join(", ")
+            )));
+        }
+        plan.adopting = true;
+        plan.adds = ADDED.iter().map(|a| a.describe()).collect();
+        plan.rows = sqlx::query_scalar("SELECT count(*) FROM vfolders")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db(ctx))?;
+        for (legacy, status) in lifecycle::LEGACY_SPELLINGS {
+            let (rows, sample): (i64, Vec<Uuid>) = sqlx::query_as(
+                "SELECT count(*), coalesce((array_agg(id ORDER BY id))[1:5], '{}')
+                 FROM vfolders WHERE status = $1",
+            )
+            .bind(legacy)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db(ctx))?;
+            if rows > 0 {
+                plan.remaps.push(Remap {
+                    from: legacy.to_owned(),
+                    to: status.as_str().to_owned(),
+                    rows,
+                    sample,
+                });
+            }
+        }
+        let pending_spellings: Vec<&str> = std::iter::once(Status::DeletePending.as_str())
+            .chain(
+                lifecycle::LEGACY_SPELLINGS
+                    .iter()
+                    .filter(|(_, s)| *s == Status::DeletePending)
+                    .map(|(legacy, _)| *legacy),
+            )
+            .collect();
+        let known: Vec<&str> = lifecycle::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .chain(lifecycle::LEGACY_SPELLINGS.iter().map(|(l, _)| *l))
+            .collect();
+        (plan.trash_clock_started, plan.history_clock_started) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = ANY($1)),
+                    count(*) FILTER (WHERE status = 'delete-complete')
+             FROM vfolders",
+        )
+        .bind(&pending_spellings)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db(ctx))?;
+        plan.foreign_statuses = sqlx::query_as(
+            "SELECT coalesce(status, '(null)')::text, count(*) FROM vfolders
+             WHERE status IS NULL OR NOT (status = ANY($1))
+             GROUP BY 1 ORDER BY 2 DESC, 1",
+        )
+        .bind(&known)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db(ctx))?;
+        // Live or trashed folders of one owner sharing a name: what the own schema's name
+        // index forbids. An adopted table keeps them; the operator hears of them.
+        let groups: Vec<(Option<Uuid>, String, Vec<Uuid>, i64)> = sqlx::query_as(
+            r#"SELECT coalesce("user", "group"), name::text, (array_agg(id ORDER BY id))[1:10],
+                      count(*) OVER ()
+               FROM vfolders
+               WHERE status IS NULL OR status NOT IN ('delete-complete', 'delete-error')
+               GROUP BY 1, 2 HAVING count(*) > 1
+               ORDER BY 2, 1 LIMIT 5"#,
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db(ctx))?;
+        plan.duplicate_groups = groups.first().map_or(0, |g| g.3);
+        plan.duplicates = groups
+            .into_iter()
+            .map(|(owner, name, ids, _)| DuplicateName { owner, name, ids })
+            .collect();
+        Ok(())
+    }
+}
+
 fn folder_from_row(row: &PgRow) -> Result<Folder> {
     let ctx = "reading a vfolder row";
     let id: Uuid = row.try_get("id").map_err(db(ctx))?;
@@ -84,7 +299,7 @@ fn folder_from_row(row: &PgRow) -> Result<Folder> {
         user: row.try_get("user").map_err(db(ctx))?,
         group: row.try_get("group").map_err(db(ctx))?,
         ownership_type: row.try_get("ownership_type").map_err(db(ctx))?,
-        status: parse_status(id, &status)?,
+        status: RowStatus::from_stored(&status),
         status_changed: row.try_get("status_changed").map_err(db(ctx))?,
         created_at: row.try_get("created_at").map_err(db(ctx))?,
     })
@@ -304,28 +519,122 @@ impl Store for PgStore {
         "postgres"
     }
 
-    async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+    async fn plan_migration(&self) -> Result<MigrationPlan> {
+        let found = self.detect().await?;
+        let applied: Vec<i64> = found.applied.iter().map(|(v, _)| *v).collect();
+        let pending = schema::pending(migrator(found.mode), &applied);
+        let mut plan = MigrationPlan::schema_only(self.backend(), found.mode, pending);
+        if found.adopting {
+            self.plan_adoption(&mut plan).await?;
+        }
+        Ok(plan)
+    }
+
+    async fn migrate(&self, adopt: bool) -> Result<MigrationPlan> {
+        let plan = self.plan_migration().await?;
+        if plan.adopting && !adopt {
+            return Err(Error::AdoptionRequired { rows: plan.rows });
+        }
+        // The shared migrations read the mode from this session setting (see
+        // migrations/postgres/20261128000010_schema_mode.sql), so they run on this connection.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("connecting to migrate"))?;
+        sqlx::query("SELECT set_config('vfolder.schema_mode', $1, false)")
+            .bind(plan.mode.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(db("setting the schema mode"))?;
+        let ran = migrator(plan.mode).run_direct(&mut *conn).await;
+        // A pooled connection must not keep the setting.
+        conn.close_on_drop();
+        ran?;
+        Ok(plan)
+    }
+
+    async fn unadopt(&self, dry_run: bool, force: bool) -> Result<UnadoptPlan> {
+        let found = self.detect().await?;
+        if found.mode != SchemaMode::Adopted || found.adopting {
+            return Err(Error::NotAdopted(
+                if found.adopting || found.applied.is_empty() {
+                    "vfolder-controller has not adopted this database; there is nothing to remove"
+                        .to_owned()
+                } else {
+                    "vfolder-controller created this database's vfolders table (own mode); unadopt \
+                 only gives an adopted table back to the platform that created it"
+                        .to_owned()
+                },
+            ));
+        }
+        let (leased, holder): (i64, Option<String>) = sqlx::query_as(
+            "SELECT count(*), min(lease_owner) FROM vfolder_controller_state
+             WHERE lease_owner IS NOT NULL AND lease_expires_at > now()",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("reading leases"))?;
+        if leased > 0 && !force {
+            return Err(Error::ControllerRunning(leased, holder.unwrap_or_default()));
+        }
+        let (audit_entries, delete_ongoing): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM vfolder_audit),
+                    (SELECT count(*) FROM vfolders WHERE status = 'delete-ongoing')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting what unadopt leaves"))?;
+        let plan = UnadoptPlan {
+            drops: ADDED.iter().map(|a| a.drop_sql()).collect(),
+            audit_entries,
+            delete_ongoing,
+        };
+        if dry_run {
+            return Ok(plan);
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        // Fail rather than queue the platform's writes behind a lock on vfolders.
+        sqlx::query("SET LOCAL lock_timeout = '5s'")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("setting the lock timeout"))?;
+        for statement in &plan.drops {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("removing what the controller added"))?;
+        }
+        tx.commit().await.map_err(db("committing unadopt"))?;
+        Ok(plan)
+    }
+
+    async fn schema(&self) -> Result<Schema> {
+        let found = self.detect().await?;
+        Ok(Schema {
+            mode: found.mode,
+            adopted_at: found.adopted_at,
+        })
     }
 
     async fn check_ready(&self) -> Result<()> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("checking the database"))?;
-        if !exists {
+        let found = self.detect().await?;
+        if found.applied.is_empty() {
             return Err(Error::NotMigrated("no migration has been applied".into()));
         }
-        let applied: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("reading applied migrations"))?;
-        super::compare_migrations(&MIGRATOR, &applied)
+        super::compare_migrations(migrator(found.mode), &found.applied)
     }
 
     async fn create_folder(&self, new: &NewFolder, actor: &str) -> Result<Folder> {
+        if self.detect().await?.mode == SchemaMode::Adopted {
+            return Err(Error::AdoptedTable(
+                "folders are created by the platform, which fills columns the controller does not know",
+            ));
+        }
         let mut tx = self
             .pool
             .begin()
@@ -379,24 +688,30 @@ impl Store for PgStore {
         .await
         .map_err(db("reading a vfolder"))?
         .ok_or(Error::NotFound(id))?;
-        let history: serde_json::Value = row
+        let history: Option<serde_json::Value> = row
             .try_get("status_history")
             .map_err(db("reading status_history"))?;
+        let (history, history_shape) = parse_history(history);
         Ok(FolderDetail {
             folder: folder_from_row(&row)?,
-            history: parse_history(history)?,
+            history,
+            history_shape,
             state: state_from_row(&row)?,
         })
     }
 
-    async fn list_folders(&self, statuses: &[Status]) -> Result<Vec<Folder>> {
+    async fn list_folders(&self, statuses: &[Status], foreign: bool) -> Result<Vec<Folder>> {
         let wanted: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        let known: Vec<&str> = lifecycle::ALL.iter().map(|s| s.as_str()).collect();
         let rows = sqlx::query(concat!(
             "SELECT ",
             folder_columns!(),
-            " FROM vfolders v WHERE v.status = ANY($1) ORDER BY v.created_at, v.id"
+            " FROM vfolders v WHERE v.status = ANY($1) OR ($2 AND NOT (v.status = ANY($3)))
+              ORDER BY v.created_at, v.id"
         ))
         .bind(&wanted)
+        .bind(foreign)
+        .bind(&known)
         .fetch_all(&self.pool)
         .await
         .map_err(db("listing vfolders"))?;
@@ -798,12 +1113,21 @@ impl Store for PgStore {
             .map_err(db("starting a transaction"))?;
         set_actor(&mut tx, actor).await?;
         let done = sqlx::query(
-            "WITH by_age AS (
+            "WITH clock AS (
+                 -- On an adopted table a time before the adoption is not trusted: every
+                 -- folder's clock starts at the adoption at the earliest (NULL: unknown,
+                 -- counted from the adoption). An own table trusts status_changed, which its
+                 -- trigger always stamped.
+                 SELECT (SELECT adopted_at FROM vfolder_controller_meta) AS adopted_at
+             ), by_age AS (
                  -- In status_changed order straight off the (status, status_changed) index;
                  -- folders with their own purge time wait for it instead.
-                 SELECT v.id, v.status_changed AS due_at FROM vfolders v
+                 SELECT v.id, greatest(v.status_changed, c.adopted_at) AS due_at
+                 FROM vfolders v CROSS JOIN clock c
                  WHERE v.status = 'delete-pending'
-                   AND v.status_changed <= now() - make_interval(secs => $1)
+                   AND (v.status_changed <= now() - make_interval(secs => $1)
+                        OR (v.status_changed IS NULL AND c.adopted_at IS NOT NULL))
+                   AND (c.adopted_at IS NULL OR c.adopted_at <= now() - make_interval(secs => $1))
                    AND NOT EXISTS (SELECT 1 FROM vfolder_controller_state s
                                    WHERE s.vfolder_id = v.id AND s.purge_after IS NOT NULL)
                  ORDER BY v.status_changed
@@ -842,10 +1166,15 @@ impl Store for PgStore {
 
     async fn clean_history(&self, retention: Duration, actor: &str, limit: u32) -> Result<u64> {
         let done = sqlx::query(
-            "WITH due AS (
-                 SELECT v.id FROM vfolders v
+            "WITH clock AS (
+                 -- The trash timer's rule: nothing before an adoption is trusted.
+                 SELECT (SELECT adopted_at FROM vfolder_controller_meta) AS adopted_at
+             ), due AS (
+                 SELECT v.id FROM vfolders v CROSS JOIN clock c
                  WHERE v.status = 'delete-complete'
-                   AND v.status_changed <= now() - make_interval(secs => $1)
+                   AND (v.status_changed <= now() - make_interval(secs => $1)
+                        OR (v.status_changed IS NULL AND c.adopted_at IS NOT NULL))
+                   AND (c.adopted_at IS NULL OR c.adopted_at <= now() - make_interval(secs => $1))
                  ORDER BY v.status_changed
                  LIMIT $2
                  FOR UPDATE OF v SKIP LOCKED
@@ -871,13 +1200,18 @@ impl Store for PgStore {
         trash_retention: Duration,
     ) -> Result<Vec<(&'static str, Duration)>> {
         let (remove, timer): (Option<f64>, Option<f64>) = sqlx::query_as(
-            "SELECT
-                 (SELECT extract(epoch FROM now() - min(coalesce(status_changed, created_at)))::float8
+            // The timers' clock: nothing before an adoption counts.
+            "WITH clock AS (SELECT (SELECT adopted_at FROM vfolder_controller_meta) AS adopted_at)
+             SELECT
+                 (SELECT extract(epoch FROM now() - min(greatest(
+                          coalesce(status_changed, created_at), c.adopted_at)))::float8
                   FROM vfolders WHERE status = 'delete-ongoing'),
                  (SELECT extract(epoch FROM now() - min(coalesce(s.purge_after,
-                          coalesce(v.status_changed, v.created_at) + make_interval(secs => $1))))::float8
+                          greatest(v.status_changed, c.adopted_at) + make_interval(secs => $1),
+                          v.created_at + make_interval(secs => $1))))::float8
                   FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-                  WHERE v.status = 'delete-pending')",
+                  WHERE v.status = 'delete-pending')
+             FROM clock c",
         )
         .bind(secs(trash_retention))
         .fetch_one(&self.pool)

@@ -17,13 +17,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
+use super::schema::{self, MigrationPlan, Schema, UnadoptPlan};
 use super::{
     AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, ControllerState, Error, EventStream,
     Folder, FolderDetail, Location, NewAudit, NewFolder, Progress, Result, StatusChange,
     StatusRequest, Store, WorkKind, db, decode_err, parse_history, parse_location, parse_status,
     to_i64, to_u64, write_err,
 };
-use crate::lifecycle::Status;
+use crate::lifecycle::{self, RowStatus, SchemaMode, Status};
 
 /// The embedded SQLite migrations (`migrations/sqlite`).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -105,6 +106,23 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// The applied migrations (version, checksum); empty before the first one.
+    async fn applied(&self) -> Result<Vec<(i64, Vec<u8>)>> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("checking the database"))?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading applied migrations"))
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         self.pool
             .begin_with("BEGIN IMMEDIATE")
@@ -125,9 +143,9 @@ fn folder_from_row(row: &SqliteRow) -> Result<Folder> {
         user: parse_opt_uuid(row.try_get("user").map_err(db(ctx))?)?,
         group: parse_opt_uuid(row.try_get("group").map_err(db(ctx))?)?,
         ownership_type: row.try_get("ownership_type").map_err(db(ctx))?,
-        status: parse_status(id, &status)?,
+        status: RowStatus::from_stored(&status),
         status_changed: parse_opt_ts(row.try_get("status_changed").map_err(db(ctx))?)?,
-        created_at: parse_ts(&row.try_get::<String, _>("created_at").map_err(db(ctx))?)?,
+        created_at: parse_opt_ts(row.try_get("created_at").map_err(db(ctx))?)?,
     })
 }
 
@@ -352,26 +370,39 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
-    async fn migrate(&self) -> Result<()> {
+    async fn plan_migration(&self) -> Result<MigrationPlan> {
+        let applied: Vec<i64> = self.applied().await?.iter().map(|(v, _)| *v).collect();
+        Ok(MigrationPlan::schema_only(
+            self.backend(),
+            SchemaMode::Own,
+            schema::pending(&MIGRATOR, &applied),
+        ))
+    }
+
+    /// SQLite databases are always the controller's own: the platform's table lives in
+    /// PostgreSQL, so `adopt` changes nothing here.
+    async fn migrate(&self, _adopt: bool) -> Result<MigrationPlan> {
+        let plan = self.plan_migration().await?;
         MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        Ok(plan)
+    }
+
+    async fn unadopt(&self, _dry_run: bool, _force: bool) -> Result<UnadoptPlan> {
+        Err(Error::NotAdopted(
+            "a SQLite database is always vfolder-controller's own; only a PostgreSQL table can be adopted and given back"
+                .to_owned(),
+        ))
+    }
+
+    async fn schema(&self) -> Result<Schema> {
+        Ok(Schema::OWN)
     }
 
     async fn check_ready(&self) -> Result<()> {
-        let exists: bool = sqlx::query_scalar(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("checking the database"))?;
-        if !exists {
+        let applied = self.applied().await?;
+        if applied.is_empty() {
             return Err(Error::NotMigrated("no migration has been applied".into()));
         }
-        let applied: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("reading applied migrations"))?;
         super::compare_migrations(&MIGRATOR, &applied)
     }
 
@@ -435,27 +466,34 @@ impl Store for SqliteStore {
         .await
         .map_err(db("reading a vfolder"))?
         .ok_or(Error::NotFound(id))?;
-        let history: String = row
+        let history: Option<String> = row
             .try_get("status_history")
             .map_err(db("reading status_history"))?;
-        let history = serde_json::from_str(&history)
-            .map_err(|e| decode_err("reading status_history", format!("status_history: {e}")))?;
+        // Text that is not JSON is shown raw, like any unreadable history.
+        let value = history
+            .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)));
+        let (history, history_shape) = parse_history(value);
         Ok(FolderDetail {
             folder: folder_from_row(&row)?,
-            history: parse_history(history)?,
+            history,
+            history_shape,
             state: state_from_row(&row)?,
         })
     }
 
-    async fn list_folders(&self, statuses: &[Status]) -> Result<Vec<Folder>> {
+    async fn list_folders(&self, statuses: &[Status], foreign: bool) -> Result<Vec<Folder>> {
         let wanted: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        let known: Vec<&str> = lifecycle::ALL.iter().map(|s| s.as_str()).collect();
         let rows = sqlx::query(concat!(
             "SELECT ",
             folder_columns!(),
             " FROM vfolders v WHERE v.status IN (SELECT value FROM json_each($1))
+                 OR ($2 AND v.status NOT IN (SELECT value FROM json_each($3)))
               ORDER BY v.created_at, v.id"
         ))
         .bind(json_list(&wanted))
+        .bind(foreign)
+        .bind(json_list(&known))
         .fetch_all(&self.pool)
         .await
         .map_err(db("listing vfolders"))?;

@@ -105,7 +105,7 @@ impl TestDb {
     /// A migrated store.
     pub async fn migrated(&self) -> Arc<dyn Store> {
         let s = self.store().await;
-        s.migrate().await.expect("migrate");
+        s.migrate(false).await.expect("migrate");
         s
     }
 
@@ -294,13 +294,36 @@ impl Raw {
     }
 
     /// The seeded transition table, sorted.
+    /// The transitions every table accepts (PostgreSQL also stores those only an adopted
+    /// table accepts: [`Raw::adopted_transitions`]).
     pub async fn transitions(&self) -> Vec<(String, String)> {
         let sql = "SELECT from_status, to_status FROM vfolder_status_transitions ORDER BY 1, 2";
         match self {
-            Raw::Pg(p) => sqlx::query_as(sql).fetch_all(p).await,
+            Raw::Pg(p) => {
+                sqlx::query_as(
+                    "SELECT from_status, to_status FROM vfolder_status_transitions
+                     WHERE NOT adopted_only ORDER BY 1, 2",
+                )
+                .fetch_all(p)
+                .await
+            }
             Raw::Lite(p) => sqlx::query_as(sql).fetch_all(p).await,
         }
         .expect("transitions")
+    }
+
+    /// The transitions only an adopted table accepts (PostgreSQL; none on SQLite).
+    pub async fn adopted_transitions(&self) -> Vec<(String, String)> {
+        match self {
+            Raw::Pg(p) => sqlx::query_as(
+                "SELECT from_status, to_status FROM vfolder_status_transitions
+                 WHERE adopted_only ORDER BY 1, 2",
+            )
+            .fetch_all(p)
+            .await
+            .expect("adopted transitions"),
+            Raw::Lite(_) => Vec::new(),
+        }
     }
 
     /// Sets a timestamp column of `table` (keyed by `key`) to `at`, in the backend's

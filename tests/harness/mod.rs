@@ -233,7 +233,10 @@ mount = "{}"
         loop {
             let done = self
                 .store
-                .list_folders(&[vfolder_controller::lifecycle::Status::DeleteComplete])
+                .list_folders(
+                    &[vfolder_controller::lifecycle::Status::DeleteComplete],
+                    false,
+                )
                 .await
                 .expect("list")
                 .len();
