@@ -33,6 +33,15 @@ impl Site {
     /// A site on `database_url` with one volume `local:volume1` (not required to be a mount
     /// point) and `extra` appended to the `[controller]` section of the config.
     pub async fn new(db: TestDb, controller_toml: &str, volume_toml: &str) -> Site {
+        Site::build(db, controller_toml, volume_toml, true).await
+    }
+
+    /// A site whose database is left as it is (e.g. a platform table to adopt).
+    pub async fn unmigrated(db: TestDb, controller_toml: &str, volume_toml: &str) -> Site {
+        Site::build(db, controller_toml, volume_toml, false).await
+    }
+
+    async fn build(db: TestDb, controller_toml: &str, volume_toml: &str, migrate: bool) -> Site {
         let dir = tempfile::tempdir().expect("tempdir");
         let database_url = db.url.clone();
         let volume_toml = if volume_toml.contains("require_mount_point") {
@@ -72,7 +81,11 @@ mount = "{}"
         )
         .expect("test config loads");
         let volume = parsed.volumes[0].clone();
-        let store = db.migrated().await;
+        let store = if migrate {
+            db.migrated().await
+        } else {
+            db.store().await
+        };
         Site {
             db,
             volumes: Volumes::new(&parsed.volumes),
