@@ -33,6 +33,7 @@ struct Row {
 /// The platform's table with its rows and their trees.
 struct Platform {
     site: Site,
+    _volume2: tempfile::TempDir,
     pool: PgPool,
     rows: BTreeMap<&'static str, Row>,
 }
@@ -43,7 +44,7 @@ impl Platform {
     /// stale timestamps, as years of the platform's own writes leave them.
     async fn new(ddl: &str, null_ownership: bool) -> Platform {
         let db = TestDb::postgres().await;
-        let volume2 = tempfile::tempdir().expect("tempdir").keep();
+        let volume2 = tempfile::tempdir().expect("tempdir");
         // History and trash retentions far shorter than the stale timestamps below: a
         // controller that trusted them would purge on its first pass.
         let site = Site::unmigrated(
@@ -51,7 +52,7 @@ impl Platform {
             "trash_retention = \"1h\"\nhistory_retention = \"1h\"",
             &format!(
                 "require_mount_point = false\n[[volumes]]\nhost = \"local:volume2\"\nmount = \"{}\"\nrequire_mount_point = false",
-                volume2.display()
+                volume2.path().display()
             ),
         )
         .await;
@@ -62,6 +63,7 @@ impl Platform {
             .expect("platform DDL");
         let mut p = Platform {
             site,
+            _volume2: volume2,
             pool,
             rows: BTreeMap::new(),
         };

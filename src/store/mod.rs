@@ -14,18 +14,27 @@
 //!
 //! # Schema (`migrations/postgres`, `migrations/sqlite`, same names on both)
 //!
-//! - `vfolders`: the reference platform's columns. Adoption of an existing table
-//!   (PostgreSQL): it is kept, missing columns are added with their defaults, a
-//!   `status_history` object `{status: time}` becomes the list `[{status, at, actor}]`,
-//!   `status_changed` is backfilled from `created_at`, and `deleted-complete` becomes
-//!   `delete-complete` (status and history; migration 2, which runs before the trigger of
-//!   migration 3 exists). Adoption fails, rolled back, when live folders of one owner share
-//!   a name (the unique index cannot be built).
-//! - `vfolders_owner_name_live_key`: unique `(coalesce(user, group), name)` while the status is
-//!   ready, performing, cloning, delete-pending or delete-ongoing. Caveat: retrying a
+//! A database is **own** (this program created `vfolders`) or **adopted** (the reference
+//! platform created it; PostgreSQL only): see [`schema`] for how `migrate` tells them apart,
+//! `migrations/postgres-adopted` for what an adoption adds, and `docs/adopting.md`.
+//!
+//! - `vfolders`: the reference platform's columns. An own table is created by migration 1;
+//!   an adopted one is never retyped or reshaped (its enum columns are read as text, NULL
+//!   owners, histories and times are read as such) and legacy spellings are remapped as the
+//!   platform meant them (`deleted-complete` → `delete-pending`, `purge-ongoing` →
+//!   `delete-ongoing`), which the triggers also do on every write, on both backends.
+//!   (Migration 2's mapping to `delete-complete` only ever saw the fresh table of
+//!   migration 1, so it changed nothing; it stays as applied.)
+//! - `vfolders_owner_name_live_key` (own tables only): unique `(coalesce(user, group), name)`
+//!   while the status is ready, performing, cloning, delete-pending or delete-ongoing. Caveat: retrying a
 //!   `delete-error` folder whose name was reused meanwhile fails with [`Error::NameTaken`].
 //! - `vfolder_status_transitions`: the legal transitions (seeded equal to
-//!   [`crate::lifecycle::TRANSITIONS`]; a test compares them), consulted by the trigger.
+//!   [`crate::lifecycle::TRANSITIONS`], plus, on PostgreSQL, the `adopted_only`
+//!   [`crate::lifecycle::ADOPTED_TRANSITIONS`]; a test compares them), consulted by the
+//!   trigger, which on an adopted table leaves statuses outside the deletion lifecycle to the
+//!   platform ([`crate::lifecycle::SchemaMode::allows`]).
+//! - `vfolder_controller_meta` (PostgreSQL): the mode and the adoption time, from which the
+//!   timers count on an adopted table ([`Schema::clock_start`]).
 //! - The status trigger: an INSERT records its status as the first history entry, sets
 //!   `status_changed` and (PostgreSQL) notifies with `"from": null`; a status change is
 //!   checked, appended to the history with the actor, sets `status_changed` and notifies;
