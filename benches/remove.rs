@@ -113,6 +113,7 @@ fn remove(args: &Args) -> Result<Counts, String> {
         count_bytes: args.count_bytes,
         folder: None,
         display_path: PathBuf::from(name),
+        limiter: None,
     };
     let outcome = remove_tree(
         std::os::fd::AsFd::as_fd(&parent_fd),

@@ -175,6 +175,11 @@ pub struct VolumeConfig {
     /// Count the bytes of removed files (one `stat` per file; slower). Default `false`.
     #[serde(default)]
     pub count_bytes: bool,
+    /// At most this many unlinks and rmdirs per second on this volume, summed over every
+    /// removal this process runs on it (polite to a metadata server that running workloads
+    /// share). Default: unlimited.
+    #[serde(default)]
+    pub max_ops_per_second: Option<u32>,
 }
 
 fn default_removal_threads() -> usize {
@@ -252,6 +257,7 @@ impl VolumeConfig {
             require_mount_point: false,
             marker_file: None,
             count_bytes: false,
+            max_ops_per_second: None,
         }
     }
 }
@@ -305,6 +311,12 @@ impl Config {
             if v.removal_threads == 0 || v.max_concurrent_removals == 0 {
                 return Err(Error::Volume(format!(
                     "volume {:?}: removal_threads and max_concurrent_removals must be at least 1",
+                    v.host
+                )));
+            }
+            if v.max_ops_per_second == Some(0) {
+                return Err(Error::Volume(format!(
+                    "volume {:?}: max_ops_per_second must be at least 1 (leave it out for no limit)",
                     v.host
                 )));
             }
