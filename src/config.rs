@@ -136,6 +136,13 @@ pub struct ControllerConfig {
     pub replica_id: Option<String>,
     /// Restrict this replica to these volume hosts (sharding by volume). Empty: all volumes.
     pub only_volumes: Vec<String>,
+    /// First delay before probing an unavailable volume again; doubles (with jitter) per
+    /// failed probe. Default 1 s.
+    #[serde(with = "humane")]
+    pub volume_probe_min: Duration,
+    /// Cap of the delay between probes of an unavailable volume. Default 1 min.
+    #[serde(with = "humane")]
+    pub volume_probe_max: Duration,
 }
 
 /// Where a trashed folder's data lives while it is `delete-pending`.
@@ -240,6 +247,8 @@ impl Default for ControllerConfig {
             shutdown_grace: Duration::from_secs(10),
             replica_id: None,
             only_volumes: Vec::new(),
+            volume_probe_min: Duration::from_secs(1),
+            volume_probe_max: Duration::from_secs(60),
         }
     }
 }

@@ -85,11 +85,22 @@ impl Volume {
         &self.config.host
     }
 
-    /// Proves the volume is the configured one: the mount path is a directory, a mount point
-    /// when `require_mount_point` is set, and holds `marker_file` when one is set. Any
-    /// failure is the transient [`Error::VolumeUnavailable`] with the reason.
+    /// Proves the volume is the configured one and answering: the mount path is a
+    /// directory, a mount point when `require_mount_point` is set, holds `marker_file` when
+    /// one is set, and its filesystem answers `statfs`. Any failure is the transient
+    /// [`Error::VolumeUnavailable`] with the reason. This is the controller's volume probe.
     pub fn check_available(&self) -> Result<(), Error> {
-        self.open_root().map(drop)
+        let root = self.open_root()?;
+        // A network filesystem whose server went away (or a FUSE daemon that died) may still
+        // open its root from the dentry cache; statfs asks the filesystem itself, so it
+        // surfaces ENOTCONN, ESTALE and EIO on the volume root.
+        rustix::fs::fstatvfs(root.as_fd()).map_err(|e| {
+            self.unavailable(format!(
+                "cannot stat the filesystem of {}: {e}",
+                self.config.mount.display()
+            ))
+        })?;
+        Ok(())
     }
 
     /// The folder's live path relative to the volume root (validates the quota scope).
