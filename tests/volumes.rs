@@ -14,9 +14,55 @@ use std::time::{Duration, Instant};
 use common::TestDb;
 use harness::{BindMount, Proc, Site, Tmpfs, free_port, http_get, metric};
 use vfolder_controller::lifecycle::Status;
-use vfolder_controller::store::{Folder, FolderDetail};
+use vfolder_controller::store::{Folder, FolderDetail, VolumeState};
 
 const LONG: Duration = Duration::from_secs(60);
+
+conformance!(volume_state_is_recorded_per_host_and_the_last_write_wins);
+
+async fn volume_state_is_recorded_per_host_and_the_last_write_wins(db: TestDb) {
+    let store = db.migrated().await;
+    assert_eq!(store.volume_state("nfs:home").await.expect("read"), None);
+    let since = chrono::Utc::now() - chrono::Duration::minutes(3);
+    let down = VolumeState {
+        host: "nfs:home".into(),
+        available: false,
+        since,
+        reason: Some("/mnt/home is not a mount point".into()),
+        replica: "r1".into(),
+        updated_at: since,
+    };
+    store.record_volume_state(&down).await.expect("write");
+    let got = store
+        .volume_state("nfs:home")
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert!(!got.available);
+    assert_eq!(got.reason, down.reason);
+    assert_eq!(got.replica, "r1");
+    assert!((got.since - since).num_milliseconds().abs() <= 1, "{got:?}");
+    assert!(got.updated_at >= got.since);
+
+    let up = VolumeState {
+        available: true,
+        since: chrono::Utc::now(),
+        reason: None,
+        replica: "r2".into(),
+        ..down.clone()
+    };
+    store.record_volume_state(&up).await.expect("write");
+    let got = store
+        .volume_state("nfs:home")
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert!(got.available && got.reason.is_none() && got.replica == "r2");
+    assert_eq!(
+        store.volume_state("other:volume").await.expect("read"),
+        None
+    );
+}
 
 /// The folders' retry budget: the largest delays before attempts 2 and 3 (400 ms cap).
 const RETRY_BUDGET: Duration = Duration::from_millis(200 + 400);
