@@ -10,11 +10,13 @@
 //!
 //! ```text
 //! bash benches/run.sh [--quick]                              # the whole comparison (root)
-//! cargo bench --bench remove -- DIR [--threads N] [--count-bytes]
+//! bash benches/rate_limit.sh                                  # max_ops_per_second mode
+//! cargo bench --bench remove -- DIR [--threads N] [--count-bytes] [--max-ops-per-second N]
 //! ```
 //!
 //! With `DIR` it removes `DIR` and prints one line, `files=.. dirs=.. symlinks=.. bytes=..
-//! elapsed_ms=.. threads=..`, exiting non-zero if the engine reported an error or `DIR` is
+//! elapsed_ms=.. threads=.. ops_per_s=.. limit=..` (`ops_per_s`: unlinks and rmdirs per
+//! second achieved; `limit`: the volume limit it ran under, `none` or `N`), exiting non-zero if the engine reported an error or `DIR` is
 //! still there. Without `DIR` (as a plain `cargo bench` or `cargo test --benches` runs it,
 //! with harness flags such as `--bench` or `--test-threads=2` that are then ignored) it is a
 //! smoke check: it builds a small tree in a temporary directory, removes it and exits
@@ -24,16 +26,21 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
 use tokio_util::sync::CancellationToken;
-use vfolder_controller::storage::{Counts, Outcome, Progress, RemoveOptions, remove_tree};
+use vfolder_controller::storage::{
+    Counts, OpsLimiter, Outcome, Progress, RemoveOptions, remove_tree,
+};
 
 /// What to remove and how.
 struct Args {
     dir: PathBuf,
     threads: usize,
     count_bytes: bool,
+    /// A volume's `max_ops_per_second`; `None` is unlimited (no limiter at all).
+    max_ops: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +65,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
     let mut dir = None;
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut count_bytes = false;
+    let mut max_ops = None;
     let mut flags = Vec::new();
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
@@ -70,6 +78,14 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
                     .ok_or("--threads needs a positive number")?;
             }
             "--count-bytes" => count_bytes = true,
+            "--max-ops-per-second" => {
+                max_ops = Some(
+                    rest.next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| *n > 0)
+                        .ok_or("--max-ops-per-second needs a positive number")?,
+                );
+            }
             // `cargo bench` appends it to every bench target's arguments.
             "--bench" => {}
             flag if flag.starts_with('-') => flags.push(flag),
@@ -87,6 +103,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
         dir,
         threads,
         count_bytes,
+        max_ops,
     }))
 }
 
@@ -113,6 +130,7 @@ fn remove(args: &Args) -> Result<Counts, String> {
         count_bytes: args.count_bytes,
         folder: None,
         display_path: PathBuf::from(name),
+        limiter: args.max_ops.map(|n| Arc::new(OpsLimiter::new(n))),
     };
     let outcome = remove_tree(
         std::os::fd::AsFd::as_fd(&parent_fd),
@@ -127,14 +145,18 @@ fn remove(args: &Args) -> Result<Counts, String> {
         Outcome::Cancelled(_) => return Err("cancelled, though nothing cancels it".into()),
     };
     let c = report.counts;
+    let ops = c.files + c.dirs + c.symlinks;
     println!(
-        "files={} dirs={} symlinks={} bytes={} elapsed_ms={:.1} threads={}",
+        "files={} dirs={} symlinks={} bytes={} elapsed_ms={:.1} threads={} ops_per_s={:.0} limit={}",
         c.files,
         c.dirs,
         c.symlinks,
         c.bytes,
         report.elapsed.as_secs_f64() * 1000.0,
-        args.threads
+        args.threads,
+        ops as f64 / report.elapsed.as_secs_f64(),
+        args.max_ops
+            .map_or_else(|| "none".to_owned(), |n| n.to_string())
     );
     if dir.symlink_metadata().is_ok() {
         return Err(format!("{} still exists", dir.display()));
@@ -169,6 +191,7 @@ fn smoke_check() -> Result<(), String> {
         dir: root,
         threads: 2,
         count_bytes: true,
+        max_ops: None,
     })?;
     if counts != expected {
         return Err(format!(

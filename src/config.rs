@@ -136,6 +136,13 @@ pub struct ControllerConfig {
     pub replica_id: Option<String>,
     /// Restrict this replica to these volume hosts (sharding by volume). Empty: all volumes.
     pub only_volumes: Vec<String>,
+    /// First delay before probing an unavailable volume again; doubles (with jitter) per
+    /// failed probe. Default 1 s.
+    #[serde(with = "humane")]
+    pub volume_probe_min: Duration,
+    /// Cap of the delay between probes of an unavailable volume. Default 1 min.
+    #[serde(with = "humane")]
+    pub volume_probe_max: Duration,
 }
 
 /// Where a trashed folder's data lives while it is `delete-pending`.
@@ -175,6 +182,11 @@ pub struct VolumeConfig {
     /// Count the bytes of removed files (one `stat` per file; slower). Default `false`.
     #[serde(default)]
     pub count_bytes: bool,
+    /// At most this many unlinks and rmdirs per second on this volume, summed over every
+    /// removal this process runs on it (polite to a metadata server that running workloads
+    /// share). Default: unlimited.
+    #[serde(default)]
+    pub max_ops_per_second: Option<u32>,
 }
 
 fn default_removal_threads() -> usize {
@@ -235,6 +247,8 @@ impl Default for ControllerConfig {
             shutdown_grace: Duration::from_secs(10),
             replica_id: None,
             only_volumes: Vec::new(),
+            volume_probe_min: Duration::from_secs(1),
+            volume_probe_max: Duration::from_secs(60),
         }
     }
 }
@@ -252,6 +266,7 @@ impl VolumeConfig {
             require_mount_point: false,
             marker_file: None,
             count_bytes: false,
+            max_ops_per_second: None,
         }
     }
 }
@@ -305,6 +320,12 @@ impl Config {
             if v.removal_threads == 0 || v.max_concurrent_removals == 0 {
                 return Err(Error::Volume(format!(
                     "volume {:?}: removal_threads and max_concurrent_removals must be at least 1",
+                    v.host
+                )));
+            }
+            if v.max_ops_per_second == Some(0) {
+                return Err(Error::Volume(format!(
+                    "volume {:?}: max_ops_per_second must be at least 1 (leave it out for no limit)",
                     v.host
                 )));
             }

@@ -540,7 +540,7 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
         trash.contains(&id("trash-null-changed").to_string()),
         "{trash}"
     );
-    for (kind, _) in &p.rows {
+    for kind in p.rows.keys() {
         if *kind == "complete-stale" {
             continue;
         }

@@ -248,49 +248,6 @@ async fn trash_move_mode_restores_data_byte_for_byte(db: TestDb) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unmounted_volume_is_retried_with_backoff_until_it_returns() {
-    let site = Site::new(
-        TestDb::postgres().await,
-        "max_attempts = 1000",
-        "require_mount_point = true",
-    )
-    .await;
-    let mount = site.mount().to_owned();
-    let tmpfs = Tmpfs::mount(&mount);
-    let folder = site.folder_with_tree("on-tmpfs", 3, 10).await;
-    let path = site.folder_path(&folder);
-    tmpfs.unmount();
-    assert!(!path.exists());
-
-    let proc = site.start("r1");
-    proc.wait_log("controller running", LONG);
-    assert_eq!(site.cli(&["force-delete", &folder.id.to_string()]).0, 0);
-    let d = site
-        .wait_for(folder.id, LONG, "two failed attempts", |d| {
-            d.state.as_ref().is_some_and(|s| s.attempts >= 2)
-        })
-        .await;
-    let state = d.state.expect("state");
-    assert_eq!(
-        d.folder.status,
-        Status::DeleteOngoing,
-        "never success while unmounted"
-    );
-    assert!(state.next_attempt_at.is_some());
-    let error = state.last_error.expect("last error");
-    assert!(error.contains("not available"), "{error}");
-
-    // The volume comes back with the data on it: the next attempt removes it.
-    let _back = Tmpfs::mount(&mount);
-    harness::make_tree(&path, 3, 10);
-    site.wait_for(folder.id, LONG, "delete-complete after remount", |d| {
-        d.folder.status == Status::DeleteComplete
-    })
-    .await;
-    assert!(!path.exists());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failure_goes_to_delete_error_and_retry_recovers() {
     let site = Site::new(TestDb::postgres().await, "", "").await;
     let folder = site.folder_with_tree("with-mount", 2, 3).await;

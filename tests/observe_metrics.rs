@@ -79,6 +79,8 @@ fn exercised() -> Metrics {
     m.timer_run("trash-timer", 3);
     m.timer_run("trash-timer", 0);
     m.timer_run("history-cleanup", 7);
+    m.set_volume_available("local:volume1", true, chrono::Utc::now());
+    m.set_volume_available("nfs:volume2", false, chrono::Utc::now());
     m
 }
 

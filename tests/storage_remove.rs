@@ -365,6 +365,7 @@ fn remove_tree_removes_an_arbitrary_directory_beneath_an_open_parent() {
         count_bytes: false,
         folder: None,
         display_path: "tree".into(),
+        limiter: None,
     };
     let progress = Progress::default();
     let outcome = remove_tree(
@@ -409,4 +410,63 @@ fn create_folder_makes_the_root_of_a_volume_that_need_not_be_mounted() {
     let path = sb.create(&f);
     assert!(path.is_dir());
     assert_eq!(path, sb.vol().join(sb.volume.folder_path(&f).unwrap()));
+}
+
+#[test]
+fn two_removals_on_a_rate_limited_volume_together_stay_under_the_limit() {
+    const RATE: u32 = 1000;
+    let sb = Sandbox::with(|c| c.max_ops_per_second = Some(RATE));
+    let (a, b) = (new_folder(), new_folder());
+    let mut ops = 0;
+    for f in [&a, &b] {
+        let c = fill(&sb.create(f), 10, 100);
+        // Every file and directory, plus the folder's two fan-out parents.
+        ops += c.files + c.dirs + 2;
+    }
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for f in [&a, &b] {
+            let sb = &sb;
+            s.spawn(move || completed(sb.remove(f).unwrap()));
+        }
+    });
+    let elapsed = started.elapsed();
+    // Upper bound only: no more than the limit (plus its one burst, 10 % slack).
+    let rate = ops as f64 / elapsed.as_secs_f64();
+    let burst = f64::from(RATE) * vfolder_controller::storage::rate::BURST.as_secs_f64();
+    let bound = 1.1 * (f64::from(RATE) + burst / elapsed.as_secs_f64());
+    assert!(
+        rate <= bound,
+        "{ops} operations in {elapsed:?}: {rate:.0}/s > {bound:.0}/s"
+    );
+    assert!(!sb.vol().join(sb.volume.folder_path(&a).unwrap()).exists());
+    assert!(!sb.vol().join(sb.volume.folder_path(&b).unwrap()).exists());
+}
+
+#[test]
+fn a_removal_waiting_for_its_rate_limit_stops_when_cancelled() {
+    let sb = Sandbox::with(|c| c.max_ops_per_second = Some(2));
+    let f = new_folder();
+    let path = sb.create(&f);
+    fill(&path, 1, 50);
+    let cancel = CancellationToken::new();
+    let outcome = std::thread::scope(|s| {
+        let removal = s.spawn(|| {
+            sb.volume
+                .remove_folder(&f, &cancel, &Progress::default())
+                .unwrap()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        cancel.cancel();
+        removal.join().unwrap()
+    });
+    let Outcome::Cancelled(report) = outcome else {
+        panic!("expected a cancelled removal, got {outcome:?}");
+    };
+    assert!(report.counts.files < 50, "{report:?}");
+    assert!(path.is_dir(), "what is left stays for the next attempt");
+    assert_eq!(
+        std::fs::read_dir(path.join("d0")).unwrap().count() as u64,
+        50 - report.counts.files
+    );
 }

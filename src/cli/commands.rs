@@ -151,6 +151,10 @@ struct Shown {
     path: Option<PathBuf>,
     /// When the trash timer deletes it (delete-pending only).
     purge_at: Option<DateTime<Utc>>,
+    /// The folder's volume, while the controller has work for the folder and reports the
+    /// volume unavailable (`show` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_on_volume: Option<store::VolumeState>,
 }
 
 /// A created folder and its directory.
@@ -400,7 +404,8 @@ impl Ctx<'_> {
         let detail = self.store.get_folder(id).await?;
         let schema = self.store.schema().await?;
         let volumes = Volumes::new(&self.config.volumes);
-        let shown = self.shown(detail, &schema, Some(&volumes));
+        let mut shown = self.shown(detail, &schema, Some(&volumes));
+        shown.waiting_on_volume = self.waiting_on_volume(&shown.detail.folder).await;
         if self.json {
             return output::print_json(&shown);
         }
@@ -435,6 +440,18 @@ impl Ctx<'_> {
         ];
         if f.status == Status::DeletePending {
             pairs.push(("purge at", opt_time(shown.purge_at)));
+        }
+        if let Some(v) = &shown.waiting_on_volume {
+            pairs.push((
+                "waiting",
+                format!(
+                    "volume {} unavailable since {} ({}; seen by {})",
+                    v.host,
+                    time(v.since),
+                    v.reason.as_deref().unwrap_or("no reason given"),
+                    v.replica
+                ),
+            ));
         }
         pairs.extend([
             ("attempts", state.map_or(0, |s| s.attempts).to_string()),
@@ -581,7 +598,22 @@ impl Ctx<'_> {
             detail,
             path,
             purge_at,
+            waiting_on_volume: None,
         }
+    }
+
+    /// The folder's volume state when the controller reports it unavailable and has work
+    /// for the folder (a removal, or a trash move). A failed lookup only leaves the line out:
+    /// `show` is a diagnostic and must work on a struggling database too.
+    async fn waiting_on_volume(&self, f: &Folder) -> Option<store::VolumeState> {
+        if !matches!(
+            f.status.known(),
+            Some(Status::DeleteOngoing | Status::DeletePending)
+        ) {
+            return None;
+        }
+        let state = self.store.volume_state(&f.host).await.ok().flatten()?;
+        (!state.available).then_some(state)
     }
 }
 

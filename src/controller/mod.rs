@@ -9,7 +9,9 @@
 //! - *when*: a LISTEN/NOTIFY wake-up ([`wakeup`]), a finished worker, or the jittered
 //!   resync poll, whichever comes first;
 //! - periodic maintenance ([`trash_timer`], [`history_cleanup`], [`status_gauges`]) runs
-//!   beside the loop on every replica; each is idempotent.
+//!   beside the loop on every replica; each is idempotent;
+//! - *which volumes*: a volume that is unavailable is skipped until its own probe
+//!   ([`volume_health`]) sees it again, which wakes the loop.
 //!
 //! Shutdown: when the token is cancelled the loop stops claiming, cancels running removals
 //! (they release their leases), waits up to `shutdown_grace`, then releases whatever
@@ -22,6 +24,7 @@ pub mod reconcile;
 pub mod shutdown;
 pub mod status_gauges;
 pub mod trash_timer;
+pub mod volume_health;
 pub mod wakeup;
 
 use std::collections::HashMap;
@@ -39,6 +42,7 @@ use crate::observe::{Health, Metrics};
 use crate::storage::Volumes;
 use crate::store::{ClaimRequest, Store};
 use backoff::{RetrySchedule, jittered};
+use volume_health::VolumeHealth;
 
 /// Everything a worker needs, shared by all of them.
 pub struct Context {
@@ -56,6 +60,8 @@ pub struct Context {
     pub replica: String,
     /// The retry schedule for transient failures.
     pub retry: RetrySchedule,
+    /// Which volumes are available in this replica.
+    pub volume_health: Arc<VolumeHealth>,
 }
 
 impl Context {
@@ -66,7 +72,15 @@ impl Context {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Context {
+        let replica = config.replica_id();
+        let volume_health = Arc::new(VolumeHealth::new(
+            config.volumes.iter().map(|v| v.host.clone()),
+            store.clone(),
+            metrics.clone(),
+            replica.clone(),
+        ));
         Context {
+            volume_health,
             store,
             volumes: Arc::new(Volumes::new(&config.volumes)),
             metrics,
@@ -76,7 +90,7 @@ impl Context {
                 max: config.controller.backoff_max,
             },
             config: config.controller.clone(),
-            replica: config.replica_id(),
+            replica,
         }
     }
 }
@@ -153,6 +167,15 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
         metrics: ctx.metrics.clone(),
         trash_retention: ctx.config.trash_retention,
     }));
+    for s in &served {
+        background.spawn(volume_health::probe(
+            ctx.clone(),
+            s.host.clone(),
+            interval,
+            wake.clone(),
+            maintenance.clone(),
+        ));
+    }
 
     let work_cancel = CancellationToken::new();
     let mut runner = Runner {
@@ -285,6 +308,10 @@ impl Runner {
                 .available_permits()
                 .min(self.served[i].slots.available_permits());
             if free == 0 || (!eager && free < self.served[i].refill_batch) {
+                continue;
+            }
+            // The volume's own probe wakes the loop when it is back.
+            if !self.ctx.volume_health.is_available(&self.served[i].host) {
                 continue;
             }
             let host = self.served[i].host.clone();

@@ -9,10 +9,19 @@
 //! - Cancellation (shutdown) and lease loss are never failures: no attempt is counted and
 //!   the row stays `delete-ongoing`; a cancelled folder's lease is released at once so
 //!   another replica can continue without waiting for the lease to expire.
-//! - Transient errors count an attempt and schedule the next one with backoff; after
-//!   `max_attempts`, and on any permanent error, the folder goes to `delete-error` with the
-//!   error text. Trash moves never go to `delete-error` (no such transition exists from
-//!   `ready`/`delete-pending`): they keep retrying with the capped backoff.
+//! - A failure is first put to the volume guard: when the volume itself is unavailable (not
+//!   mounted, marker missing, `ENOTCONN`/`ESTALE`/`EIO` on its root), it is the volume's
+//!   failure, not the folder's. The volume is marked unavailable ([`volume_health`]) and the
+//!   lease released with the folder's attempts and next attempt time unchanged. A running
+//!   removal checks its volume every [`VOLUME_WATCH`] and stops the same way when the
+//!   volume disappears under it (a lazy unmount keeps the open descriptors working, so the
+//!   removal itself would not notice).
+//! - Otherwise transient errors count an attempt and schedule the next one with backoff;
+//!   after `max_attempts`, and on any permanent error, the folder goes to `delete-error`
+//!   with the error text. Trash moves never go to `delete-error` (no such transition exists
+//!   from `ready`/`delete-pending`): they keep retrying with the capped backoff.
+//!
+//! [`volume_health`]: super::volume_health
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +30,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
+use super::volume_health::{self, PendingCheck};
 use crate::storage::{self, Counts, FolderRef, Outcome as RemoveOutcome, Progress};
 use crate::store::{self, Claim, Completion, Location, WorkKind};
 
@@ -29,6 +39,9 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Attempts to write an outcome to the database before leaving it to lease expiry.
 const RECORD_ATTEMPTS: u32 = 3;
+
+/// How often a running removal checks that its volume is still there.
+pub const VOLUME_WATCH: Duration = Duration::from_secs(1);
 
 /// Why the filesystem work failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +87,13 @@ pub enum Outcome {
     Cancelled(Counts),
     /// Another replica took the row over.
     LeaseLost(Counts),
+    /// The volume is unavailable: the volume's failure, not the folder's.
+    VolumeUnavailable {
+        /// What the volume guard said.
+        reason: String,
+        /// What was removed before the volume went away.
+        counts: Counts,
+    },
     /// The work failed.
     Failed {
         /// Why.
@@ -106,6 +126,10 @@ pub async fn reconcile(ctx: Arc<Context>, claim: Claim, cancel: CancellationToke
         WorkKind::Remove => remove(&ctx, &claim, &cancel).await,
         WorkKind::MoveToTrash | WorkKind::Restore => relocate(&ctx, &claim).await,
     };
+    let outcome = match outcome {
+        Outcome::Failed { error, counts } => blame(&ctx, &claim.folder.host, error, counts).await,
+        other => other,
+    };
     let result = record(&ctx, &claim, outcome).await;
     ctx.metrics
         .reconcile(action(kind), result, started.elapsed());
@@ -131,10 +155,22 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
     let mut renew = tokio::time::interval(ctx.config.lease_renew_interval);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     renew.tick().await;
+    let mut watch = tokio::time::interval(VOLUME_WATCH);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    watch.tick().await;
+    let mut watch_pending: PendingCheck = None;
     let mut lease_lost = false;
+    let mut volume_lost = None;
     let joined = loop {
         tokio::select! {
             joined = &mut task => break joined,
+            _ = watch.tick(), if volume_lost.is_none() => {
+                if let Err(reason) = volume_health::check(&ctx.volumes, &host, &mut watch_pending).await {
+                    tracing::debug!(%reason, "volume lost during the removal; stopping it");
+                    volume_lost = Some(reason);
+                    removal_cancel.cancel();
+                }
+            }
             _ = renew.tick() => {
                 let counts = progress.snapshot();
                 match ctx.store.renew_lease(claim.folder.id, &ctx.replica, ctx.config.lease_duration, to_store(counts)).await {
@@ -153,7 +189,7 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
         }
     };
     let counts = progress.snapshot();
-    match joined {
+    let outcome = match joined {
         Ok(Ok(RemoveOutcome::Completed(report))) => Outcome::Removed {
             counts: report.counts,
             elapsed: report.elapsed,
@@ -168,6 +204,34 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
             error: Failure::Panicked(join.to_string()),
             counts,
         },
+    };
+    match (volume_lost, outcome) {
+        // Stopped (or failed) because the volume went away: the volume's failure.
+        (Some(reason), Outcome::Cancelled(counts) | Outcome::Failed { counts, .. }) => {
+            Outcome::VolumeUnavailable { reason, counts }
+        }
+        (_, outcome) => outcome,
+    }
+}
+
+/// Decides whose failure `error` is. The volume's when it is the volume guard's own error or
+/// the guard fails now: then nothing is counted against the folder. The folder's otherwise,
+/// so `EACCES`, an immutable file, a mount inside the tree or an `EIO` on one entry of a
+/// healthy volume keep their attempts, backoff and `delete-error`.
+async fn blame(ctx: &Arc<Context>, host: &str, error: Failure, counts: Counts) -> Outcome {
+    let volume_failure = match &error {
+        Failure::Storage(storage::Error::VolumeUnavailable { reason, .. }) => Some(reason.clone()),
+        // A configuration error: there is no volume to ask, and retrying cannot help.
+        Failure::Storage(storage::Error::UnknownVolume { .. }) => None,
+        // A check that hangs past its timeout is abandoned here (its thread ends when the
+        // kernel returns); the volume's probe keeps track of the volume from then on.
+        _ => volume_health::check(&ctx.volumes, host, &mut None)
+            .await
+            .err(),
+    };
+    match volume_failure {
+        Some(reason) => Outcome::VolumeUnavailable { reason, counts },
+        None => Outcome::Failed { error, counts },
     }
 }
 
@@ -262,19 +326,32 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
         }
         Outcome::Cancelled(counts) => {
             count_removal(ctx, host, counts, Duration::ZERO, "cancelled");
-            // The runner's token is cancelled by now, so this cleanup has its own timeout.
-            match tokio::time::timeout(CLEANUP_TIMEOUT, ctx.store.release_lease(id, owner)).await {
-                Ok(Ok(())) => {
+            match release(ctx, id).await {
+                Ok(()) => {
                     tracing::info!("removal cancelled; lease released, folder stays delete-ongoing")
                 }
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "removal cancelled; releasing the lease failed, it will expire")
+                Err(error) => {
+                    tracing::warn!(%error, "removal cancelled; the lease will expire instead")
                 }
-                Err(_) => tracing::warn!(
-                    "removal cancelled; releasing the lease timed out, it will expire"
-                ),
             }
             "cancelled"
+        }
+        Outcome::VolumeUnavailable { reason, counts } => {
+            if claim.kind == WorkKind::Remove {
+                count_removal(ctx, host, counts, Duration::ZERO, "volume-unavailable");
+            }
+            // Logged once per volume there; per folder only at debug level.
+            ctx.volume_health.mark_unavailable(host, &reason).await;
+            match release(ctx, id).await {
+                Ok(()) => tracing::debug!(
+                    %reason,
+                    "volume unavailable; lease released, attempts unchanged"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "volume unavailable; the lease will expire instead")
+                }
+            }
+            "volume-unavailable"
         }
         Outcome::LeaseLost(counts) => {
             count_removal(ctx, host, counts, Duration::ZERO, "lost-lease");
@@ -293,6 +370,16 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
             }
             result
         }
+    }
+}
+
+/// Hands the row back at once, leaving attempts and the next attempt time as they are.
+/// Has its own timeout: on shutdown the runner's token is already cancelled.
+async fn release(ctx: &Context, id: uuid::Uuid) -> Result<(), String> {
+    match tokio::time::timeout(CLEANUP_TIMEOUT, ctx.store.release_lease(id, &ctx.replica)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("releasing the lease timed out".to_owned()),
     }
 }
 

@@ -126,6 +126,8 @@ pub struct Metrics {
     listener_reconnects: Counter,
     timer_runs: Family<TimerLabel, Counter>,
     timer_rows: Family<TimerLabel, Counter>,
+    volume_available: Family<VolumeLabel, Gauge>,
+    volume_changed: Family<VolumeLabel, FloatGauge>,
 }
 
 impl Default for Metrics {
@@ -160,6 +162,8 @@ impl Metrics {
             listener_reconnects: Counter::default(),
             timer_runs: Family::default(),
             timer_rows: Family::default(),
+            volume_available: Family::default(),
+            volume_changed: Family::default(),
         };
         m.register_families();
         m.set_worker_slots(0, 0);
@@ -271,6 +275,16 @@ impl Metrics {
             "timer_rows",
             "Rows changed by a periodic maintenance job, by timer",
             self.timer_rows.clone(),
+        );
+        registry.register(
+            "volume_available",
+            "1 when the volume guard passes in this replica, 0 while the volume is unavailable (its folders wait)",
+            self.volume_available.clone(),
+        );
+        registry.register(
+            "volume_availability_changed_timestamp_seconds",
+            "Unix time of the volume's last change between available and unavailable (or of its first probe)",
+            self.volume_changed.clone(),
         );
     }
 
@@ -464,6 +478,24 @@ impl Metrics {
         };
         self.timer_runs.get_or_create(&label).inc();
         self.timer_rows.get_or_create(&label).inc_by(rows);
+    }
+}
+
+impl Metrics {
+    /// Sets `volume`'s availability gauge and the time it last changed.
+    pub fn set_volume_available(
+        &self,
+        volume: &str,
+        available: bool,
+        since: chrono::DateTime<chrono::Utc>,
+    ) {
+        let label = volume_label(volume);
+        self.volume_available
+            .get_or_create(&label)
+            .set(i64::from(available));
+        self.volume_changed
+            .get_or_create(&label)
+            .set(since.timestamp_millis() as f64 / 1000.0);
     }
 }
 

@@ -14,11 +14,12 @@
 //!   (what the benchmark binary calls: open the parent of the bench tree with
 //!   `rustix::fs::open(.., OFlags::DIRECTORY, ..)`, then `remove_tree(parent.as_fd(),
 //!   c"tree", &RemoveOptions { threads, count_bytes: false, folder: None, display_path:
-//!   "tree".into() }, &token, &progress)`). `Volume::remove_folder` on a volume whose mount
+//!   "tree".into(), limiter: None }, &token, &progress)`). `Volume::remove_folder` on a volume whose mount
 //!   is the bench directory works too, with the folder layout.
 
 mod error;
 mod layout;
+pub mod rate;
 pub mod remove;
 mod volume;
 
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 pub use error::Error;
 pub use layout::{FolderRef, TRASH_DIR};
+pub use rate::OpsLimiter;
 pub use remove::{RemoveOptions, remove_tree};
 pub use volume::{Volume, Volumes};
 

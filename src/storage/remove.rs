@@ -20,7 +20,9 @@
 //!   [`Error::MountInsideTree`] names it and everything above it stays.
 //! - **Cancellation** is checked before every unlink (a relaxed atomic load; the token itself
 //!   is polled every few entries and by idle threads every 20 ms), so a removal stops within
-//!   milliseconds plus one system call. It returns [`Outcome::Cancelled`] with the tree partly
+//!   milliseconds plus one system call. A removal waiting for its volume's rate limit
+//!   ([`RemoveOptions::limiter`], before every unlink and rmdir) polls the token while it
+//!   waits and stops as promptly. It returns [`Outcome::Cancelled`] with the tree partly
 //!   removed; calling again resumes from what is left. Cancellation is not an error.
 //! - **Bounded resources.** A fixed number of OS threads share a stack of directories to
 //!   open; entries are read with `getdents64` into one reusable buffer per thread and
@@ -56,7 +58,7 @@ use rustix::io::Errno;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Counts, Error, Outcome, Progress, Report};
+use super::{Counts, Error, OpsLimiter, Outcome, Progress, Report};
 
 /// Flags for opening any directory of the tree: never through a symlink.
 pub(crate) const DIR_FLAGS: OFlags = OFlags::RDONLY
@@ -91,6 +93,9 @@ pub struct RemoveOptions {
     pub folder: Option<Uuid>,
     /// The tree root's path relative to the volume root, the prefix of every path in errors.
     pub display_path: PathBuf,
+    /// The volume's operations-per-second limit, shared with every other removal on it;
+    /// waited on before each unlink and rmdir. `None`: unlimited.
+    pub limiter: Option<Arc<OpsLimiter>>,
 }
 
 /// Removes the directory `name` inside the directory `parent`, with everything in it.
@@ -601,6 +606,15 @@ impl<'s, 'a> Worker<'s, 'a> {
         });
     }
 
+    /// Waits for the volume's rate limit, if it has one. `false` when the removal was
+    /// cancelled while waiting.
+    fn throttle(&self) -> bool {
+        match &self.shared.opts.limiter {
+            None => true,
+            Some(limiter) => limiter.acquire(|| self.shared.cancelled()),
+        }
+    }
+
     /// Unlinks one non-directory name (never following it).
     fn unlink(&mut self, node: &Arc<Node>, fd: BorrowedFd<'_>, name: &CStr, ty: FileType) {
         let bytes = if self.shared.opts.count_bytes && ty == FileType::RegularFile {
@@ -610,6 +624,10 @@ impl<'s, 'a> Worker<'s, 'a> {
         } else {
             0
         };
+        if !self.throttle() {
+            // Cancelled while waiting: the entry stays for the next attempt.
+            return;
+        }
         match rustix::fs::unlinkat(fd, name, AtFlags::empty()) {
             Ok(()) => {
                 if ty == FileType::Symlink {
@@ -719,6 +737,10 @@ impl<'s, 'a> Worker<'s, 'a> {
                 self.shared.io_error(node, "stat parent of", None, e);
                 return Removed::Failed;
             }
+        }
+        if !self.throttle() {
+            // Cancelled while waiting; nothing is recorded (cancellation is not an error).
+            return Removed::Failed;
         }
         match rustix::fs::unlinkat(parent.as_fd(), &node.name, AtFlags::REMOVEDIR) {
             Ok(()) => Removed::Done(parent, true),

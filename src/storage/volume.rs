@@ -12,6 +12,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
@@ -20,7 +21,7 @@ use uuid::Uuid;
 
 use super::layout::{Layout, TRASH_DIR};
 use super::remove::{DIR_FLAGS, RemoveOptions, ident, remove_tree};
-use super::{Counts, Error, FolderRef, Outcome, Progress, Report};
+use super::{Counts, Error, FolderRef, OpsLimiter, Outcome, Progress, Report};
 use crate::config::VolumeConfig;
 
 /// Mode of directories this module creates (subject to the umask).
@@ -56,16 +57,22 @@ impl Volumes {
     }
 }
 
-/// One configured volume.
+/// One configured volume. Clones share the volume's rate limit.
 #[derive(Debug, Clone)]
 pub struct Volume {
     config: VolumeConfig,
+    /// `max_ops_per_second`, shared by every removal on this volume that goes through this
+    /// value or its clones (the controller holds one [`Volumes`] per process).
+    limiter: Option<Arc<OpsLimiter>>,
 }
 
 impl Volume {
     /// Wraps one volume's configuration. Nothing is touched until an operation runs.
     pub fn new(config: VolumeConfig) -> Volume {
-        Volume { config }
+        let limiter = config
+            .max_ops_per_second
+            .map(|n| Arc::new(OpsLimiter::new(n)));
+        Volume { config, limiter }
     }
 
     /// The configuration this volume was built from.
@@ -78,11 +85,22 @@ impl Volume {
         &self.config.host
     }
 
-    /// Proves the volume is the configured one: the mount path is a directory, a mount point
-    /// when `require_mount_point` is set, and holds `marker_file` when one is set. Any
-    /// failure is the transient [`Error::VolumeUnavailable`] with the reason.
+    /// Proves the volume is the configured one and answering: the mount path is a
+    /// directory, a mount point when `require_mount_point` is set, holds `marker_file` when
+    /// one is set, and its filesystem answers `statfs`. Any failure is the transient
+    /// [`Error::VolumeUnavailable`] with the reason. This is the controller's volume probe.
     pub fn check_available(&self) -> Result<(), Error> {
-        self.open_root().map(drop)
+        let root = self.open_root()?;
+        // A network filesystem whose server went away (or a FUSE daemon that died) may still
+        // open its root from the dentry cache; statfs asks the filesystem itself, so it
+        // surfaces ENOTCONN, ESTALE and EIO on the volume root.
+        rustix::fs::fstatvfs(root.as_fd()).map_err(|e| {
+            self.unavailable(format!(
+                "cannot stat the filesystem of {}: {e}",
+                self.config.mount.display()
+            ))
+        })?;
+        Ok(())
     }
 
     /// The folder's live path relative to the volume root (validates the quota scope).
@@ -162,6 +180,7 @@ impl Volume {
             count_bytes: self.config.count_bytes,
             folder,
             display_path,
+            limiter: self.limiter.clone(),
         }
     }
 
@@ -306,7 +325,7 @@ impl Volume {
         let opts = self.remove_options(Some(folder), layout.relative(trash));
         let outcome = remove_tree(parent, &leaf, &opts, cancel, progress)?;
         if let Outcome::Completed(_) = outcome {
-            prune_fanout(root, &dirs, &comps, folder)?;
+            prune_fanout(root, &dirs, &comps, folder, self.limiter.as_deref())?;
         }
         Ok(outcome)
     }
@@ -381,7 +400,13 @@ impl Volume {
                 });
             }
         }
-        prune_fanout(root.as_fd(), &src_dirs, &src_comps, folder.id)
+        prune_fanout(
+            root.as_fd(),
+            &src_dirs,
+            &src_comps,
+            folder.id,
+            self.limiter.as_deref(),
+        )
     }
 }
 
@@ -402,12 +427,14 @@ fn leaf_name(layout: &Layout, folder: Uuid) -> Result<CString, Error> {
 }
 
 /// Removes the two fan-out directories (the last two of `dirs`) if they are empty. The
-/// scope directory, `.trash` and the volume root are never candidates.
+/// scope directory, `.trash` and the volume root are never candidates. Each rmdir counts
+/// against the volume's rate limit.
 fn prune_fanout(
     root: BorrowedFd<'_>,
     dirs: &[OwnedFd],
     comps: &[&str],
     folder: Uuid,
+    limiter: Option<&OpsLimiter>,
 ) -> Result<(), Error> {
     let n = dirs.len();
     for level in (n.saturating_sub(2)..n).rev() {
@@ -417,6 +444,11 @@ fn prune_fanout(
         } else {
             dirs[level - 1].as_fd()
         };
+        if let Some(limiter) = limiter {
+            // Not cancellable: the folder itself is gone, and this waits one slot at most
+            // per fan-out level.
+            limiter.acquire(|| false);
+        }
         match rustix::fs::unlinkat(parent, comps[level], AtFlags::REMOVEDIR) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(Errno::NOTEMPTY | Errno::EXIST) => return Ok(()),

@@ -652,6 +652,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Subscribes to status events; `None` on backends without notifications (SQLite).
     async fn subscribe(&self) -> Result<Option<EventStream>>;
+
+    // ----- volume availability (table `vfolder_volume_state`) ---------------------------
+
+    /// Records a replica's view of a volume's availability: one row per host, replaced by
+    /// each write (the last writer wins). Both real backends store it; the default, for
+    /// test doubles that keep no volume state, records nothing.
+    async fn record_volume_state(&self, _state: &VolumeState) -> Result<()> {
+        Ok(())
+    }
+
+    /// The last recorded availability of `host`, if any replica recorded one.
+    async fn volume_state(&self, _host: &str) -> Result<Option<VolumeState>> {
+        Ok(None)
+    }
 }
 
 /// Opens the database named by `url` (`postgres://…`/`postgresql://…` or `sqlite://FILE`;
@@ -907,4 +921,21 @@ pub(crate) fn ages(remove: Option<f64>, trash_timer: Option<f64>) -> Vec<(&'stat
     let age =
         |s: Option<f64>| Duration::try_from_secs_f64(s.unwrap_or(0.0).max(0.0)).unwrap_or_default();
     vec![("remove", age(remove)), ("trash-timer", age(trash_timer))]
+}
+
+/// A volume's availability as a controller replica last saw it (for `show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeState {
+    /// The volume's `<proxy>:<volume>` host string.
+    pub host: String,
+    /// Whether the volume guard passed.
+    pub available: bool,
+    /// When it last changed between available and unavailable.
+    pub since: DateTime<Utc>,
+    /// Why it is unavailable (`None` when available).
+    pub reason: Option<String>,
+    /// The replica that recorded it.
+    pub replica: String,
+    /// When it was recorded (set by the store).
+    pub updated_at: DateTime<Utc>,
 }

@@ -1254,4 +1254,56 @@ impl Store for PgStore {
         });
         Ok(Some(stream.boxed()))
     }
+
+    async fn record_volume_state(&self, state: &super::VolumeState) -> Result<()> {
+        record_volume_state(&self.pool, state).await
+    }
+
+    async fn volume_state(&self, host: &str) -> Result<Option<super::VolumeState>> {
+        volume_state(&self.pool, host).await
+    }
+}
+
+/// Upserts a volume's availability row (see `migrations/postgres/20261128200000_*`).
+async fn record_volume_state(pool: &PgPool, state: &super::VolumeState) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO vfolder_volume_state (host, available, since, reason, replica, updated_at)
+         VALUES ($1, $2, $3, $4, $5, now())
+         ON CONFLICT (host) DO UPDATE SET available = excluded.available,
+             since = excluded.since, reason = excluded.reason, replica = excluded.replica,
+             updated_at = excluded.updated_at",
+    )
+    .bind(&state.host)
+    .bind(state.available)
+    .bind(state.since)
+    .bind(&state.reason)
+    .bind(&state.replica)
+    .execute(pool)
+    .await
+    .map_err(db("recording volume state"))?;
+    Ok(())
+}
+
+/// Reads a volume's availability row.
+async fn volume_state(pool: &PgPool, host: &str) -> Result<Option<super::VolumeState>> {
+    let ctx = "reading volume state";
+    let row = sqlx::query(
+        "SELECT available, since, reason, replica, updated_at
+         FROM vfolder_volume_state WHERE host = $1",
+    )
+    .bind(host)
+    .fetch_optional(pool)
+    .await
+    .map_err(db(ctx))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(super::VolumeState {
+        host: host.to_owned(),
+        available: row.try_get("available").map_err(db(ctx))?,
+        since: row.try_get("since").map_err(db(ctx))?,
+        reason: row.try_get("reason").map_err(db(ctx))?,
+        replica: row.try_get("replica").map_err(db(ctx))?,
+        updated_at: row.try_get("updated_at").map_err(db(ctx))?,
+    }))
 }

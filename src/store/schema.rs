@@ -167,7 +167,7 @@ pub(crate) enum Added {
 
 /// Everything an adoption adds, in the order `unadopt` drops it (the trigger before its
 /// function; the state table, whose foreign key points at `vfolders`, with the tables).
-pub(crate) const ADDED: [Added; 9] = [
+pub(crate) const ADDED: [Added; 10] = [
     Added::Trigger("vfolders_status_change"),
     Added::Function("vfolder_status_change"),
     Added::Index("vfolders_status_changed_idx", "(status, status_changed)"),
@@ -183,6 +183,10 @@ pub(crate) const ADDED: [Added; 9] = [
     Added::Table(
         "vfolder_status_transitions",
         "the deletion lifecycle's legal transitions",
+    ),
+    Added::Table(
+        "vfolder_volume_state",
+        "each volume's availability as the replicas last saw it",
     ),
     Added::Table(
         "vfolder_controller_meta",

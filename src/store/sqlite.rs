@@ -936,4 +936,56 @@ impl Store for SqliteStore {
     async fn subscribe(&self) -> Result<Option<EventStream>> {
         Ok(None)
     }
+
+    async fn record_volume_state(&self, state: &super::VolumeState) -> Result<()> {
+        record_volume_state(&self.pool, state).await
+    }
+
+    async fn volume_state(&self, host: &str) -> Result<Option<super::VolumeState>> {
+        volume_state(&self.pool, host).await
+    }
+}
+
+/// Upserts a volume's availability row (see `migrations/sqlite/20261128200000_*`).
+async fn record_volume_state(pool: &SqlitePool, state: &super::VolumeState) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO vfolder_volume_state (host, available, since, reason, replica, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (host) DO UPDATE SET available = excluded.available,
+             since = excluded.since, reason = excluded.reason, replica = excluded.replica,
+             updated_at = excluded.updated_at",
+    )
+    .bind(&state.host)
+    .bind(state.available)
+    .bind(ts(state.since))
+    .bind(&state.reason)
+    .bind(&state.replica)
+    .bind(ts(Utc::now()))
+    .execute(pool)
+    .await
+    .map_err(db("recording volume state"))?;
+    Ok(())
+}
+
+/// Reads a volume's availability row.
+async fn volume_state(pool: &SqlitePool, host: &str) -> Result<Option<super::VolumeState>> {
+    let row: Option<(bool, String, Option<String>, String, String)> = sqlx::query_as(
+        "SELECT available, since, reason, replica, updated_at
+         FROM vfolder_volume_state WHERE host = $1",
+    )
+    .bind(host)
+    .fetch_optional(pool)
+    .await
+    .map_err(db("reading volume state"))?;
+    let Some((available, since, reason, replica, updated_at)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(super::VolumeState {
+        host: host.to_owned(),
+        available,
+        since: parse_ts(&since)?,
+        reason,
+        replica,
+        updated_at: parse_ts(&updated_at)?,
+    }))
 }

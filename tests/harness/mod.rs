@@ -106,9 +106,14 @@ mount = "{}"
 
     /// Creates a `ready` row and its directory with a tree of `dirs` × `files` files.
     pub async fn folder_with_tree(&self, name: &str, dirs: usize, files: usize) -> Folder {
+        self.folder_on("local:volume1", name, dirs, files).await
+    }
+
+    /// Like [`Site::folder_with_tree`], on the volume `host` (configured in the site).
+    pub async fn folder_on(&self, host: &str, name: &str, dirs: usize, files: usize) -> Folder {
         let new = NewFolder {
             id: Uuid::new_v4(),
-            host: "local:volume1".into(),
+            host: host.into(),
             quota_scope_id: Some(format!("user:{}", Uuid::new_v4())),
             name: name.into(),
             user: Some(Uuid::new_v4()),
@@ -129,7 +134,7 @@ mount = "{}"
     pub fn folder_path(&self, folder: &Folder) -> PathBuf {
         let volume = self.volumes.get(&folder.host).expect("volume");
         let rel = volume.folder_path(&FolderRef::from(folder)).expect("path");
-        self.mount().join(rel)
+        volume.config().mount.join(rel)
     }
 
     /// Absolute trash path of a folder.
@@ -397,13 +402,71 @@ impl Tmpfs {
     }
 
     pub fn unmount(&self) {
-        // Unmounting twice (explicitly, then on drop) is fine; keep the second quiet.
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status();
+        lazy_unmount(&self.0);
     }
+}
+
+/// `umount -l`: detaches the mount at once; descriptors opened through it keep working (as
+/// after an operator's lazy unmount). Unmounting twice is fine; the second is quiet.
+pub fn lazy_unmount(path: &Path) {
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(path)
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A bind mount of `source` at `target`, the way a volume directory is mounted; lazily
+/// unmounted on drop.
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+}
+
+impl BindMount {
+    pub fn mount(source: &Path, target: &Path) -> BindMount {
+        std::fs::create_dir_all(source).expect("mkdir bind source");
+        std::fs::create_dir_all(target).expect("mkdir mount point");
+        let st = Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(target)
+            .status()
+            .expect("mount --bind");
+        assert!(
+            st.success(),
+            "bind-mount {} at {} (tests run as root)",
+            source.display(),
+            target.display()
+        );
+        BindMount {
+            source: source.to_owned(),
+            target: target.to_owned(),
+        }
+    }
+
+    pub fn unmount(&self) {
+        lazy_unmount(&self.target);
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// The value of the sample `series` (name with labels, exactly as exported) on a
+/// controller's `/metrics`, if it is there.
+pub fn metric(port: u16, series: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics")?;
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 impl Drop for Tmpfs {

@@ -101,6 +101,7 @@ impl Sandbox {
             require_mount_point: false,
             marker_file: None,
             count_bytes: false,
+            max_ops_per_second: None,
         };
         f(&mut config);
         Sandbox {
