@@ -45,6 +45,9 @@ impl Store for SwitchStore {
     async fn schema(&self) -> Result<Schema> {
         unimplemented!("not used by the HTTP endpoints")
     }
+    async fn unreadable_rows(&self) -> Result<i64> {
+        unimplemented!("not used by the HTTP endpoints")
+    }
     async fn check_ready(&self) -> Result<()> {
         match self.mode.load(Ordering::SeqCst) {
             UP => Ok(()),

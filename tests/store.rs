@@ -128,7 +128,7 @@ async fn unknown_statuses_are_rejected_by_the_database(db: TestDb) {
     let err = raw.set_status(id, "deleting").await.unwrap_err();
     assert!(err.contains("unknown vfolder status"), "{err}");
     let err = raw
-        .insert(new_id(), "bogus", Some("DELETE_PENDING"))
+        .insert(new_id(), "bogus", Some("delete_pending"))
         .await
         .unwrap_err();
     assert!(err.contains("unknown vfolder status"), "{err}");
@@ -1277,4 +1277,229 @@ async fn connect_chooses_the_backend_by_url_scheme_and_creates_the_sqlite_file()
         .unwrap();
     assert!(matches!(err, Error::Database { .. }), "{err}");
     assert!(err.is_transient(), "{err}");
+}
+
+// ----- one bad row never stops the others ----------------------------------------------------
+
+conformance!(
+    a_status_change_records_an_entry_whatever_the_history_holds,
+    an_unknown_trash_time_starts_when_the_controller_first_sees_the_row,
+    enum_name_spellings_are_stored_canonically,
+);
+
+/// A history that is not a list (an object, a scalar, on SQLite text that is not JSON) gets
+/// the change recorded the same way on both backends: the old value is kept as the first
+/// element of a list, the entry follows; the removal completes and `show` reads it.
+async fn a_status_change_records_an_entry_whatever_the_history_holds(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let odd = match db.backend {
+        Backend::Postgres => vec![r#"{}"#, r#""a string""#],
+        // Stored before the row checks existed.
+        Backend::Sqlite => vec![r#"{}"#, r#""a string""#, "not json at all"],
+    };
+    if db.backend == Backend::Sqlite {
+        raw.execute("DROP TRIGGER vfolders_valid_update")
+            .await
+            .unwrap();
+    }
+    for (i, history) in odd.into_iter().enumerate() {
+        let id = ongoing(&store, &format!("odd-history-{i}"), HOST).await;
+        let quoted = history.replace('\'', "''");
+        let value = match db.backend {
+            Backend::Postgres => format!("'{quoted}'::jsonb"),
+            Backend::Sqlite => format!("'{quoted}'"),
+        };
+        raw.execute(&format!(
+            "UPDATE vfolders SET status_history = {value} WHERE id = '{id}'"
+        ))
+        .await
+        .unwrap();
+        let claims = store.claim_due(&claim_request("r1")).await.unwrap();
+        assert!(claims.iter().any(|c| c.folder.id == id), "{history}");
+        let done = store.complete_removal(id, "r1", &done()).await.unwrap();
+        assert!(done, "{history}: the removal did not complete");
+        let text = raw
+            .text(&format!(
+                "SELECT CAST(status_history AS text) FROM vfolders WHERE id = '{id}'"
+            ))
+            .await
+            .unwrap();
+        let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let list = list.as_array().expect("a list again");
+        assert_eq!(list.len(), 2, "{history}: {text}");
+        assert_eq!(list[1]["status"], "delete-complete", "{text}");
+        // show reads it, marked as unreadable and shown raw.
+        let detail = store.get_folder(id).await.unwrap();
+        assert!(
+            matches!(detail.history_shape, store::HistoryShape::Unreadable(_)),
+            "{:?}",
+            detail.history_shape
+        );
+    }
+}
+
+/// A `delete-pending` row whose `status_changed` was set to NULL is neither purged at once
+/// nor counted overdue for ever: its trash time starts when the trash timer first sees it.
+async fn an_unknown_trash_time_starts_when_the_controller_first_sees_the_row(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let folder = store
+        .create_folder(&new_folder("null-time", HOST), "alice")
+        .await
+        .unwrap();
+    store
+        .set_status(&request(folder.id, Status::DeletePending, "trash"))
+        .await
+        .unwrap();
+    raw.age_status(folder.id, chrono::Duration::days(400)).await;
+    raw.execute(&format!(
+        "UPDATE vfolders SET status_changed = NULL WHERE id = '{}'",
+        folder.id
+    ))
+    .await
+    .unwrap();
+    let retention = Duration::from_secs(3600);
+    assert_eq!(
+        store
+            .purge_expired_trash(retention, "timer", 10)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(raw.status(folder.id).await, "delete-pending");
+    assert!(raw.status_changed(folder.id).await.is_some(), "not stamped");
+    let ages = store.oldest_unconverged(retention).await.unwrap();
+    assert_eq!(
+        ages.iter()
+            .find(|(k, _)| *k == "trash-timer")
+            .map(|(_, d)| *d),
+        Some(Duration::ZERO),
+        "counted overdue: {ages:?}"
+    );
+    // Once the full retention has passed since it was first seen, it is purged.
+    raw.age_status(folder.id, chrono::Duration::hours(2)).await;
+    assert_eq!(
+        store
+            .purge_expired_trash(retention, "timer", 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(raw.status(folder.id).await, "delete-ongoing");
+}
+
+/// The database holds canonical statuses only: an enum-name spelling is stored as the status
+/// it names, so the claim and the timers see it.
+async fn enum_name_spellings_are_stored_canonically(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let id = new_id();
+    raw.insert(id, "enum-name", Some("DELETE_PENDING"))
+        .await
+        .unwrap();
+    assert_eq!(raw.status(id).await, "delete-pending");
+    raw.set_status(id, "DELETE_ONGOING").await.unwrap();
+    assert_eq!(raw.status(id).await, "delete-ongoing");
+    let claims = store.claim_due(&claim_request("r1")).await.unwrap();
+    assert!(claims.iter().any(|c| c.folder.id == id));
+    let err = raw.set_status(id, "READY").await.unwrap_err();
+    assert!(
+        err.contains("illegal vfolder status transition: delete-ongoing -> ready"),
+        "{err}"
+    );
+}
+
+/// SQLite rows that cannot be read (stored before the row checks existed) are skipped by
+/// lists and parked by claims, named in the log and counted; every other row goes on. Rows
+/// in SQLite's own time format or with a name that is not UTF-8 are read as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rows_that_cannot_be_read_are_isolated() {
+    let db = TestDb::sqlite().await;
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    raw.execute("DROP TRIGGER vfolders_valid_insert")
+        .await
+        .unwrap();
+    let good = ongoing(&store, "good", HOST).await;
+    let bad_id = "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz";
+    let bad_user = new_id();
+    let sqlite_time = new_id();
+    let not_utf8 = new_id();
+    raw.execute(&format!(
+        r#"INSERT INTO vfolders (id, host, name, status) VALUES ('{bad_id}', '{HOST}', 'bad-id', 'delete-ongoing');
+           INSERT INTO vfolders (id, host, name, "user", status) VALUES ('{bad_user}', '{HOST}', 'bad-user', 'not-a-uuid', 'delete-ongoing');
+           INSERT INTO vfolders (id, host, name, status, created_at) VALUES ('{sqlite_time}', '{HOST}', 'sqlite-time', 'delete-ongoing', datetime('now'));
+           INSERT INTO vfolders (id, host, name, status) VALUES ('{not_utf8}', '{HOST}', CAST(X'6e616d65ff' AS TEXT), 'delete-ongoing');"#
+    ))
+    .await
+    .unwrap();
+
+    let listed = store
+        .list_folders(&[Status::DeleteOngoing], false)
+        .await
+        .unwrap();
+    let ids: BTreeSet<_> = listed.iter().map(|f| f.id).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([good, sqlite_time, not_utf8]),
+        "the readable rows, and only them"
+    );
+    assert!(listed.iter().any(|f| f.name == "name\u{fffd}"));
+
+    let claims = store.claim_due(&claim_request("r1")).await.unwrap();
+    let claimed: BTreeSet<_> = claims.iter().map(|c| c.folder.id).collect();
+    assert_eq!(claimed, BTreeSet::from([good, sqlite_time, not_utf8]));
+    assert_eq!(store.unreadable_rows().await.unwrap(), 2);
+    let reason = raw
+        .text(&format!(
+            "SELECT last_error FROM vfolder_controller_state WHERE vfolder_id = '{bad_user}'"
+        ))
+        .await
+        .unwrap();
+    assert!(reason.contains("row cannot be read, parked"), "{reason}");
+    // Parked rows are not claimed again meanwhile, by anyone; the database is fine.
+    assert!(
+        store
+            .claim_due(&claim_request("r2"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.check_ready().await.unwrap();
+    // Once fixed (and its hour is up), a parked row reads and leaves the parking.
+    raw.execute(&format!(
+        r#"UPDATE vfolders SET "user" = NULL WHERE id = '{bad_user}';
+           UPDATE vfolder_controller_state SET next_attempt_at = NULL WHERE vfolder_id = '{bad_user}'"#
+    ))
+    .await
+    .unwrap();
+    let claims = store.claim_due(&claim_request("r2")).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(store.unreadable_rows().await.unwrap(), 1);
+}
+
+/// New writes cannot store what the program cannot read (SQLite has no types to refuse it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_values_it_could_not_read() {
+    let db = TestDb::sqlite().await;
+    let _store = db.migrated().await;
+    let raw = db.raw().await;
+    let id = new_id();
+    raw.insert(id, "checked", None).await.unwrap();
+    for sql in [
+        format!(
+            "INSERT INTO vfolders (id, host, name) VALUES ('ZZZZZZZZ-0000-0000-0000-000000000000', '{HOST}', 'x')"
+        ),
+        format!(
+            "INSERT INTO vfolders (id, host, name, status_changed) VALUES ('{}', '{HOST}', 'y', datetime('now'))",
+            new_id()
+        ),
+        format!(r#"UPDATE vfolders SET "user" = 'bogus' WHERE id = '{id}'"#),
+        format!("UPDATE vfolders SET status_history = 'not json' WHERE id = '{id}'"),
+        format!("UPDATE vfolders SET status_changed = datetime('now') WHERE id = '{id}'"),
+    ] {
+        let err = raw.execute(&sql).await.unwrap_err();
+        assert!(err.contains("invalid vfolder row"), "{sql}: {err}");
+    }
 }

@@ -28,7 +28,9 @@ INSERT INTO vfolder_status_transitions (from_status, to_status, adopted_only) VA
 -- Every status change, by any writer, goes through this trigger (lifecycle::SchemaMode::allows
 -- states the rule; a test compares the two over every pair):
 -- - legacy spellings are stored as what they mean (deleted-complete -> delete-pending,
---   purge-ongoing -> delete-ongoing; lifecycle::LEGACY_SPELLINGS);
+--   purge-ongoing -> delete-ongoing; lifecycle::LEGACY_SPELLINGS), and so are the enum names
+--   of the lifecycle's statuses (DELETE_ONGOING -> delete-ongoing): the table holds canonical
+--   values only, which the claim and the timers match;
 -- - writing the status a row already has is a no-op;
 -- - own table: only listed transitions between known statuses; adopted table: anything
 --   between statuses outside the deletion lifecycle (the platform's business), listed
@@ -53,7 +55,8 @@ BEGIN
     NEW.status := CASE NEW.status
         WHEN 'deleted-complete' THEN 'delete-pending'
         WHEN 'purge-ongoing' THEN 'delete-ongoing'
-        ELSE NEW.status END;
+        ELSE coalesce((SELECT DISTINCT to_status FROM vfolder_status_transitions
+                       WHERE upper(replace(to_status, '-', '_')) = NEW.status), NEW.status) END;
     IF TG_OP = 'UPDATE' THEN
         old_status := OLD.status;
         IF NEW.status IS NOT DISTINCT FROM OLD.status THEN

@@ -1,5 +1,6 @@
 //! Refreshes the gauges that describe the table as a whole: folders by status (one grouped
-//! query) and the age of the oldest unconverged row by kind (the SLO signal).
+//! query), rows parked because they cannot be read, and the age of the oldest unconverged
+//! row by kind (the SLO signal).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,8 @@ impl MaintenanceJob for StatusGauges {
     async fn run_once(&self) -> Result<u64, store::Error> {
         let counts = self.store.status_counts().await?;
         self.metrics.set_folders_by_status(&counts);
+        self.metrics
+            .set_unreadable_rows(self.store.unreadable_rows().await?);
         let ages = self.store.oldest_unconverged(self.trash_retention).await?;
         self.metrics.set_oldest_unconverged_all(&ages);
         Ok(0)

@@ -116,6 +116,7 @@ pub struct Metrics {
     removal_duration: HistogramFamily<VolumeLabel>,
     worker_slots: Family<StateLabel, Gauge>,
     folders: Family<StatusLabel, Gauge>,
+    unreadable_rows: Gauge,
     oldest_unconverged: Family<KindLabel, FloatGauge>,
     /// The kinds that have an `oldest_unconverged_seconds` series, to reset the stale ones.
     unconverged_kinds: Mutex<BTreeSet<String>>,
@@ -153,6 +154,7 @@ impl Metrics {
             removal_duration: Family::new_with_constructor(removal_histogram),
             worker_slots: Family::default(),
             folders: Family::default(),
+            unreadable_rows: Gauge::default(),
             oldest_unconverged: Family::default(),
             unconverged_kinds: Mutex::new(BTreeSet::new()),
             lease_reclaims: Counter::default(),
@@ -235,6 +237,11 @@ impl Metrics {
             "folders",
             "Folder rows in the database by status (the same in every replica)",
             self.folders.clone(),
+        );
+        registry.register(
+            "unreadable_rows",
+            "Folder rows parked because they cannot be read (the same in every replica)",
+            self.unreadable_rows.clone(),
         );
         registry.register(
             "oldest_unconverged_seconds",
@@ -380,6 +387,11 @@ impl Metrics {
         self.worker_slots
             .get_or_create(&StateLabel { state: "busy" })
             .set(busy);
+    }
+
+    /// Sets the number of rows parked because they cannot be read.
+    pub fn set_unreadable_rows(&self, n: i64) {
+        self.unreadable_rows.set(n);
     }
 
     /// Sets the folder count of every status: the listed counts, and 0 for every status

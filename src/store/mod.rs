@@ -653,6 +653,9 @@ pub trait Store: Send + Sync + 'static {
     /// Subscribes to status events; `None` on backends without notifications (SQLite).
     async fn subscribe(&self) -> Result<Option<EventStream>>;
 
+    /// Rows parked because they cannot be read (see [`UnreadableRow`]), for the gauge.
+    async fn unreadable_rows(&self) -> Result<i64>;
+
     // ----- volume availability (table `vfolder_volume_state`) ---------------------------
 
     /// Records a replica's view of a volume's availability: one row per host, replaced by
@@ -846,6 +849,62 @@ pub(crate) fn to_i64(n: u64) -> i64 {
 /// Clamping `i64 → u64` for counters read back.
 pub(crate) fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
+}
+
+/// A row that cannot be decoded (an id or owner that is not a uuid, a timestamp in another
+/// format, ...). One such row never stops the others: lists skip it with a warning naming
+/// it, and a claim parks it for [`PARK_FOR`] with the reason in its controller state
+/// (`parked_reason`, `last_error`), counted by the `unreadable_rows` gauge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableRow {
+    /// The stored id, as text (it may be the unreadable part).
+    pub id: String,
+    /// What could not be read.
+    pub reason: String,
+}
+
+/// How long a parked row waits before it is read again (an operator may have fixed it).
+pub const PARK_FOR: Duration = Duration::from_secs(3600);
+
+impl UnreadableRow {
+    /// The text stored as the parked row's reason and last error.
+    pub fn parked_reason(&self) -> String {
+        format!(
+            "row cannot be read, parked (read again every {}): {}",
+            humantime::format_duration(PARK_FOR),
+            self.reason
+        )
+    }
+
+    /// Logs the row once, with its id.
+    pub(crate) fn report(&self, during: &'static str) {
+        tracing::error!(
+            id = self.id,
+            reason = self.reason,
+            during,
+            "skipping a vfolder row that cannot be read"
+        );
+    }
+}
+
+/// Decodes every row on its own: the rows that read, and those that do not.
+pub(crate) fn decode_each<R, T>(
+    rows: &[R],
+    raw_id: impl Fn(&R) -> String,
+    decode: impl Fn(&R) -> Result<T>,
+) -> (Vec<T>, Vec<UnreadableRow>) {
+    let mut good = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    for row in rows {
+        match decode(row) {
+            Ok(item) => good.push(item),
+            Err(e) => bad.push(UnreadableRow {
+                id: raw_id(row),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    (good, bad)
 }
 
 /// One audit row to write; shared by both backends so every action records the same fields.

@@ -25,6 +25,7 @@ use super::{
     StatusChange, StatusEvent, StatusRequest, Store, WorkKind, db, parse_history, parse_location,
     parse_status, to_i64, to_u64, write_err,
 };
+use super::{PARK_FOR, decode_each};
 use crate::lifecycle::{self, RowStatus, SchemaMode, Status};
 
 /// The embedded PostgreSQL migrations of a database whose `vfolders` this program created
@@ -285,6 +286,28 @@ impl PgStore {
             .collect();
         Ok(())
     }
+}
+
+/// The stored id of a row as text, for naming a row that cannot be read.
+fn raw_id(row: &PgRow) -> String {
+    row.try_get::<Uuid, _>("id")
+        .map(|id| id.to_string())
+        .unwrap_or_default()
+}
+
+/// A claimed row with its work kind and state.
+fn claim_from_row(row: &PgRow) -> Result<Claim> {
+    let ctx = "claiming due folders";
+    let attempts: i32 = row.try_get("attempts").map_err(db(ctx))?;
+    let location: String = row.try_get("location").map_err(db(ctx))?;
+    let kind: String = row.try_get("kind").map_err(db(ctx))?;
+    Ok(Claim {
+        folder: folder_from_row(row)?,
+        kind: WorkKind::parse(&kind)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        location: parse_location(&location)?,
+        reclaimed_from: row.try_get("prev_owner").map_err(db(ctx))?,
+    })
 }
 
 fn folder_from_row(row: &PgRow) -> Result<Folder> {
@@ -715,7 +738,11 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("listing vfolders"))?;
-        rows.iter().map(folder_from_row).collect()
+        let (folders, unreadable) = decode_each(&rows, raw_id, folder_from_row);
+        for bad in &unreadable {
+            bad.report("listing");
+        }
+        Ok(folders)
     }
 
     async fn set_status(&self, req: &StatusRequest) -> Result<StatusChange> {
@@ -914,6 +941,7 @@ impl Store for PgStore {
                    ON CONFLICT (vfolder_id) DO UPDATE SET
                        lease_owner = excluded.lease_owner,
                        lease_expires_at = excluded.lease_expires_at,
+                       parked_reason = NULL,
                        updated_at = now()
                    WHERE (s.lease_owner IS NULL OR s.lease_expires_at < now())
                      AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
@@ -935,21 +963,24 @@ impl Store for PgStore {
         .await
         .map_err(db("claiming due folders"))?;
         tx.commit().await.map_err(db("committing a claim"))?;
-        rows.iter()
-            .map(|row| {
-                let ctx = "claiming due folders";
-                let attempts: i32 = row.try_get("attempts").map_err(db(ctx))?;
-                let location: String = row.try_get("location").map_err(db(ctx))?;
-                let kind: String = row.try_get("kind").map_err(db(ctx))?;
-                Ok(Claim {
-                    folder: folder_from_row(row)?,
-                    kind: WorkKind::parse(&kind)?,
-                    attempts: u32::try_from(attempts).unwrap_or(0),
-                    location: parse_location(&location)?,
-                    reclaimed_from: row.try_get("prev_owner").map_err(db(ctx))?,
-                })
-            })
-            .collect()
+        let (claims, unreadable) = decode_each(&rows, raw_id, claim_from_row);
+        for bad in &unreadable {
+            bad.report("claiming");
+            sqlx::query(
+                "UPDATE vfolder_controller_state
+                 SET lease_owner = NULL, lease_expires_at = NULL,
+                     next_attempt_at = now() + make_interval(secs => $2),
+                     last_error = $3, parked_reason = $3, updated_at = now()
+                 WHERE vfolder_id = $1::uuid",
+            )
+            .bind(&bad.id)
+            .bind(secs(PARK_FOR))
+            .bind(bad.parked_reason())
+            .execute(&self.pool)
+            .await
+            .map_err(db("parking an unreadable row"))?;
+        }
+        Ok(claims)
     }
 
     async fn renew_lease(
@@ -1112,6 +1143,18 @@ impl Store for PgStore {
             .await
             .map_err(db("starting a transaction"))?;
         set_actor(&mut tx, actor).await?;
+        // An unknown time on an own table (a writer set status_changed to NULL) starts when
+        // the controller first sees the row: stamped now, the full retention follows. An
+        // adopted table counts it from the adoption instead, without writing the platform's
+        // column. The trigger does not fire: the status stays.
+        sqlx::query(
+            "UPDATE vfolders SET status_changed = now()
+             WHERE status IN ('delete-pending', 'delete-complete') AND status_changed IS NULL
+               AND NOT EXISTS (SELECT 1 FROM vfolder_controller_meta WHERE mode = 'adopted')",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db("stamping unknown status times"))?;
         let done = sqlx::query(
             "WITH clock AS (
                  -- On an adopted table a time before the adoption is not trusted: every
@@ -1208,7 +1251,7 @@ impl Store for PgStore {
                   FROM vfolders WHERE status = 'delete-ongoing'),
                  (SELECT extract(epoch FROM now() - min(coalesce(s.purge_after,
                           greatest(v.status_changed, c.adopted_at) + make_interval(secs => $1),
-                          v.created_at + make_interval(secs => $1))))::float8
+                          now() + make_interval(secs => $1))))::float8
                   FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
                   WHERE v.status = 'delete-pending')
              FROM clock c",
@@ -1218,6 +1261,15 @@ impl Store for PgStore {
         .await
         .map_err(db("measuring unconverged age"))?;
         Ok(super::ages(remove, timer))
+    }
+
+    async fn unreadable_rows(&self) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM vfolder_controller_state WHERE parked_reason IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting unreadable rows"))
     }
 
     async fn subscribe(&self) -> Result<Option<EventStream>> {

@@ -24,6 +24,7 @@ use super::{
     StatusRequest, Store, WorkKind, db, decode_err, parse_history, parse_location, parse_status,
     to_i64, to_u64, write_err,
 };
+use super::{PARK_FOR, decode_each};
 use crate::lifecycle::{self, RowStatus, SchemaMode, Status};
 
 /// The embedded SQLite migrations (`migrations/sqlite`).
@@ -32,8 +33,10 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 /// Columns of a [`Folder`], from `vfolders v`.
 macro_rules! folder_columns {
     () => {
-        r#"v.id, v.host, v.quota_scope_id, v.name, v."user", v."group", v.ownership_type,
-           v.status, v.status_changed, v.created_at"#
+        // The name as bytes: a name that is not UTF-8 is shown with replacement characters
+        // instead of making the row unreadable.
+        r#"v.id, v.host, v.quota_scope_id, CAST(v.name AS BLOB) AS name, v."user", v."group",
+           v.ownership_type, v.status, v.status_changed, v.created_at"#
     };
 }
 
@@ -42,9 +45,16 @@ pub fn ts(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+/// Reads a stored timestamp: the program's own format (RFC 3339), or SQLite's
+/// `datetime('now')` format (`2026-11-28 19:00:00`, UTC), which hand-written SQL produces.
 fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
+        .or_else(|e| {
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+                .map(|t| t.and_utc())
+                .map_err(|_| e)
+        })
         .map_err(|e| decode_err("reading a timestamp", format!("timestamp {text:?}: {e}")))
 }
 
@@ -139,7 +149,8 @@ fn folder_from_row(row: &SqliteRow) -> Result<Folder> {
         id,
         host: row.try_get("host").map_err(db(ctx))?,
         quota_scope_id: row.try_get("quota_scope_id").map_err(db(ctx))?,
-        name: row.try_get("name").map_err(db(ctx))?,
+        name: String::from_utf8_lossy(&row.try_get::<Vec<u8>, _>("name").map_err(db(ctx))?)
+            .into_owned(),
         user: parse_opt_uuid(row.try_get("user").map_err(db(ctx))?)?,
         group: parse_opt_uuid(row.try_get("group").map_err(db(ctx))?)?,
         ownership_type: row.try_get("ownership_type").map_err(db(ctx))?,
@@ -158,6 +169,26 @@ fn status_host_name(id: Uuid, row: &SqliteRow) -> Result<(Status, String, String
         row.try_get("host").map_err(db(ctx))?,
         row.try_get("name").map_err(db(ctx))?,
     ))
+}
+
+/// The stored id of a row as text, for naming a row that cannot be read.
+fn raw_id(row: &SqliteRow) -> String {
+    row.try_get::<String, _>("id").unwrap_or_default()
+}
+
+/// A claimed row with its work kind and state.
+fn claim_from_row(row: &SqliteRow) -> Result<Claim> {
+    let ctx = "claiming due folders";
+    let attempts: i64 = row.try_get("attempts").map_err(db(ctx))?;
+    let location: String = row.try_get("location").map_err(db(ctx))?;
+    let kind: String = row.try_get("kind").map_err(db(ctx))?;
+    Ok(Claim {
+        folder: folder_from_row(row)?,
+        kind: WorkKind::parse(&kind)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        location: parse_location(&location)?,
+        reclaimed_from: row.try_get("prev_owner").map_err(db(ctx))?,
+    })
 }
 
 fn progress_from_row(row: &SqliteRow, ctx: &'static str) -> Result<Progress> {
@@ -497,7 +528,11 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("listing vfolders"))?;
-        rows.iter().map(folder_from_row).collect()
+        let (folders, unreadable) = decode_each(&rows, raw_id, folder_from_row);
+        for bad in &unreadable {
+            bad.report("listing");
+        }
+        Ok(folders)
     }
 
     async fn set_status(&self, req: &StatusRequest) -> Result<StatusChange> {
@@ -638,33 +673,41 @@ impl Store for SqliteStore {
         .await
         .map_err(db("claiming due folders"))?;
         let expires = after(req.lease);
-        let mut claims = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let ctx = "claiming due folders";
-            let folder = folder_from_row(row)?;
+        let (claims, unreadable) = decode_each(&rows, raw_id, claim_from_row);
+        for claim in &claims {
             sqlx::query(
                 "INSERT INTO vfolder_controller_state (vfolder_id, lease_owner, lease_expires_at, updated_at)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (vfolder_id) DO UPDATE SET lease_owner = excluded.lease_owner,
-                     lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at",
+                     lease_expires_at = excluded.lease_expires_at, parked_reason = NULL,
+                     updated_at = excluded.updated_at",
             )
-            .bind(folder.id.to_string())
+            .bind(claim.folder.id.to_string())
             .bind(&req.owner)
             .bind(&expires)
             .bind(&now)
             .execute(&mut *tx)
             .await
-            .map_err(db(ctx))?;
-            let attempts: i64 = row.try_get("attempts").map_err(db(ctx))?;
-            let location: String = row.try_get("location").map_err(db(ctx))?;
-            let kind: String = row.try_get("kind").map_err(db(ctx))?;
-            claims.push(Claim {
-                folder,
-                kind: WorkKind::parse(&kind)?,
-                attempts: u32::try_from(attempts).unwrap_or(0),
-                location: parse_location(&location)?,
-                reclaimed_from: row.try_get("prev_owner").map_err(db(ctx))?,
-            });
+            .map_err(db("claiming due folders"))?;
+        }
+        for bad in &unreadable {
+            bad.report("claiming");
+            sqlx::query(
+                "INSERT INTO vfolder_controller_state
+                     (vfolder_id, next_attempt_at, last_error, parked_reason, updated_at)
+                 VALUES ($1, $2, $3, $3, $4)
+                 ON CONFLICT (vfolder_id) DO UPDATE SET lease_owner = NULL,
+                     lease_expires_at = NULL, next_attempt_at = excluded.next_attempt_at,
+                     last_error = excluded.last_error, parked_reason = excluded.parked_reason,
+                     updated_at = excluded.updated_at",
+            )
+            .bind(&bad.id)
+            .bind(after(PARK_FOR))
+            .bind(bad.parked_reason())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("parking an unreadable row"))?;
         }
         tx.commit().await.map_err(db("committing claims"))?;
         Ok(claims)
@@ -826,6 +869,17 @@ impl Store for SqliteStore {
         // SQLite has no data-modifying CTE: collect the due ids into a temporary list inside
         // the write transaction, then move and audit exactly those rows.
         let mut tx = self.begin().await?;
+        // An unknown time (a writer set status_changed to NULL) starts when the controller
+        // first sees the row: it is stamped now and the full retention follows (the same
+        // rule as an adopted table's clock). The trigger does not fire: the status stays.
+        sqlx::query(
+            "UPDATE vfolders SET status_changed = $1
+             WHERE status IN ('delete-pending', 'delete-complete') AND status_changed IS NULL",
+        )
+        .bind(ts(Utc::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("stamping unknown status times"))?;
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT v.id FROM vfolders v
              LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
@@ -840,6 +894,9 @@ impl Store for SqliteStore {
         .await
         .map_err(db("finding expired trash"))?;
         if ids.is_empty() {
+            tx.commit()
+                .await
+                .map_err(db("committing the trash timer"))?;
             return Ok(0);
         }
         let ids = json_list(&ids);
@@ -918,7 +975,7 @@ impl Store for SqliteStore {
                  (SELECT min(coalesce(status_changed, created_at)) FROM vfolders
                   WHERE status = 'delete-ongoing'),
                  (SELECT min(coalesce(s.purge_after, strftime('%Y-%m-%dT%H:%M:%fZ',
-                                      coalesce(v.status_changed, v.created_at), $1)))
+                                      coalesce(v.status_changed, 'now'), $1)))
                   FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
                   WHERE v.status = 'delete-pending')",
         )
@@ -935,6 +992,15 @@ impl Store for SqliteStore {
 
     async fn subscribe(&self) -> Result<Option<EventStream>> {
         Ok(None)
+    }
+
+    async fn unreadable_rows(&self) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM vfolder_controller_state WHERE parked_reason IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting unreadable rows"))
     }
 
     async fn record_volume_state(&self, state: &super::VolumeState) -> Result<()> {
