@@ -196,6 +196,15 @@ impl Platform {
             .map_err(|e| e.to_string())
     }
 
+    /// `UPDATE vfolders SET status = … WHERE id = …`, the platform's status-only write.
+    async fn set(&self, kind: &str, status: &str) -> Result<(), String> {
+        self.try_sql(&format!(
+            "UPDATE vfolders SET status = '{status}' WHERE id = '{}'",
+            self.id(kind)
+        ))
+        .await
+    }
+
     async fn status(&self, kind: &str) -> String {
         sqlx::query_scalar("SELECT status FROM vfolders WHERE id = $1")
             .bind(self.id(kind))
@@ -377,23 +386,11 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
     // The platform keeps writing, as its own code does, while the controller runs.
     let id = |k: &str| p.id(k);
     // Trash and restore set the status only.
-    p.sql(&format!(
-        "UPDATE vfolders SET status = 'delete-pending' WHERE id = '{}'",
-        id("to-trash")
-    ))
-    .await;
-    p.sql(&format!(
-        "UPDATE vfolders SET status = 'ready' WHERE id = '{}'",
-        id("trash-stale")
-    ))
-    .await;
+    p.set("to-trash", "delete-pending").await.unwrap();
+    p.set("trash-stale", "ready").await.unwrap();
     // Delete forever, status only, and through update_vfolder_status (status_changed,
     // the object history and the rename in the same UPDATE).
-    p.sql(&format!(
-        "UPDATE vfolders SET status = 'delete-ongoing' WHERE id = '{}'",
-        id("forever")
-    ))
-    .await;
+    p.set("forever", "delete-ongoing").await.unwrap();
     p.sql(&format!(
         r#"UPDATE vfolders SET status = 'delete-ongoing', status_changed = now(),
                status_history = coalesce(status_history, '{{}}'::jsonb)
@@ -404,33 +401,13 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
     ))
     .await;
     // Force delete of a live folder.
-    p.sql(&format!(
-        "UPDATE vfolders SET status = 'delete-ongoing' WHERE id = '{}'",
-        id("force")
-    ))
-    .await;
+    p.set("force", "delete-ongoing").await.unwrap();
     // Its storage-failure event on a trashed folder.
-    p.sql(&format!(
-        "UPDATE vfolders SET status = 'delete-error' WHERE id = '{}'",
-        id("failed-event")
-    ))
-    .await;
+    p.set("failed-event", "delete-error").await.unwrap();
     // Statuses it owns come and go around ready.
-    p.sql(&format!(
-        "UPDATE vfolders SET status = 'ready' WHERE id = '{}'",
-        id("mounted")
-    ))
-    .await;
-    p.sql(&format!(
-        "UPDATE vfolders SET status = 'mounted' WHERE id = '{}'",
-        id("mounted")
-    ))
-    .await;
-    p.sql(&format!(
-        "UPDATE vfolders SET status = 'ready' WHERE id = '{}'",
-        id("error")
-    ))
-    .await;
+    p.set("mounted", "ready").await.unwrap();
+    p.set("mounted", "mounted").await.unwrap();
+    p.set("error", "ready").await.unwrap();
     // Purge deletes the row.
     p.sql(&format!(
         "DELETE FROM vfolders WHERE id = '{}'",
@@ -438,13 +415,7 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
     ))
     .await;
     // The lifecycle stays guarded, whoever writes.
-    let err = p
-        .try_sql(&format!(
-            "UPDATE vfolders SET status = 'delete-complete' WHERE id = '{}'",
-            id("live")
-        ))
-        .await
-        .unwrap_err();
+    let err = p.set("live", "delete-complete").await.unwrap_err();
     assert!(
         err.contains("illegal vfolder status transition: ready -> delete-complete"),
         "{err}"
@@ -458,11 +429,7 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
         assert!(!p.exists(kind), "{kind}: data left behind");
     }
     // A repeated "delete forever" of a folder already gone completes at once.
-    p.sql(&format!(
-        "UPDATE vfolders SET status = 'delete-ongoing' WHERE id = '{}'",
-        id("ongoing")
-    ))
-    .await;
+    p.set("ongoing", "delete-ongoing").await.unwrap();
     p.site
         .wait_for(
             id("ongoing"),
@@ -502,11 +469,7 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
         restored.starts_with('{') && restored.contains("\"READY\""),
         "{restored}"
     );
-    p.sql(&format!(
-        "UPDATE vfolders SET status = 'delete-pending' WHERE id = '{}'",
-        id("list-history")
-    ))
-    .await;
+    p.set("list-history", "delete-pending").await.unwrap();
     let list = p
         .text(&format!(
             "SELECT status_history::text FROM vfolders WHERE id = '{}'",
@@ -594,11 +557,7 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
     );
     assert_eq!(p.dump().await, before_undo, "unadopt changed a row");
     // The platform's writes go on exactly as before the controller came.
-    p.sql(&format!(
-        "UPDATE vfolders SET status = 'purge-ongoing' WHERE id = '{}'",
-        id("live")
-    ))
-    .await;
+    p.set("live", "purge-ongoing").await.unwrap();
     assert_eq!(p.status("live").await, "purge-ongoing");
     let (code, _, err) = p.site.cli(&["unadopt"]);
     assert_eq!(code, 4, "{err}");
