@@ -247,6 +247,37 @@ async fn trash_move_mode_restores_data_byte_for_byte(db: TestDb) {
     assert!(!trash.exists() && !live.exists());
 }
 
+/// The wake-up path on its own: with the resync poll an hour away, only the NOTIFY a status
+/// change sends can bring the controller to a folder within seconds (every other controller
+/// test also converges by polling, so a broken listener would pass them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_change_is_picked_up_by_notify_alone() {
+    let site = Site::new(TestDb::postgres().await, "", "").await;
+    let folder = site.folder_with_tree("notify-only", 2, 10).await;
+    let proc = site.start_with(
+        "r1",
+        &[
+            ("VFOLDER_CONTROLLER_CONTROLLER_RESYNC_INTERVAL", "1h"),
+            ("VFOLDER_CONTROLLER_CONTROLLER_POLL_INTERVAL", "1h"),
+        ],
+    );
+    proc.wait_log("listening for status events", LONG);
+    // Past the first pass: from here only a wake-up makes the loop claim again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    site.raw_sql(&format!(
+        "UPDATE vfolders SET status = 'delete-ongoing' WHERE id = '{}'",
+        folder.id
+    ))
+    .await;
+    site.wait_for(folder.id, Duration::from_secs(2), "delete-complete", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+    assert!(asked.elapsed() < Duration::from_secs(2));
+    assert!(!site.folder_path(&folder).exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failure_goes_to_delete_error_and_retry_recovers() {
     let site = Site::new(TestDb::postgres().await, "", "").await;
