@@ -18,6 +18,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use super::rules::{self, Locked, Tx};
 use super::schema::{self, ADDED, DuplicateName, MigrationPlan, Remap, Schema, UnadoptPlan};
 use super::{
     AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, ControllerState, EVENT_CHANNEL,
@@ -110,6 +111,16 @@ impl PgStore {
             .await
             .map_err(db("connecting to PostgreSQL"))?;
         Ok(Self { pool })
+    }
+
+    /// A transaction for the store's rules.
+    async fn begin_tx(&self) -> Result<PgTx> {
+        Ok(PgTx(
+            self.pool
+                .begin()
+                .await
+                .map_err(db("starting a transaction"))?,
+        ))
     }
 
     /// Wraps an existing pool.
@@ -328,15 +339,15 @@ fn folder_from_row(row: &PgRow) -> Result<Folder> {
     })
 }
 
-/// `(status, host, name)` of a locked row, for checks and the audit entry.
-fn status_host_name(id: Uuid, row: &PgRow) -> Result<(Status, String, String)> {
+/// A locked row, for the rules' checks and the audit entry.
+fn locked(id: Uuid, row: &PgRow) -> Result<Locked> {
     let ctx = "reading a vfolder row";
     let status: String = row.try_get("status").map_err(db(ctx))?;
-    Ok((
-        parse_status(id, &status)?,
-        row.try_get("host").map_err(db(ctx))?,
-        row.try_get("name").map_err(db(ctx))?,
-    ))
+    Ok(Locked {
+        status: parse_status(id, &status)?,
+        host: row.try_get("host").map_err(db(ctx))?,
+        name: row.try_get("name").map_err(db(ctx))?,
+    })
 }
 
 fn progress_from_row(row: &PgRow, ctx: &'static str) -> Result<Progress> {
@@ -436,104 +447,154 @@ async fn set_actor(conn: &mut PgConnection, actor: &str) -> Result<()> {
     Ok(())
 }
 
-/// The locked row of a folder: (status, host, name).
-async fn lock_folder(conn: &mut PgConnection, id: Uuid) -> Result<(Status, String, String)> {
-    let row = sqlx::query("SELECT status, host, name FROM vfolders WHERE id = $1 FOR UPDATE")
+/// A PostgreSQL transaction, with the statements the store's rules need ([`rules::Tx`]).
+/// Rows are locked with `FOR UPDATE`; the actor is the transaction-local `vfolder.actor`.
+pub(crate) struct PgTx(sqlx::Transaction<'static, sqlx::Postgres>);
+
+#[async_trait]
+impl Tx for PgTx {
+    async fn lock_folder(&mut self, id: Uuid) -> Result<Locked> {
+        let row = sqlx::query("SELECT status, host, name FROM vfolders WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *self.0)
+            .await
+            .map_err(db("locking a vfolder row"))?
+            .ok_or(Error::NotFound(id))?;
+        locked(id, &row)
+    }
+
+    async fn lock_leased(&mut self, id: Uuid, owner: &str) -> Result<Option<Locked>> {
+        let row = sqlx::query(
+            "SELECT v.status, v.host, v.name FROM vfolders v
+             JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+             WHERE v.id = $1 AND s.lease_owner = $2 FOR UPDATE OF v, s",
+        )
         .bind(id)
-        .fetch_optional(conn)
+        .bind(owner)
+        .fetch_optional(&mut *self.0)
         .await
-        .map_err(db("locking a vfolder row"))?
-        .ok_or(Error::NotFound(id))?;
-    status_host_name(id, &row)
-}
+        .map_err(db("locking a leased vfolder row"))?;
+        row.map(|row| locked(id, &row)).transpose()
+    }
 
-/// Locks a folder whose lease `owner` holds: (status, host, name), or `None`.
-async fn lock_leased(
-    conn: &mut PgConnection,
-    id: Uuid,
-    owner: &str,
-) -> Result<Option<(Status, String, String)>> {
-    let row = sqlx::query(
-        "SELECT v.status, v.host, v.name FROM vfolders v
-         JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-         WHERE v.id = $1 AND s.lease_owner = $2 FOR UPDATE OF v, s",
-    )
-    .bind(id)
-    .bind(owner)
-    .fetch_optional(conn)
-    .await
-    .map_err(db("locking a leased vfolder row"))?;
-    row.map(|row| status_host_name(id, &row)).transpose()
-}
+    async fn write_status(&mut self, id: Uuid, name: &str, to: Status, actor: &str) -> Result<()> {
+        set_actor(&mut self.0, actor).await?;
+        sqlx::query("UPDATE vfolders SET status = $2 WHERE id = $1")
+            .bind(id)
+            .bind(to.as_str())
+            .execute(&mut *self.0)
+            .await
+            .map_err(write_err(id, name, "writing a vfolder status"))?;
+        Ok(())
+    }
 
-async fn write_status(
-    conn: &mut PgConnection,
-    id: Uuid,
-    name: &str,
-    to: Status,
-    actor: &str,
-) -> Result<()> {
-    set_actor(&mut *conn, actor).await?;
-    sqlx::query("UPDATE vfolders SET status = $2 WHERE id = $1")
+    async fn insert_folder(&mut self, new: &NewFolder, actor: &str) -> Result<Folder> {
+        set_actor(&mut self.0, actor).await?;
+        let row = sqlx::query(concat!(
+            r#"INSERT INTO vfolders AS v (id, host, quota_scope_id, name, "user", "group", ownership_type)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING "#,
+            folder_columns!()
+        ))
+        .bind(new.id)
+        .bind(&new.host)
+        .bind(&new.quota_scope_id)
+        .bind(&new.name)
+        .bind(new.user)
+        .bind(new.group)
+        .bind(&new.ownership_type)
+        .fetch_one(&mut *self.0)
+        .await
+        .map_err(write_err(new.id, &new.name, "inserting a vfolder"))?;
+        folder_from_row(&row)
+    }
+
+    async fn delete_folder(&mut self, id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM vfolders WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.0)
+            .await
+            .map_err(db("deleting a vfolder row"))?;
+        Ok(())
+    }
+
+    async fn note_status_change(
+        &mut self,
+        id: Uuid,
+        from: Status,
+        to: Status,
+        purge_after: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO vfolder_controller_state (vfolder_id, purge_after)
+             VALUES ($1, CASE WHEN $2 = 'delete-pending' THEN $4::timestamptz END)
+             ON CONFLICT (vfolder_id) DO UPDATE SET
+                 purge_after = CASE WHEN $2 = 'delete-pending' THEN $4::timestamptz
+                                    WHEN $2 = 'ready' THEN NULL
+                                    ELSE vfolder_controller_state.purge_after END,
+                 attempts = CASE WHEN $3 = 'delete-error' THEN 0
+                                 ELSE vfolder_controller_state.attempts END,
+                 next_attempt_at = CASE WHEN $3 = 'delete-error' THEN NULL
+                                        ELSE vfolder_controller_state.next_attempt_at END,
+                 updated_at = now()",
+        )
         .bind(id)
         .bind(to.as_str())
-        .execute(conn)
+        .bind(from.as_str())
+        .bind(purge_after)
+        .execute(&mut *self.0)
         .await
-        .map_err(write_err(id, name, "writing a vfolder status"))?;
-    Ok(())
-}
-
-/// The lease-guarded end of a removal: `delete-ongoing → to`, state updated, one audit row.
-async fn finish_removal(
-    pool: &PgPool,
-    id: Uuid,
-    owner: &str,
-    to: Status,
-    audit: NewAudit<'_>,
-) -> Result<bool> {
-    let mut tx = pool.begin().await.map_err(db("starting a transaction"))?;
-    let Some((status, host, name)) = lock_leased(&mut tx, id, owner).await? else {
-        return Ok(false);
-    };
-    if status != Status::DeleteOngoing {
-        return Ok(false);
+        .map_err(db("updating controller state"))?;
+        Ok(())
     }
-    write_status(&mut tx, id, &name, to, owner).await?;
-    let p = audit.progress.unwrap_or_default();
-    sqlx::query(
-        "UPDATE vfolder_controller_state SET lease_owner = NULL, lease_expires_at = NULL,
-             attempts = CASE WHEN $2 THEN 0 ELSE attempts END,
-             next_attempt_at = NULL, last_error = $3,
-             files = $4, dirs = $5, symlinks = $6, bytes = $7, updated_at = now()
-         WHERE vfolder_id = $1",
-    )
-    .bind(id)
-    .bind(to == Status::DeleteComplete)
-    .bind(audit.error)
-    .bind(to_i64(p.files))
-    .bind(to_i64(p.dirs))
-    .bind(to_i64(p.symlinks))
-    .bind(to_i64(p.bytes))
-    .execute(&mut *tx)
-    .await
-    .map_err(db("updating controller state"))?;
-    insert_audit(
-        &mut tx,
-        &NewAudit {
-            host: Some(&host),
-            name: Some(&name),
-            from_status: Some(Status::DeleteOngoing.as_str()),
-            to_status: Some(to.as_str()),
-            actor: Some(owner),
-            replica: Some(owner),
-            ..audit
-        },
-    )
-    .await?;
-    tx.commit()
+
+    async fn finish_state(
+        &mut self,
+        id: Uuid,
+        complete: bool,
+        error: Option<&str>,
+        progress: Progress,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE vfolder_controller_state SET lease_owner = NULL, lease_expires_at = NULL,
+                 attempts = CASE WHEN $2 THEN 0 ELSE attempts END,
+                 next_attempt_at = NULL, last_error = $3,
+                 files = $4, dirs = $5, symlinks = $6, bytes = $7, updated_at = now()
+             WHERE vfolder_id = $1",
+        )
+        .bind(id)
+        .bind(complete)
+        .bind(error)
+        .bind(to_i64(progress.files))
+        .bind(to_i64(progress.dirs))
+        .bind(to_i64(progress.symlinks))
+        .bind(to_i64(progress.bytes))
+        .execute(&mut *self.0)
         .await
-        .map_err(db("committing a removal result"))?;
-    Ok(true)
+        .map_err(db("updating controller state"))?;
+        Ok(())
+    }
+
+    async fn set_location(&mut self, id: Uuid, location: Location) -> Result<()> {
+        sqlx::query(
+            "UPDATE vfolder_controller_state
+             SET location = $2, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE vfolder_id = $1",
+        )
+        .bind(id)
+        .bind(location.as_str())
+        .execute(&mut *self.0)
+        .await
+        .map_err(db("recording a location"))?;
+        Ok(())
+    }
+
+    async fn insert_audit(&mut self, audit: &NewAudit<'_>) -> Result<()> {
+        insert_audit(&mut self.0, audit).await
+    }
+
+    async fn commit(self, context: &'static str) -> Result<()> {
+        self.0.commit().await.map_err(db(context))
+    }
 }
 
 #[async_trait]
@@ -653,48 +714,8 @@ impl Store for PgStore {
     }
 
     async fn create_folder(&self, new: &NewFolder, actor: &str) -> Result<Folder> {
-        if self.detect().await?.mode == SchemaMode::Adopted {
-            return Err(Error::AdoptedTable(
-                "folders are created by the platform, which fills columns the controller does not know",
-            ));
-        }
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
-        set_actor(&mut tx, actor).await?;
-        let row = sqlx::query(concat!(
-            r#"INSERT INTO vfolders AS v (id, host, quota_scope_id, name, "user", "group", ownership_type)
-               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING "#,
-            folder_columns!()
-        ))
-        .bind(new.id)
-        .bind(&new.host)
-        .bind(&new.quota_scope_id)
-        .bind(&new.name)
-        .bind(new.user)
-        .bind(new.group)
-        .bind(&new.ownership_type)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(write_err(new.id, &new.name, "inserting a vfolder"))?;
-        let folder = folder_from_row(&row)?;
-        insert_audit(
-            &mut tx,
-            &NewAudit {
-                vfolder_id: new.id,
-                host: Some(&new.host),
-                name: Some(&new.name),
-                action: "create",
-                to_status: Some(folder.status.as_str()),
-                actor: Some(actor),
-                ..NewAudit::default()
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(db("committing a new vfolder"))?;
-        Ok(folder)
+        let mode = self.detect().await?.mode;
+        rules::create_folder(self.begin_tx().await?, mode, new, actor).await
     }
 
     async fn get_folder(&self, id: Uuid) -> Result<FolderDetail> {
@@ -746,89 +767,11 @@ impl Store for PgStore {
     }
 
     async fn set_status(&self, req: &StatusRequest) -> Result<StatusChange> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
-        let (from, host, name) = lock_folder(&mut tx, req.id).await?;
-        let change = req.check(from)?;
-        if !change.changed {
-            return Ok(change);
-        }
-        write_status(&mut tx, req.id, &name, req.to, &req.actor).await?;
-        // The trash timer reads purge_after; a restore forgets it, a retry starts counting
-        // attempts afresh (the operator fixed the cause).
-        sqlx::query(
-            "INSERT INTO vfolder_controller_state (vfolder_id, purge_after)
-             VALUES ($1, CASE WHEN $2 = 'delete-pending' THEN $4::timestamptz END)
-             ON CONFLICT (vfolder_id) DO UPDATE SET
-                 purge_after = CASE WHEN $2 = 'delete-pending' THEN $4::timestamptz
-                                    WHEN $2 = 'ready' THEN NULL
-                                    ELSE vfolder_controller_state.purge_after END,
-                 attempts = CASE WHEN $3 = 'delete-error' THEN 0
-                                 ELSE vfolder_controller_state.attempts END,
-                 next_attempt_at = CASE WHEN $3 = 'delete-error' THEN NULL
-                                        ELSE vfolder_controller_state.next_attempt_at END,
-                 updated_at = now()",
-        )
-        .bind(req.id)
-        .bind(req.to.as_str())
-        .bind(from.as_str())
-        .bind(req.purge_after)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("updating controller state"))?;
-        insert_audit(
-            &mut tx,
-            &NewAudit {
-                vfolder_id: req.id,
-                host: Some(&host),
-                name: Some(&name),
-                action: req.action,
-                from_status: Some(from.as_str()),
-                to_status: Some(req.to.as_str()),
-                actor: Some(&req.actor),
-                ..NewAudit::default()
-            },
-        )
-        .await?;
-        tx.commit()
-            .await
-            .map_err(db("committing a status change"))?;
-        Ok(change)
+        rules::set_status(self.begin_tx().await?, req).await
     }
 
     async fn forget(&self, id: Uuid, actor: &str) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
-        let (status, host, name) = lock_folder(&mut tx, id).await?;
-        if status != Status::DeleteError {
-            return Err(Error::NotForgettable { id, status });
-        }
-        sqlx::query("DELETE FROM vfolders WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("deleting a vfolder row"))?;
-        insert_audit(
-            &mut tx,
-            &NewAudit {
-                vfolder_id: id,
-                host: Some(&host),
-                name: Some(&name),
-                action: "forget",
-                from_status: Some(status.as_str()),
-                actor: Some(actor),
-                ..NewAudit::default()
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(db("committing forget"))?;
-        Ok(())
+        rules::forget(self.begin_tx().await?, id, actor).await
     }
 
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
@@ -1037,20 +980,7 @@ impl Store for PgStore {
     }
 
     async fn complete_removal(&self, id: Uuid, owner: &str, done: &Completion) -> Result<bool> {
-        finish_removal(
-            &self.pool,
-            id,
-            owner,
-            Status::DeleteComplete,
-            NewAudit {
-                vfolder_id: id,
-                action: "removed",
-                progress: Some(done.progress),
-                duration_ms: Some(i64::try_from(done.duration.as_millis()).unwrap_or(i64::MAX)),
-                ..NewAudit::default()
-            },
-        )
-        .await
+        rules::complete_removal(self.begin_tx().await?, id, owner, done).await
     }
 
     async fn record_retry(
@@ -1078,57 +1008,11 @@ impl Store for PgStore {
     }
 
     async fn fail_removal(&self, id: Uuid, owner: &str, error: &str) -> Result<bool> {
-        finish_removal(
-            &self.pool,
-            id,
-            owner,
-            Status::DeleteError,
-            NewAudit {
-                vfolder_id: id,
-                action: "remove-failed",
-                error: Some(error),
-                ..NewAudit::default()
-            },
-        )
-        .await
+        rules::fail_removal(self.begin_tx().await?, id, owner, error).await
     }
 
     async fn record_location(&self, id: Uuid, owner: &str, location: Location) -> Result<bool> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
-        let Some((status, host, name)) = lock_leased(&mut tx, id, owner).await? else {
-            return Ok(false);
-        };
-        sqlx::query(
-            "UPDATE vfolder_controller_state
-             SET location = $2, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-             WHERE vfolder_id = $1",
-        )
-        .bind(id)
-        .bind(location.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(db("recording a location"))?;
-        insert_audit(
-            &mut tx,
-            &NewAudit {
-                vfolder_id: id,
-                host: Some(&host),
-                name: Some(&name),
-                action: super::location_action(location),
-                from_status: Some(status.as_str()),
-                to_status: Some(status.as_str()),
-                actor: Some(owner),
-                replica: Some(owner),
-                ..NewAudit::default()
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(db("committing a location"))?;
-        Ok(true)
+        rules::record_location(self.begin_tx().await?, id, owner, location).await
     }
 
     async fn purge_expired_trash(

@@ -1,0 +1,259 @@
+//! The store's transaction rules, written once for every backend.
+//!
+//! Each multi-statement change (a requested status change, forgetting a row, the end of a
+//! removal, a trash move, a new row) is a sequence of steps that must hold together; the
+//! steps are written here over [`Tx`], an open write transaction with one method per SQL
+//! statement, which each backend implements in its own dialect (`postgres.rs`, `sqlite.rs`).
+//! The backends hold only what truly differs: SQL text, types, locking, LISTEN.
+//!
+//! Guarantees (the conformance suite in `tests/store.rs` runs them on both backends):
+//! - The row is locked (PostgreSQL `FOR UPDATE`; SQLite's write transaction) before it is
+//!   checked, so the check and the write are one decision.
+//! - Every change writes exactly one audit entry, in the same transaction as the change.
+//! - Only the lease holder may finish a removal or record a trash move; for anyone else
+//!   these are no-ops that return `false`.
+//! - Writing the status a row already has is a no-op: no history, no audit, no event.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{
+    Completion, Error, Folder, Location, NewAudit, NewFolder, Progress, Result, StatusChange,
+    StatusRequest,
+};
+use crate::lifecycle::{SchemaMode, Status};
+
+/// A locked row: what the rules check and what the audit entry records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Locked {
+    /// Its status (a status the controller does not own is [`Error::UnknownStatus`]).
+    pub status: Status,
+    /// Its host.
+    pub host: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// An open write transaction of a backend: one method per statement. Dropping it without
+/// [`Tx::commit`] rolls back.
+#[async_trait]
+pub(crate) trait Tx: Send + Sized {
+    /// Locks the row; [`Error::NotFound`] when there is none.
+    async fn lock_folder(&mut self, id: Uuid) -> Result<Locked>;
+
+    /// Locks the row and its controller state when `owner` holds the lease; `None` otherwise.
+    async fn lock_leased(&mut self, id: Uuid, owner: &str) -> Result<Option<Locked>>;
+
+    /// Writes the status, with `actor` for the trigger's history entry. The trigger's
+    /// rejection maps to [`Error::IllegalTransition`], the name index to [`Error::NameTaken`].
+    async fn write_status(&mut self, id: Uuid, name: &str, to: Status, actor: &str) -> Result<()>;
+
+    /// Inserts a new row as `actor` and reads it back.
+    async fn insert_folder(&mut self, new: &NewFolder, actor: &str) -> Result<Folder>;
+
+    /// Deletes the row (its controller state goes with it).
+    async fn delete_folder(&mut self, id: Uuid) -> Result<()>;
+
+    /// The controller state after a requested change `from → to`: a trash gets its
+    /// per-folder purge time, a restore forgets it, a retry counts attempts afresh (the
+    /// operator fixed the cause).
+    async fn note_status_change(
+        &mut self,
+        id: Uuid,
+        from: Status,
+        to: Status,
+        purge_after: Option<DateTime<Utc>>,
+    ) -> Result<()>;
+
+    /// The controller state at the end of a removal: lease released, next attempt cleared,
+    /// attempts reset when `complete`, the error text and the final counts stored.
+    async fn finish_state(
+        &mut self,
+        id: Uuid,
+        complete: bool,
+        error: Option<&str>,
+        progress: Progress,
+    ) -> Result<()>;
+
+    /// The controller state after a trash move or restore: the data's place, lease released.
+    async fn set_location(&mut self, id: Uuid, location: Location) -> Result<()>;
+
+    /// Appends an audit entry.
+    async fn insert_audit(&mut self, audit: &NewAudit<'_>) -> Result<()>;
+
+    /// Commits; `context` names the change in an error.
+    async fn commit(self, context: &'static str) -> Result<()>;
+}
+
+/// A requested status change ([`StatusRequest::check`] decides under the row lock).
+pub(crate) async fn set_status(mut tx: impl Tx, req: &StatusRequest) -> Result<StatusChange> {
+    let row = tx.lock_folder(req.id).await?;
+    let change = req.check(row.status)?;
+    if !change.changed {
+        return Ok(change);
+    }
+    tx.write_status(req.id, &row.name, req.to, &req.actor)
+        .await?;
+    tx.note_status_change(req.id, row.status, req.to, req.purge_after)
+        .await?;
+    tx.insert_audit(&NewAudit {
+        vfolder_id: req.id,
+        host: Some(&row.host),
+        name: Some(&row.name),
+        action: req.action,
+        from_status: Some(row.status.as_str()),
+        to_status: Some(req.to.as_str()),
+        actor: Some(&req.actor),
+        ..NewAudit::default()
+    })
+    .await?;
+    tx.commit("committing a status change").await?;
+    Ok(change)
+}
+
+/// Removes a `delete-error` row after manual cleanup; the audit entry stays.
+pub(crate) async fn forget(mut tx: impl Tx, id: Uuid, actor: &str) -> Result<()> {
+    let row = tx.lock_folder(id).await?;
+    if row.status != Status::DeleteError {
+        return Err(Error::NotForgettable {
+            id,
+            status: row.status,
+        });
+    }
+    tx.delete_folder(id).await?;
+    tx.insert_audit(&NewAudit {
+        vfolder_id: id,
+        host: Some(&row.host),
+        name: Some(&row.name),
+        action: "forget",
+        from_status: Some(row.status.as_str()),
+        actor: Some(actor),
+        ..NewAudit::default()
+    })
+    .await?;
+    tx.commit("committing forget").await
+}
+
+/// The lease-guarded end of a removal: `delete-ongoing → to` with the state and one audit
+/// entry (`audit` names the action and carries the counts or the error). `false` when
+/// `owner` lost the lease or the row moved on.
+async fn finish_removal(
+    mut tx: impl Tx,
+    id: Uuid,
+    owner: &str,
+    to: Status,
+    audit: NewAudit<'_>,
+) -> Result<bool> {
+    let Some(row) = tx.lock_leased(id, owner).await? else {
+        return Ok(false);
+    };
+    if row.status != Status::DeleteOngoing {
+        return Ok(false);
+    }
+    tx.write_status(id, &row.name, to, owner).await?;
+    tx.finish_state(
+        id,
+        to == Status::DeleteComplete,
+        audit.error,
+        audit.progress.unwrap_or_default(),
+    )
+    .await?;
+    tx.insert_audit(&NewAudit {
+        vfolder_id: id,
+        host: Some(&row.host),
+        name: Some(&row.name),
+        from_status: Some(Status::DeleteOngoing.as_str()),
+        to_status: Some(to.as_str()),
+        actor: Some(owner),
+        replica: Some(owner),
+        ..audit
+    })
+    .await?;
+    tx.commit("committing a removal result").await?;
+    Ok(true)
+}
+
+/// `delete-ongoing → delete-complete` with the counts and the duration in the audit entry.
+pub(crate) async fn complete_removal(
+    tx: impl Tx,
+    id: Uuid,
+    owner: &str,
+    done: &Completion,
+) -> Result<bool> {
+    let audit = NewAudit {
+        vfolder_id: id,
+        action: "removed",
+        progress: Some(done.progress),
+        duration_ms: Some(i64::try_from(done.duration.as_millis()).unwrap_or(i64::MAX)),
+        ..NewAudit::default()
+    };
+    finish_removal(tx, id, owner, Status::DeleteComplete, audit).await
+}
+
+/// `delete-ongoing → delete-error` with the error in the state and the audit entry.
+pub(crate) async fn fail_removal(tx: impl Tx, id: Uuid, owner: &str, error: &str) -> Result<bool> {
+    let audit = NewAudit {
+        vfolder_id: id,
+        action: "remove-failed",
+        error: Some(error),
+        ..NewAudit::default()
+    };
+    finish_removal(tx, id, owner, Status::DeleteError, audit).await
+}
+
+/// Records that the data now is at `location`, audits it and releases the lease. `false`
+/// when `owner` lost the lease.
+pub(crate) async fn record_location(
+    mut tx: impl Tx,
+    id: Uuid,
+    owner: &str,
+    location: Location,
+) -> Result<bool> {
+    let Some(row) = tx.lock_leased(id, owner).await? else {
+        return Ok(false);
+    };
+    tx.set_location(id, location).await?;
+    tx.insert_audit(&NewAudit {
+        vfolder_id: id,
+        host: Some(&row.host),
+        name: Some(&row.name),
+        action: super::location_action(location),
+        from_status: Some(row.status.as_str()),
+        to_status: Some(row.status.as_str()),
+        actor: Some(owner),
+        replica: Some(owner),
+        ..NewAudit::default()
+    })
+    .await?;
+    tx.commit("committing a location").await?;
+    Ok(true)
+}
+
+/// Inserts a row in `ready` and audits `create`. Refused on an adopted table: the platform
+/// creates folders and fills columns the controller does not know.
+pub(crate) async fn create_folder(
+    mut tx: impl Tx,
+    mode: SchemaMode,
+    new: &NewFolder,
+    actor: &str,
+) -> Result<Folder> {
+    if mode == SchemaMode::Adopted {
+        return Err(Error::AdoptedTable(
+            "folders are created by the platform, which fills columns the controller does not know",
+        ));
+    }
+    let folder = tx.insert_folder(new, actor).await?;
+    tx.insert_audit(&NewAudit {
+        vfolder_id: new.id,
+        host: Some(&new.host),
+        name: Some(&new.name),
+        action: "create",
+        to_status: Some(folder.status.as_str()),
+        actor: Some(actor),
+        ..NewAudit::default()
+    })
+    .await?;
+    tx.commit("committing a new vfolder").await?;
+    Ok(folder)
+}
