@@ -14,9 +14,9 @@ use uuid::Uuid;
 use vfolder_controller::lifecycle::Status;
 use vfolder_controller::observe::{Health, HttpState, Metrics, serve};
 use vfolder_controller::store::{
-    AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, Error, EventStream, Folder,
-    FolderDetail, Location, MigrationPlan, NewFolder, Progress, Result, Schema, StatusChange,
-    StatusRequest, Store, UnadoptPlan,
+    AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, Error, EventStream,
+    Folder, FolderDetail, Location, MigrationPlan, NewFolder, Progress, Result, Schema,
+    StatusChange, StatusRequest, Store, UnadoptPlan,
 };
 
 const UP: u8 = 0;
@@ -32,6 +32,12 @@ struct SwitchStore {
 impl Store for SwitchStore {
     fn backend(&self) -> &'static str {
         "test"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            notifications: false,
+            embedded: false,
+        }
     }
     async fn plan_migration(&self) -> Result<MigrationPlan> {
         unimplemented!("not used by the HTTP endpoints")

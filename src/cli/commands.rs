@@ -55,7 +55,7 @@ pub async fn execute(cli: Cli, config: Config) -> Result<(), Error> {
 /// command never changes a production schema as a side effect.
 async fn open(config: &Config) -> Result<Arc<dyn Store>, Error> {
     let store = store::connect(&config.database_url).await?;
-    if store.backend() == "sqlite" {
+    if store.capabilities().embedded {
         store.migrate(false).await?;
     } else {
         store.check_ready().await.map_err(|e| match e {

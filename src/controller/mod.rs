@@ -132,10 +132,10 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
     let maintenance = CancellationToken::new();
     let mut background = JoinSet::new();
     let wake = Arc::new(Notify::new());
-    let interval = if ctx.store.backend() == "sqlite" {
-        ctx.config.poll_interval
-    } else {
+    let interval = if ctx.store.capabilities().notifications {
         ctx.config.resync_interval
+    } else {
+        ctx.config.poll_interval
     };
     background.spawn(wakeup::listen(
         ctx.store.clone(),

@@ -194,6 +194,18 @@ impl Error {
     }
 }
 
+/// What a backend can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Status changes are announced ([`Store::subscribe`] yields events), so the loop can
+    /// wait for them and poll rarely; without, it polls at `poll_interval`.
+    pub notifications: bool,
+    /// An embedded, single-process database that admin commands migrate on first use (zero
+    /// set-up); a shared server must be migrated explicitly, so an admin command never
+    /// changes a production schema as a side effect.
+    pub embedded: bool,
+}
+
 /// Result alias of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -535,8 +547,12 @@ pub const EVENT_CHANNEL: &str = "vfolder_status";
 /// Everything the program needs from the database.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// `postgres` or `sqlite`.
+    /// `postgres` or `sqlite` (for logs and messages; ask [`Store::capabilities`] what the
+    /// backend can do).
     fn backend(&self) -> &'static str;
+
+    /// What this backend can do, so callers ask instead of comparing names.
+    fn capabilities(&self) -> Capabilities;
 
     /// What `migrate` would do now: the mode, the pending migrations and, for a table to
     /// adopt, every change it makes and the rows it affects. Changes nothing.

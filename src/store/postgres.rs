@@ -21,10 +21,10 @@ use uuid::Uuid;
 use super::rules::{self, Locked, Tx};
 use super::schema::{self, ADDED, DuplicateName, MigrationPlan, Remap, Schema, UnadoptPlan};
 use super::{
-    AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, ControllerState, EVENT_CHANNEL,
-    Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, Progress, Result,
-    StatusChange, StatusEvent, StatusRequest, Store, WorkKind, db, parse_history, parse_location,
-    parse_status, to_i64, to_u64, write_err,
+    AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
+    EVENT_CHANNEL, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder,
+    Progress, Result, StatusChange, StatusEvent, StatusRequest, Store, WorkKind, db, parse_history,
+    parse_location, parse_status, to_i64, to_u64, write_err,
 };
 use super::{PARK_FOR, decode_each};
 use crate::lifecycle::{self, RowStatus, SchemaMode, Status};
@@ -601,6 +601,13 @@ impl Tx for PgTx {
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            notifications: true,
+            embedded: false,
+        }
     }
 
     async fn plan_migration(&self) -> Result<MigrationPlan> {

@@ -20,10 +20,10 @@ use uuid::Uuid;
 use super::rules::{self, Locked, Tx};
 use super::schema::{self, MigrationPlan, Schema, UnadoptPlan};
 use super::{
-    AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, ControllerState, Error, EventStream,
-    Folder, FolderDetail, Location, NewAudit, NewFolder, Progress, Result, StatusChange,
-    StatusRequest, Store, WorkKind, db, decode_err, parse_history, parse_location, parse_status,
-    to_i64, to_u64, write_err,
+    AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState, Error,
+    EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, Progress, Result,
+    StatusChange, StatusRequest, Store, WorkKind, db, decode_err, parse_history, parse_location,
+    parse_status, to_i64, to_u64, write_err,
 };
 use super::{PARK_FOR, decode_each};
 use crate::lifecycle::{self, RowStatus, SchemaMode, Status};
@@ -466,6 +466,13 @@ impl Tx for SqliteTx {
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            notifications: false,
+            embedded: true,
+        }
     }
 
     async fn plan_migration(&self) -> Result<MigrationPlan> {
