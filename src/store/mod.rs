@@ -60,6 +60,7 @@ use uuid::Uuid;
 use crate::lifecycle::{IllegalTransition, RowStatus, Status};
 
 pub mod postgres;
+mod rows;
 mod rules;
 pub mod schema;
 pub mod sqlite;

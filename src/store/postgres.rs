@@ -13,21 +13,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use sqlx::FromRow;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use super::rows;
 use super::rules::{self, Locked, Tx};
 use super::schema::{self, ADDED, DuplicateName, MigrationPlan, Remap, Schema, UnadoptPlan};
 use super::{
     AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
     EVENT_CHANNEL, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder,
-    Progress, Result, StatusChange, StatusEvent, StatusRequest, Store, WorkKind, db, parse_history,
-    parse_location, parse_status, to_i64, to_u64, write_err,
+    Progress, Result, StatusChange, StatusEvent, StatusRequest, Store, db, parse_history,
+    parse_status, to_i64, write_err,
 };
 use super::{PARK_FOR, decode_each};
-use crate::lifecycle::{self, RowStatus, SchemaMode, Status};
+use crate::lifecycle::{self, SchemaMode, Status};
 
 /// The embedded PostgreSQL migrations of a database whose `vfolders` this program created
 /// (`migrations/postgres`).
@@ -90,7 +92,7 @@ macro_rules! folder_columns {
 /// Columns of a [`ControllerState`], from `vfolder_controller_state s`.
 macro_rules! state_columns {
     () => {
-        r#"s.vfolder_id AS s_id, s.attempts, s.next_attempt_at, s.last_error, s.lease_owner,
+        r#"s.vfolder_id AS s_id, s.attempts::int8 AS attempts, s.next_attempt_at, s.last_error, s.lease_owner,
            s.lease_expires_at, s.files, s.dirs, s.symlinks, s.bytes, s.location, s.purge_after"#
     };
 }
@@ -306,37 +308,20 @@ fn raw_id(row: &PgRow) -> String {
         .unwrap_or_default()
 }
 
+/// PostgreSQL's column types for the rows of [`rows`]: uuid, timestamptz, text.
+type Folders = rows::FolderRow<Uuid, DateTime<Utc>, String>;
+
 /// A claimed row with its work kind and state.
 fn claim_from_row(row: &PgRow) -> Result<Claim> {
-    let ctx = "claiming due folders";
-    let attempts: i32 = row.try_get("attempts").map_err(db(ctx))?;
-    let location: String = row.try_get("location").map_err(db(ctx))?;
-    let kind: String = row.try_get("kind").map_err(db(ctx))?;
-    Ok(Claim {
-        folder: folder_from_row(row)?,
-        kind: WorkKind::parse(&kind)?,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        location: parse_location(&location)?,
-        reclaimed_from: row.try_get("prev_owner").map_err(db(ctx))?,
-    })
+    rows::ClaimRow::<Uuid, DateTime<Utc>, String>::from_row(row)
+        .map_err(db("claiming due folders"))?
+        .into_claim()
 }
 
 fn folder_from_row(row: &PgRow) -> Result<Folder> {
-    let ctx = "reading a vfolder row";
-    let id: Uuid = row.try_get("id").map_err(db(ctx))?;
-    let status: String = row.try_get("status").map_err(db(ctx))?;
-    Ok(Folder {
-        id,
-        host: row.try_get("host").map_err(db(ctx))?,
-        quota_scope_id: row.try_get("quota_scope_id").map_err(db(ctx))?,
-        name: row.try_get("name").map_err(db(ctx))?,
-        user: row.try_get("user").map_err(db(ctx))?,
-        group: row.try_get("group").map_err(db(ctx))?,
-        ownership_type: row.try_get("ownership_type").map_err(db(ctx))?,
-        status: RowStatus::from_stored(&status),
-        status_changed: row.try_get("status_changed").map_err(db(ctx))?,
-        created_at: row.try_get("created_at").map_err(db(ctx))?,
-    })
+    Folders::from_row(row)
+        .map_err(db("reading a vfolder row"))?
+        .into_folder()
 }
 
 /// A locked row, for the rules' checks and the audit entry.
@@ -350,60 +335,16 @@ fn locked(id: Uuid, row: &PgRow) -> Result<Locked> {
     })
 }
 
-fn progress_from_row(row: &PgRow, ctx: &'static str) -> Result<Progress> {
-    let get = |c: &str| -> Result<u64> {
-        let v: Option<i64> = row.try_get(c).map_err(db(ctx))?;
-        Ok(v.map_or(0, to_u64))
-    };
-    Ok(Progress {
-        files: get("files")?,
-        dirs: get("dirs")?,
-        symlinks: get("symlinks")?,
-        bytes: get("bytes")?,
-    })
-}
-
 fn state_from_row(row: &PgRow) -> Result<Option<ControllerState>> {
-    let ctx = "reading controller state";
-    let id: Option<Uuid> = row.try_get("s_id").map_err(db(ctx))?;
-    if id.is_none() {
-        return Ok(None);
-    }
-    let attempts: i32 = row.try_get("attempts").map_err(db(ctx))?;
-    let location: String = row.try_get("location").map_err(db(ctx))?;
-    Ok(Some(ControllerState {
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        next_attempt_at: row.try_get("next_attempt_at").map_err(db(ctx))?,
-        last_error: row.try_get("last_error").map_err(db(ctx))?,
-        lease_owner: row.try_get("lease_owner").map_err(db(ctx))?,
-        lease_expires_at: row.try_get("lease_expires_at").map_err(db(ctx))?,
-        progress: progress_from_row(row, ctx)?,
-        location: parse_location(&location)?,
-        purge_after: row.try_get("purge_after").map_err(db(ctx))?,
-    }))
+    rows::StateRow::<Uuid, DateTime<Utc>>::from_row(row)
+        .map_err(db("reading controller state"))?
+        .into_state()
 }
 
 fn audit_from_row(row: &PgRow) -> Result<AuditEntry> {
-    let ctx = "reading the audit log";
-    let files: Option<i64> = row.try_get("files").map_err(db(ctx))?;
-    Ok(AuditEntry {
-        seq: row.try_get("seq").map_err(db(ctx))?,
-        at: row.try_get("at").map_err(db(ctx))?,
-        vfolder_id: row.try_get("vfolder_id").map_err(db(ctx))?,
-        host: row.try_get("host").map_err(db(ctx))?,
-        name: row.try_get("name").map_err(db(ctx))?,
-        action: row.try_get("action").map_err(db(ctx))?,
-        from_status: row.try_get("from_status").map_err(db(ctx))?,
-        to_status: row.try_get("to_status").map_err(db(ctx))?,
-        actor: row.try_get("actor").map_err(db(ctx))?,
-        replica: row.try_get("replica").map_err(db(ctx))?,
-        progress: match files {
-            Some(_) => Some(progress_from_row(row, ctx)?),
-            None => None,
-        },
-        duration_ms: row.try_get("duration_ms").map_err(db(ctx))?,
-        error: row.try_get("error").map_err(db(ctx))?,
-    })
+    rows::AuditRow::<Uuid, DateTime<Utc>>::from_row(row)
+        .map_err(db("reading the audit log"))?
+        .into_entry()
 }
 
 fn secs(d: Duration) -> f64 {
@@ -899,7 +840,7 @@ impl Store for PgStore {
                )
                SELECT "#,
             folder_columns!(),
-            r#", c.attempts, c.location, d.kind, d.prev_owner
+            r#", c.attempts::int8 AS attempts, c.location, d.kind, d.prev_owner
                FROM claimed c JOIN due d ON d.id = c.vfolder_id JOIN vfolders v ON v.id = c.vfolder_id
                ORDER BY v.status_changed NULLS FIRST, v.id"#
         ))

@@ -12,21 +12,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::FromRow;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
+use super::rows::{self, Decoded};
 use super::rules::{self, Locked, Tx};
 use super::schema::{self, MigrationPlan, Schema, UnadoptPlan};
 use super::{
     AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState, Error,
     EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, Progress, Result,
-    StatusChange, StatusRequest, Store, WorkKind, db, decode_err, parse_history, parse_location,
-    parse_status, to_i64, to_u64, write_err,
+    StatusChange, StatusRequest, Store, db, parse_history, parse_status, to_i64, write_err,
 };
 use super::{PARK_FOR, decode_each};
-use crate::lifecycle::{self, RowStatus, SchemaMode, Status};
+use crate::lifecycle::{self, SchemaMode, Status};
 
 /// The embedded SQLite migrations (`migrations/sqlite`).
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -46,29 +47,13 @@ pub fn ts(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
-/// Reads a stored timestamp: the program's own format (RFC 3339), or SQLite's
-/// `datetime('now')` format (`2026-11-28 19:00:00`, UTC), which hand-written SQL produces.
+/// Reads a stored timestamp (see [`rows::Decoded`] for the formats).
 fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .or_else(|e| {
-            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-                .map(|t| t.and_utc())
-                .map_err(|_| e)
-        })
-        .map_err(|e| decode_err("reading a timestamp", format!("timestamp {text:?}: {e}")))
+    text.to_owned().decoded()
 }
 
 fn parse_opt_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
-    text.as_deref().map(parse_ts).transpose()
-}
-
-fn parse_uuid(text: &str) -> Result<Uuid> {
-    Uuid::from_str(text).map_err(|e| decode_err("reading a uuid", format!("uuid {text:?}: {e}")))
-}
-
-fn parse_opt_uuid(text: Option<String>) -> Result<Option<Uuid>> {
-    text.as_deref().map(parse_uuid).transpose()
+    text.decoded()
 }
 
 fn after(d: Duration) -> String {
@@ -147,23 +132,13 @@ impl SqliteStore {
     }
 }
 
+/// SQLite's column types for the rows of [`rows`]: ids and times are text, names bytes.
+type Folders = rows::FolderRow<String, String, Vec<u8>>;
+
 fn folder_from_row(row: &SqliteRow) -> Result<Folder> {
-    let ctx = "reading a vfolder row";
-    let id = parse_uuid(&row.try_get::<String, _>("id").map_err(db(ctx))?)?;
-    let status: String = row.try_get("status").map_err(db(ctx))?;
-    Ok(Folder {
-        id,
-        host: row.try_get("host").map_err(db(ctx))?,
-        quota_scope_id: row.try_get("quota_scope_id").map_err(db(ctx))?,
-        name: String::from_utf8_lossy(&row.try_get::<Vec<u8>, _>("name").map_err(db(ctx))?)
-            .into_owned(),
-        user: parse_opt_uuid(row.try_get("user").map_err(db(ctx))?)?,
-        group: parse_opt_uuid(row.try_get("group").map_err(db(ctx))?)?,
-        ownership_type: row.try_get("ownership_type").map_err(db(ctx))?,
-        status: RowStatus::from_stored(&status),
-        status_changed: parse_opt_ts(row.try_get("status_changed").map_err(db(ctx))?)?,
-        created_at: parse_opt_ts(row.try_get("created_at").map_err(db(ctx))?)?,
-    })
+    Folders::from_row(row)
+        .map_err(db("reading a vfolder row"))?
+        .into_folder()
 }
 
 /// A locked row, for the rules' checks and the audit entry.
@@ -185,73 +160,21 @@ fn raw_id(row: &SqliteRow) -> String {
 
 /// A claimed row with its work kind and state.
 fn claim_from_row(row: &SqliteRow) -> Result<Claim> {
-    let ctx = "claiming due folders";
-    let attempts: i64 = row.try_get("attempts").map_err(db(ctx))?;
-    let location: String = row.try_get("location").map_err(db(ctx))?;
-    let kind: String = row.try_get("kind").map_err(db(ctx))?;
-    Ok(Claim {
-        folder: folder_from_row(row)?,
-        kind: WorkKind::parse(&kind)?,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        location: parse_location(&location)?,
-        reclaimed_from: row.try_get("prev_owner").map_err(db(ctx))?,
-    })
-}
-
-fn progress_from_row(row: &SqliteRow, ctx: &'static str) -> Result<Progress> {
-    let get = |c: &str| -> Result<u64> {
-        let v: Option<i64> = row.try_get(c).map_err(db(ctx))?;
-        Ok(v.map_or(0, to_u64))
-    };
-    Ok(Progress {
-        files: get("files")?,
-        dirs: get("dirs")?,
-        symlinks: get("symlinks")?,
-        bytes: get("bytes")?,
-    })
+    rows::ClaimRow::<String, String, Vec<u8>>::from_row(row)
+        .map_err(db("claiming due folders"))?
+        .into_claim()
 }
 
 fn state_from_row(row: &SqliteRow) -> Result<Option<ControllerState>> {
-    let ctx = "reading controller state";
-    let id: Option<String> = row.try_get("s_id").map_err(db(ctx))?;
-    if id.is_none() {
-        return Ok(None);
-    }
-    let attempts: i64 = row.try_get("attempts").map_err(db(ctx))?;
-    let location: String = row.try_get("location").map_err(db(ctx))?;
-    Ok(Some(ControllerState {
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        next_attempt_at: parse_opt_ts(row.try_get("next_attempt_at").map_err(db(ctx))?)?,
-        last_error: row.try_get("last_error").map_err(db(ctx))?,
-        lease_owner: row.try_get("lease_owner").map_err(db(ctx))?,
-        lease_expires_at: parse_opt_ts(row.try_get("lease_expires_at").map_err(db(ctx))?)?,
-        progress: progress_from_row(row, ctx)?,
-        location: parse_location(&location)?,
-        purge_after: parse_opt_ts(row.try_get("purge_after").map_err(db(ctx))?)?,
-    }))
+    rows::StateRow::<String, String>::from_row(row)
+        .map_err(db("reading controller state"))?
+        .into_state()
 }
 
 fn audit_from_row(row: &SqliteRow) -> Result<AuditEntry> {
-    let ctx = "reading the audit log";
-    let files: Option<i64> = row.try_get("files").map_err(db(ctx))?;
-    Ok(AuditEntry {
-        seq: row.try_get("seq").map_err(db(ctx))?,
-        at: parse_ts(&row.try_get::<String, _>("at").map_err(db(ctx))?)?,
-        vfolder_id: parse_uuid(&row.try_get::<String, _>("vfolder_id").map_err(db(ctx))?)?,
-        host: row.try_get("host").map_err(db(ctx))?,
-        name: row.try_get("name").map_err(db(ctx))?,
-        action: row.try_get("action").map_err(db(ctx))?,
-        from_status: row.try_get("from_status").map_err(db(ctx))?,
-        to_status: row.try_get("to_status").map_err(db(ctx))?,
-        actor: row.try_get("actor").map_err(db(ctx))?,
-        replica: row.try_get("replica").map_err(db(ctx))?,
-        progress: match files {
-            Some(_) => Some(progress_from_row(row, ctx)?),
-            None => None,
-        },
-        duration_ms: row.try_get("duration_ms").map_err(db(ctx))?,
-        error: row.try_get("error").map_err(db(ctx))?,
-    })
+    rows::AuditRow::<String, String>::from_row(row)
+        .map_err(db("reading the audit log"))?
+        .into_entry()
 }
 
 async fn insert_audit(conn: &mut SqliteConnection, a: &NewAudit<'_>) -> Result<()> {
