@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod lifecycle;
+pub mod model;
 pub mod observe;
 pub mod storage;
 pub mod store;

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use vfolder_controller::lifecycle::Status;
 use vfolder_controller::observe::{Health, HttpState, Metrics, serve};
 use vfolder_controller::store::{
-    AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, Error, EventStream,
-    Folder, FolderDetail, Location, MigrationPlan, NewFolder, Progress, Result, Schema,
+    AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, Counts, Error,
+    EventStream, Folder, FolderDetail, Location, MigrationPlan, NewFolder, Result, Schema,
     StatusChange, StatusRequest, Store, UnadoptPlan,
 };
 
@@ -85,7 +85,7 @@ impl Store for SwitchStore {
     async fn claim_due(&self, _: &ClaimRequest) -> Result<Vec<Claim>> {
         unimplemented!()
     }
-    async fn renew_lease(&self, _: Uuid, _: &str, _: Duration, _: Progress) -> Result<bool> {
+    async fn renew_lease(&self, _: Uuid, _: &str, _: Duration, _: Counts) -> Result<bool> {
         unimplemented!()
     }
     async fn release_lease(&self, _: Uuid, _: &str) -> Result<()> {

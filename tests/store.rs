@@ -308,7 +308,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use store::{
-    AuditFilter, ClaimRequest, Completion, Location, NewFolder, Progress, StatusRequest, Store,
+    AuditFilter, ClaimRequest, Completion, Counts, Location, NewFolder, StatusRequest, Store,
     WorkKind,
 };
 
@@ -364,7 +364,7 @@ async fn ongoing(store: &Arc<dyn Store>, name: &str, host: &str) -> uuid::Uuid {
 
 fn done() -> Completion {
     Completion {
-        progress: Progress {
+        progress: Counts {
             files: 3,
             dirs: 2,
             symlinks: 1,
@@ -576,7 +576,7 @@ async fn expired_lease_is_reclaimed_by_another_replica(db: TestDb) {
     // The old owner lost it: its renewal and completion are refused.
     assert!(
         !store
-            .renew_lease(id, "r1", Duration::from_secs(60), Progress::default())
+            .renew_lease(id, "r1", Duration::from_secs(60), Counts::default())
             .await
             .unwrap()
     );
@@ -709,7 +709,7 @@ async fn lease_guarded_operations_are_no_ops_for_a_non_owner(db: TestDb) {
     );
     assert!(
         !store
-            .renew_lease(id, "r2", Duration::from_secs(60), Progress::default())
+            .renew_lease(id, "r2", Duration::from_secs(60), Counts::default())
             .await
             .unwrap()
     );
@@ -718,7 +718,7 @@ async fn lease_guarded_operations_are_no_ops_for_a_non_owner(db: TestDb) {
     assert_eq!(store.get_folder(id).await.unwrap(), before);
     assert_eq!(actions(&store, id).await, ["create", "force-delete"]);
     // The owner's renewal stores progress and extends the lease.
-    let progress = Progress {
+    let progress = Counts {
         files: 7,
         dirs: 1,
         symlinks: 0,

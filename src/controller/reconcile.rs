@@ -173,7 +173,7 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
             }
             _ = renew.tick() => {
                 let counts = progress.snapshot();
-                match ctx.store.renew_lease(claim.folder.id, &ctx.replica, ctx.config.lease_duration, to_store(counts)).await {
+                match ctx.store.renew_lease(claim.folder.id, &ctx.replica, ctx.config.lease_duration, counts).await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!("lease lost to another replica; stopping this removal");
@@ -283,7 +283,7 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
         Outcome::Removed { counts, elapsed } => {
             count_removal(ctx, host, counts, elapsed, "ok");
             let done = Completion {
-                progress: to_store(counts),
+                progress: counts,
                 duration: elapsed,
             };
             match retry_db(ctx, "complete_removal", || {
@@ -445,14 +445,4 @@ where
         }
     }
     None
-}
-
-/// The store's copy of the engine's counters.
-fn to_store(c: Counts) -> store::Progress {
-    store::Progress {
-        files: c.files,
-        dirs: c.dirs,
-        symlinks: c.symlinks,
-        bytes: c.bytes,
-    }
 }

@@ -75,7 +75,7 @@ impl Progress {
 
 /// What was removed: non-directory entries other than symlinks (`files`), directories,
 /// symlinks, and the bytes of regular files (only when the volume's `count_bytes` is set).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     /// Regular files and other non-directory, non-symlink entries removed.
     pub files: u64,

@@ -24,9 +24,9 @@ use super::rules::{self, Locked, Tx};
 use super::schema::{self, ADDED, DuplicateName, MigrationPlan, Remap, Schema, UnadoptPlan};
 use super::{
     AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
-    EVENT_CHANNEL, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder,
-    Progress, Result, StatusChange, StatusEvent, StatusRequest, Store, db, parse_history,
-    parse_status, to_i64, write_err,
+    Counts, EVENT_CHANNEL, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder,
+    Result, StatusChange, StatusEvent, StatusRequest, Store, db, parse_history, parse_status,
+    to_i64, write_err,
 };
 use super::{PARK_FOR, decode_each};
 use crate::lifecycle::{self, SchemaMode, Status};
@@ -493,7 +493,7 @@ impl Tx for PgTx {
         id: Uuid,
         complete: bool,
         error: Option<&str>,
-        progress: Progress,
+        progress: Counts,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE vfolder_controller_state SET lease_owner = NULL, lease_expires_at = NULL,
@@ -879,7 +879,7 @@ impl Store for PgStore {
         id: Uuid,
         owner: &str,
         lease: Duration,
-        progress: Progress,
+        progress: Counts,
     ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE vfolder_controller_state

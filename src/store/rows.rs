@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AuditEntry, Claim, ControllerState, Folder, Progress, Result, WorkKind, decode_err,
+    AuditEntry, Claim, ControllerState, Counts, Folder, Result, WorkKind, decode_err,
     parse_location, to_u64,
 };
 use crate::lifecycle::RowStatus;
@@ -123,9 +123,9 @@ pub(crate) struct CountsRow {
 }
 
 impl CountsRow {
-    fn into_progress(self) -> Progress {
+    fn into_counts(self) -> Counts {
         let n = |v: Option<i64>| v.map_or(0, to_u64);
-        Progress {
+        Counts {
             files: n(self.files),
             dirs: n(self.dirs),
             symlinks: n(self.symlinks),
@@ -193,7 +193,7 @@ where
             last_error: self.last_error,
             lease_owner: self.lease_owner,
             lease_expires_at: self.lease_expires_at.decoded()?,
-            progress: self.counts.into_progress(),
+            progress: self.counts.into_counts(),
             location: parse_location(self.location.as_deref().unwrap_or("live"))?,
             purge_after: self.purge_after.decoded()?,
         }))
@@ -238,7 +238,7 @@ where
             to_status: self.to_status,
             actor: self.actor,
             replica: self.replica,
-            progress: counted.then(|| self.counts.into_progress()),
+            progress: counted.then(|| self.counts.into_counts()),
             duration_ms: self.duration_ms,
             error: self.error,
         })

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    Completion, Error, Folder, Location, NewAudit, NewFolder, Progress, Result, StatusChange,
+    Completion, Counts, Error, Folder, Location, NewAudit, NewFolder, Result, StatusChange,
     StatusRequest,
 };
 use crate::lifecycle::{SchemaMode, Status};
@@ -73,7 +73,7 @@ pub(crate) trait Tx: Send + Sized {
         id: Uuid,
         complete: bool,
         error: Option<&str>,
-        progress: Progress,
+        progress: Counts,
     ) -> Result<()>;
 
     /// The controller state after a trash move or restore: the data's place, lease released.
@@ -89,7 +89,7 @@ pub(crate) trait Tx: Send + Sized {
 /// A requested status change ([`StatusRequest::check`] decides under the row lock).
 pub(crate) async fn set_status(mut tx: impl Tx, req: &StatusRequest) -> Result<StatusChange> {
     let row = tx.lock_folder(req.id).await?;
-    let change = req.check(row.status)?;
+    let change = check(req, row.status)?;
     if !change.changed {
         return Ok(change);
     }
@@ -109,6 +109,31 @@ pub(crate) async fn set_status(mut tx: impl Tx, req: &StatusRequest) -> Result<S
     })
     .await?;
     tx.commit("committing a status change").await?;
+    Ok(change)
+}
+
+/// Decides what writing `req` over a row in status `from` means: a no-op (`changed: false`),
+/// a change, or an error. Called under the row lock, so the lifecycle check and the caller's
+/// expectation ([`StatusRequest::expect_from`]) are one atomic decision.
+fn check(req: &StatusRequest, from: Status) -> Result<StatusChange> {
+    let change = StatusChange {
+        id: req.id,
+        from,
+        to: req.to,
+        changed: from != req.to,
+    };
+    if !change.changed {
+        return Ok(change);
+    }
+    from.transition_to(req.to)
+        .map_err(|source| Error::IllegalTransition { id: req.id, source })?;
+    if !req.expect_from.is_empty() && !req.expect_from.contains(&from) {
+        return Err(Error::UnexpectedStatus {
+            id: req.id,
+            status: from,
+            action: req.action,
+        });
+    }
     Ok(change)
 }
 

@@ -22,8 +22,8 @@ use super::rows::{self, Decoded};
 use super::rules::{self, Locked, Tx};
 use super::schema::{self, MigrationPlan, Schema, UnadoptPlan};
 use super::{
-    AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState, Error,
-    EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, Progress, Result,
+    AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
+    Counts, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, Result,
     StatusChange, StatusRequest, Store, db, parse_history, parse_status, to_i64, write_err,
 };
 use super::{PARK_FOR, decode_each};
@@ -338,7 +338,7 @@ impl Tx for SqliteTx {
         id: Uuid,
         complete: bool,
         error: Option<&str>,
-        progress: Progress,
+        progress: Counts,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE vfolder_controller_state SET lease_owner = NULL, lease_expires_at = NULL,
@@ -603,7 +603,7 @@ impl Store for SqliteStore {
         id: Uuid,
         owner: &str,
         lease: Duration,
-        progress: Progress,
+        progress: Counts,
     ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE vfolder_controller_state
