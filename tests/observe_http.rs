@@ -6,123 +6,40 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
-use vfolder_controller::lifecycle::Status;
 use vfolder_controller::observe::{Health, HttpState, Metrics, serve};
-use vfolder_controller::store::{
-    AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, Counts, Error,
-    EventStream, Folder, FolderDetail, Location, MigrationPlan, NewFolder, Result, Schema,
-    StatusChange, StatusRequest, Store, UnadoptPlan,
-};
+use vfolder_controller::store::{Capabilities, Error, Readiness, Result};
 
 const UP: u8 = 0;
 const NOT_MIGRATED: u8 = 1;
 const HANGS: u8 = 2;
 
-/// A store that only answers `check_ready`, as switched by `mode`.
+/// A readiness check switched by `mode`: all the HTTP endpoints need of a database.
 struct SwitchStore {
     mode: AtomicU8,
 }
 
 #[async_trait]
-impl Store for SwitchStore {
+impl Readiness for SwitchStore {
     fn backend(&self) -> &'static str {
         "test"
     }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             notifications: false,
             embedded: false,
         }
     }
-    async fn plan_migration(&self) -> Result<MigrationPlan> {
-        unimplemented!("not used by the HTTP endpoints")
-    }
-    async fn migrate(&self, _: bool) -> Result<MigrationPlan> {
-        unimplemented!("not used by the HTTP endpoints")
-    }
-    async fn unadopt(&self, _: bool, _: bool) -> Result<UnadoptPlan> {
-        unimplemented!("not used by the HTTP endpoints")
-    }
-    async fn schema(&self) -> Result<Schema> {
-        unimplemented!("not used by the HTTP endpoints")
-    }
-    async fn unreadable_rows(&self) -> Result<i64> {
-        unimplemented!("not used by the HTTP endpoints")
-    }
+
     async fn check_ready(&self) -> Result<()> {
         match self.mode.load(Ordering::SeqCst) {
             UP => Ok(()),
             NOT_MIGRATED => Err(Error::NotMigrated("migration 3 is pending".into())),
             _ => std::future::pending().await,
         }
-    }
-    async fn create_folder(&self, _: &NewFolder, _: &str) -> Result<Folder> {
-        unimplemented!()
-    }
-    async fn get_folder(&self, _: Uuid) -> Result<FolderDetail> {
-        unimplemented!()
-    }
-    async fn list_folders(&self, _: &[Status], _: bool) -> Result<Vec<Folder>> {
-        unimplemented!()
-    }
-    async fn set_status(&self, _: &StatusRequest) -> Result<StatusChange> {
-        unimplemented!()
-    }
-    async fn forget(&self, _: Uuid, _: &str) -> Result<()> {
-        unimplemented!()
-    }
-    async fn audit(&self, _: &AuditFilter) -> Result<Vec<AuditEntry>> {
-        unimplemented!()
-    }
-    async fn status_counts(&self) -> Result<Vec<(Status, i64)>> {
-        unimplemented!()
-    }
-    async fn claim_due(&self, _: &ClaimRequest) -> Result<Vec<Claim>> {
-        unimplemented!()
-    }
-    async fn renew_lease(&self, _: Uuid, _: &str, _: Duration, _: Counts) -> Result<bool> {
-        unimplemented!()
-    }
-    async fn release_lease(&self, _: Uuid, _: &str) -> Result<()> {
-        unimplemented!()
-    }
-    async fn release_all_leases(&self, _: &str) -> Result<u64> {
-        unimplemented!()
-    }
-    async fn complete_removal(&self, _: Uuid, _: &str, _: &Completion) -> Result<bool> {
-        unimplemented!()
-    }
-    async fn record_retry(
-        &self,
-        _: Uuid,
-        _: &str,
-        _: &str,
-        _: DateTime<Utc>,
-    ) -> Result<Option<u32>> {
-        unimplemented!()
-    }
-    async fn fail_removal(&self, _: Uuid, _: &str, _: &str) -> Result<bool> {
-        unimplemented!()
-    }
-    async fn record_location(&self, _: Uuid, _: &str, _: Location) -> Result<bool> {
-        unimplemented!()
-    }
-    async fn purge_expired_trash(&self, _: Duration, _: &str, _: u32) -> Result<u64> {
-        unimplemented!()
-    }
-    async fn clean_history(&self, _: Duration, _: &str, _: u32) -> Result<u64> {
-        unimplemented!()
-    }
-    async fn oldest_unconverged(&self, _: Duration) -> Result<Vec<(&'static str, Duration)>> {
-        unimplemented!()
-    }
-    async fn subscribe(&self) -> Result<Option<EventStream>> {
-        unimplemented!()
     }
 }
 

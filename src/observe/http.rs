@@ -5,7 +5,7 @@
 //! - `/healthz`: 200 `ok` while the reconcile loop reports in, 503 with the reason once it
 //!   stalls (see [`Health`]). It never touches the database, so a database outage does not
 //!   make Kubernetes restart every replica.
-//! - `/readyz`: 200 `ok` when [`Store::check_ready`] succeeds within [`READY_TIMEOUT`]
+//! - `/readyz`: 200 `ok` when [`Readiness::check_ready`] succeeds within [`READY_TIMEOUT`]
 //!   (database reachable and migrated), else 503 with the reason.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use super::{Health, Metrics};
-use crate::store::Store;
+use crate::store::Readiness;
 
 /// How long `/readyz` waits for the database before answering 503. Shorter than the
 /// Kubernetes probe timeout in `deploy/`, so the probe sees our reason rather than a timeout.
@@ -33,7 +33,7 @@ pub struct HttpState {
     /// The loop's liveness, for `/healthz`.
     pub health: Arc<Health>,
     /// The database, for `/readyz`.
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn Readiness>,
 }
 
 /// The router with the three endpoints (also usable inside another server).

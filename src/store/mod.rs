@@ -221,16 +221,24 @@ pub type EventStream = BoxStream<'static, Result<StatusEvent>>;
 /// The name of the PostgreSQL NOTIFY channel carrying [`StatusEvent`] JSON payloads.
 pub const EVENT_CHANNEL: &str = "vfolder_status";
 
-/// Everything the program needs from the database.
+/// Whether the database can serve: what the health endpoints need, and no more.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// `postgres` or `sqlite` (for logs and messages; ask [`Store::capabilities`] what the
+pub trait Readiness: Send + Sync + 'static {
+    /// `postgres` or `sqlite` (for logs and messages; ask [`Readiness::capabilities`] what the
     /// backend can do).
     fn backend(&self) -> &'static str;
 
     /// What this backend can do, so callers ask instead of comparing names.
     fn capabilities(&self) -> Capabilities;
 
+    /// Ok when the database answers and every embedded migration is applied (readiness).
+    async fn check_ready(&self) -> Result<()>;
+}
+
+/// What the admin commands need: migrations, one folder's reads and requested changes, the
+/// audit log.
+#[async_trait]
+pub trait Admin: Readiness {
     /// What `migrate` would do now: the mode, the pending migrations and, for a table to
     /// adopt, every change it makes and the rows it affects. Changes nothing.
     async fn plan_migration(&self) -> Result<MigrationPlan>;
@@ -249,11 +257,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether this program created `vfolders` or adopted it, and when.
     async fn schema(&self) -> Result<Schema>;
-
-    /// Ok when the database answers and every embedded migration is applied (readiness).
-    async fn check_ready(&self) -> Result<()>;
-
-    // ----- admin -----------------------------------------------------------------------
 
     /// Inserts a row in `ready` and audits `create`.
     async fn create_folder(&self, new: &NewFolder, actor: &str) -> Result<Folder>;
@@ -277,8 +280,14 @@ pub trait Store: Send + Sync + 'static {
     /// Rows per status (one grouped query), for metrics.
     async fn status_counts(&self) -> Result<Vec<(Status, i64)>>;
 
-    // ----- controller ------------------------------------------------------------------
+    /// The last recorded availability of `host`, if any replica recorded one.
+    async fn volume_state(&self, host: &str) -> Result<Option<VolumeState>>;
+}
 
+/// What the controller's loop needs: claims, leases, the outcomes of its work, the
+/// periodic jobs and the wake-ups.
+#[async_trait]
+pub trait Work: Readiness {
     /// Claims up to `limit` due rows in one statement (`FOR UPDATE SKIP LOCKED` on
     /// PostgreSQL). A row is due when it needs work of a [`WorkKind`], its lease is free or
     /// expired, and its `next_attempt_at` has passed.
@@ -350,20 +359,15 @@ pub trait Store: Send + Sync + 'static {
     /// Rows parked because they cannot be read (see [`UnreadableRow`]), for the gauge.
     async fn unreadable_rows(&self) -> Result<i64>;
 
-    // ----- volume availability (table `vfolder_volume_state`) ---------------------------
-
-    /// Records a replica's view of a volume's availability: one row per host, replaced by
-    /// each write (the last writer wins). Both real backends store it; the default, for
-    /// test doubles that keep no volume state, records nothing.
-    async fn record_volume_state(&self, _state: &VolumeState) -> Result<()> {
-        Ok(())
-    }
-
-    /// The last recorded availability of `host`, if any replica recorded one.
-    async fn volume_state(&self, _host: &str) -> Result<Option<VolumeState>> {
-        Ok(None)
-    }
+    /// Records a replica's view of a volume's availability (table `vfolder_volume_state`):
+    /// one row per host, replaced by each write (the last writer wins).
+    async fn record_volume_state(&self, state: &VolumeState) -> Result<()>;
 }
+
+/// Everything the program needs from the database: each backend implements the three roles.
+pub trait Store: Admin + Work {}
+
+impl<T: Admin + Work> Store for T {}
 
 /// Opens the database named by `url` (`postgres://…`/`postgresql://…` or `sqlite://FILE`;
 /// the SQLite file is created when missing and opened in WAL mode with a busy timeout).

@@ -23,10 +23,10 @@ use super::rows;
 use super::rules::{self, Locked, Tx};
 use super::schema::{self, ADDED, DuplicateName, MigrationPlan, Remap, Schema, UnadoptPlan};
 use super::{
-    AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
+    Admin, AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
     Counts, EVENT_CHANNEL, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder,
-    Result, StatusChange, StatusEvent, StatusRequest, Store, db, parse_history, parse_status,
-    to_i64, write_err,
+    Readiness, Result, StatusChange, StatusEvent, StatusRequest, Work, db, parse_history,
+    parse_status, to_i64, write_err,
 };
 use super::{PARK_FOR, decode_each};
 use crate::lifecycle::{self, SchemaMode, Status};
@@ -539,7 +539,7 @@ impl Tx for PgTx {
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl Readiness for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
     }
@@ -551,6 +551,17 @@ impl Store for PgStore {
         }
     }
 
+    async fn check_ready(&self) -> Result<()> {
+        let found = self.detect().await?;
+        if found.applied.is_empty() {
+            return Err(Error::NotMigrated("no migration has been applied".into()));
+        }
+        super::compare_migrations(migrator(found.mode), &found.applied)
+    }
+}
+
+#[async_trait]
+impl Admin for PgStore {
     async fn plan_migration(&self) -> Result<MigrationPlan> {
         let found = self.detect().await?;
         let applied: Vec<i64> = found.applied.iter().map(|(v, _)| *v).collect();
@@ -653,14 +664,6 @@ impl Store for PgStore {
         })
     }
 
-    async fn check_ready(&self) -> Result<()> {
-        let found = self.detect().await?;
-        if found.applied.is_empty() {
-            return Err(Error::NotMigrated("no migration has been applied".into()));
-        }
-        super::compare_migrations(migrator(found.mode), &found.applied)
-    }
-
     async fn create_folder(&self, new: &NewFolder, actor: &str) -> Result<Folder> {
         let mode = self.detect().await?.mode;
         rules::create_folder(self.begin_tx().await?, mode, new, actor).await
@@ -757,6 +760,13 @@ impl Store for PgStore {
         Ok(super::known_counts(rows))
     }
 
+    async fn volume_state(&self, host: &str) -> Result<Option<super::VolumeState>> {
+        volume_state(&self.pool, host).await
+    }
+}
+
+#[async_trait]
+impl Work for PgStore {
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>> {
         let mut tx = self
             .pool
@@ -1141,10 +1151,6 @@ impl Store for PgStore {
 
     async fn record_volume_state(&self, state: &super::VolumeState) -> Result<()> {
         record_volume_state(&self.pool, state).await
-    }
-
-    async fn volume_state(&self, host: &str) -> Result<Option<super::VolumeState>> {
-        volume_state(&self.pool, host).await
     }
 }
 

@@ -22,9 +22,9 @@ use super::rows::{self, Decoded};
 use super::rules::{self, Locked, Tx};
 use super::schema::{self, MigrationPlan, Schema, UnadoptPlan};
 use super::{
-    AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
-    Counts, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, Result,
-    StatusChange, StatusRequest, Store, db, parse_history, parse_status, to_i64, write_err,
+    Admin, AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
+    Counts, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, Readiness,
+    Result, StatusChange, StatusRequest, Work, db, parse_history, parse_status, to_i64, write_err,
 };
 use super::{PARK_FOR, decode_each};
 use crate::lifecycle::{self, SchemaMode, Status};
@@ -386,7 +386,7 @@ impl Tx for SqliteTx {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Readiness for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
@@ -398,6 +398,17 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn check_ready(&self) -> Result<()> {
+        let applied = self.applied().await?;
+        if applied.is_empty() {
+            return Err(Error::NotMigrated("no migration has been applied".into()));
+        }
+        super::compare_migrations(&MIGRATOR, &applied)
+    }
+}
+
+#[async_trait]
+impl Admin for SqliteStore {
     async fn plan_migration(&self) -> Result<MigrationPlan> {
         let applied: Vec<i64> = self.applied().await?.iter().map(|(v, _)| *v).collect();
         Ok(MigrationPlan::schema_only(
@@ -424,14 +435,6 @@ impl Store for SqliteStore {
 
     async fn schema(&self) -> Result<Schema> {
         Ok(Schema::OWN)
-    }
-
-    async fn check_ready(&self) -> Result<()> {
-        let applied = self.applied().await?;
-        if applied.is_empty() {
-            return Err(Error::NotMigrated("no migration has been applied".into()));
-        }
-        super::compare_migrations(&MIGRATOR, &applied)
     }
 
     async fn create_folder(&self, new: &NewFolder, actor: &str) -> Result<Folder> {
@@ -525,6 +528,13 @@ impl Store for SqliteStore {
         Ok(super::known_counts(rows))
     }
 
+    async fn volume_state(&self, host: &str) -> Result<Option<super::VolumeState>> {
+        volume_state(&self.pool, host).await
+    }
+}
+
+#[async_trait]
+impl Work for SqliteStore {
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>> {
         let now = ts(Utc::now());
         let mut tx = self.begin().await?;
@@ -836,10 +846,6 @@ impl Store for SqliteStore {
 
     async fn record_volume_state(&self, state: &super::VolumeState) -> Result<()> {
         record_volume_state(&self.pool, state).await
-    }
-
-    async fn volume_state(&self, host: &str) -> Result<Option<super::VolumeState>> {
-        volume_state(&self.pool, host).await
     }
 }
 
