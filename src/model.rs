@@ -19,7 +19,6 @@ use crate::storage::FolderRef;
 /// A new row, as `vfolder-controller create` or a service inserts it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewFolder {
-    /// Primary key.
     pub id: Uuid,
     /// `<proxy>:<volume>`.
     pub host: String,
@@ -38,13 +37,11 @@ pub struct NewFolder {
 /// A `vfolders` row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Folder {
-    /// Primary key.
     pub id: Uuid,
     /// `<proxy>:<volume>`.
     pub host: String,
     /// `user:<uuid>` / `project:<uuid>`, or `None`.
     pub quota_scope_id: Option<String>,
-    /// Name.
     pub name: String,
     /// Owning user.
     pub user: Option<Uuid>,
@@ -109,7 +106,6 @@ pub enum HistoryShape {
 pub struct HistoryEntry {
     /// The status the row changed to (text: history may hold legacy spellings).
     pub status: String,
-    /// When.
     pub at: DateTime<Utc>,
     /// Who, when the writer said so.
     pub actor: Option<String>,
@@ -149,7 +145,6 @@ pub struct ControllerState {
 /// A row with its history and controller state, for `show`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FolderDetail {
-    /// The row.
     pub folder: Folder,
     /// Its status history, oldest first (both stored shapes read the same).
     pub history: Vec<HistoryEntry>,
@@ -162,11 +157,8 @@ pub struct FolderDetail {
 /// The result of a status write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusChange {
-    /// The folder.
     pub id: Uuid,
-    /// Status before.
     pub from: Status,
-    /// Status after.
     pub to: Status,
     /// `false` when the row already had `to` (idempotent no-op).
     pub changed: bool,
@@ -177,9 +169,7 @@ pub struct StatusChange {
 pub struct AuditEntry {
     /// Monotonic sequence number.
     pub seq: i64,
-    /// When.
     pub at: DateTime<Utc>,
-    /// The folder.
     pub vfolder_id: Uuid,
     /// The folder's host at the time.
     pub host: Option<String>,
@@ -219,7 +209,6 @@ pub struct AuditFilter {
 /// A status write requested by a person or service (CLI, API).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusRequest {
-    /// The folder.
     pub id: Uuid,
     /// The wanted status.
     pub to: Status,
@@ -252,7 +241,6 @@ pub enum WorkKind {
 pub struct ClaimRequest {
     /// The claiming replica (lease owner).
     pub owner: String,
-    /// Lease length.
     pub lease: Duration,
     /// At most this many rows.
     pub limit: u32,
@@ -267,7 +255,6 @@ pub struct ClaimRequest {
 /// A claimed row: the caller holds its lease until it completes, fails or releases it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
-    /// The row.
     pub folder: Folder,
     /// What to do.
     pub kind: WorkKind,
@@ -291,13 +278,11 @@ pub struct Completion {
 /// A status change announced by the database (PostgreSQL `NOTIFY`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusEvent {
-    /// The folder.
     pub id: Uuid,
     /// Status before (`None` for an insert).
     pub from: Option<String>,
     /// Status after.
     pub to: String,
-    /// When.
     pub at: DateTime<Utc>,
 }
 

@@ -15,6 +15,7 @@ use super::{
     TrashCommand, UnadoptArgs, run,
 };
 use crate::config::Config;
+use crate::controller::maintenance::{self, drain_batches};
 use crate::lifecycle::Status;
 use crate::storage::{FolderRef, Volumes};
 use crate::store::{
@@ -25,9 +26,6 @@ use crate::store::{
 /// The owner of folders created without `--user`/`--project`: a fixed, documented user, so
 /// repeated `create` calls share one namespace (a name is taken until trashed and purged).
 pub const DEFAULT_USER: Uuid = Uuid::from_u128(1);
-
-/// Rows `clean-history` removes per statement.
-const CLEAN_BATCH: u32 = 1000;
 
 /// Runs the parsed command with the loaded configuration.
 pub async fn execute(cli: Cli, config: Config) -> Result<(), Error> {
@@ -550,17 +548,11 @@ impl Ctx<'_> {
     }
 
     async fn clean_history(&self, older_than: Duration) -> Result<(), Error> {
-        let mut removed = 0;
-        loop {
-            let n = self
-                .store
-                .clean_history(older_than, &self.actor, CLEAN_BATCH)
-                .await?;
-            removed += n;
-            if n < u64::from(CLEAN_BATCH) {
-                break;
-            }
-        }
+        let removed = drain_batches(|| {
+            self.store
+                .clean_history(older_than, &self.actor, maintenance::BATCH)
+        })
+        .await?;
         if self.json {
             return output::print_json(&serde_json::json!({ "removed": removed }));
         }

@@ -295,11 +295,6 @@ impl Metrics {
         );
     }
 
-    /// The registry, for callers that register more metrics of their own.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// Every family in the classic Prometheus text format (version 0.0.4), which
     /// `promtool check metrics` accepts without complaints.
     pub fn encode(&self) -> String {

@@ -107,15 +107,6 @@ pub enum Outcome {
     Cancelled(Report),
 }
 
-impl Outcome {
-    /// The report, whichever way it ended.
-    pub fn report(&self) -> &Report {
-        match self {
-            Outcome::Completed(r) | Outcome::Cancelled(r) => r,
-        }
-    }
-}
-
 /// What one call removed and how long it took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Report {

@@ -124,16 +124,6 @@ impl PgStore {
                 .map_err(db("starting a transaction"))?,
         ))
     }
-
-    /// Wraps an existing pool.
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    /// The pool, for callers that need raw SQL (tests, the CLI's `sql` helpers).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 /// What `detect` found: the mode, whether the table is still to be adopted, and the applied

@@ -92,16 +92,6 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    /// Wraps an existing pool.
-    pub fn from_pool(pool: SqlitePool) -> Self {
-        Self { pool }
-    }
-
-    /// The pool, for callers that need raw SQL.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
     /// The applied migrations (version, checksum); empty before the first one.
     async fn applied(&self) -> Result<Vec<(i64, Vec<u8>)>> {
         let exists: bool = sqlx::query_scalar(
