@@ -104,6 +104,17 @@ impl Status {
         matches!(self, Status::DeletePending | Status::DeleteOngoing)
     }
 
+    /// Whether a row entering this status can need the controller's work: `delete-ongoing`
+    /// (a removal), `delete-pending` (a trash move on `trash = "move"` volumes) and `ready`
+    /// (a restore from such a trash). The claim queries select exactly these statuses; the
+    /// wake-up filter lets only changes into them wake the loop.
+    pub fn creates_work(self) -> bool {
+        matches!(
+            self,
+            Status::DeleteOngoing | Status::DeletePending | Status::Ready
+        )
+    }
+
     /// The deletion lifecycle: the statuses this controller owns on an adopted table, where
     /// every other status belongs to the platform that created the table.
     pub fn is_deletion(self) -> bool {
@@ -410,6 +421,15 @@ mod tests {
             assert!(SchemaMode::Own.allows(&from.into(), &to.into()));
             assert!(adopted.allows(&from.into(), &to.into()));
         }
+    }
+
+    #[test]
+    fn only_statuses_that_can_make_a_row_due_create_work() {
+        let waking: Vec<_> = ALL.into_iter().filter(|s| s.creates_work()).collect();
+        assert_eq!(
+            waking,
+            [Status::Ready, Status::DeletePending, Status::DeleteOngoing]
+        );
     }
 
     #[test]

@@ -280,9 +280,9 @@ pub struct Completion {
 pub struct StatusEvent {
     pub id: Uuid,
     /// Status before (`None` for an insert).
-    pub from: Option<String>,
+    pub from: Option<RowStatus>,
     /// Status after.
-    pub to: String,
+    pub to: RowStatus,
     pub at: DateTime<Utc>,
 }
 

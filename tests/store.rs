@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{Backend, TestDb};
-use vfolder_controller::lifecycle::{ADOPTED_TRANSITIONS, ALL, Status, TRANSITIONS};
+use vfolder_controller::lifecycle::{ADOPTED_TRANSITIONS, ALL, RowStatus, Status, TRANSITIONS};
 use vfolder_controller::store::{self, Error};
 
 fn new_id() -> uuid::Uuid {
@@ -1139,7 +1139,7 @@ async fn notify_payload_follows_a_raw_update() {
     raw.set_status(id, "delete-pending").await.unwrap(); // no-op: no event
     raw.set_status(id, "ready").await.unwrap();
 
-    let mut seen = Vec::new();
+    let mut seen: Vec<(Option<RowStatus>, RowStatus)> = Vec::new();
     for _ in 0..3 {
         let n = listener.recv().await.unwrap();
         let event: store::StatusEvent = serde_json::from_str(n.payload()).unwrap();
@@ -1147,9 +1147,9 @@ async fn notify_payload_follows_a_raw_update() {
         seen.push((event.from, event.to));
     }
     let expected = vec![
-        (None, "ready".to_owned()),
-        (Some("ready".to_owned()), "delete-pending".to_owned()),
-        (Some("delete-pending".to_owned()), "ready".to_owned()),
+        (None, Status::Ready.into()),
+        (Some(Status::Ready.into()), Status::DeletePending.into()),
+        (Some(Status::DeletePending.into()), Status::Ready.into()),
     ];
     assert_eq!(seen, expected);
     let mut from_store = Vec::new();

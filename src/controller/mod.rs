@@ -355,7 +355,7 @@ impl Runner {
             "reconcile",
             id = %id,
             host = %claim.folder.host,
-            action = reconcile::action(claim.kind),
+            action = claim.kind.as_str(),
             attempt = claim.attempts + 1,
         );
         let ctx = self.ctx.clone();

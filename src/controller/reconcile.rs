@@ -103,15 +103,6 @@ pub enum Outcome {
     },
 }
 
-/// The label of a work kind in metrics and logs.
-pub fn action(kind: WorkKind) -> &'static str {
-    match kind {
-        WorkKind::Remove => "remove",
-        WorkKind::MoveToTrash => "move-to-trash",
-        WorkKind::Restore => "restore",
-    }
-}
-
 /// Reconciles one claimed folder and records the result. Never returns an error: every
 /// failure ends in the database (retry, `delete-error`) or, when even that fails, in the
 /// lease expiring so that the folder is picked up again.
@@ -124,7 +115,8 @@ pub async fn reconcile(ctx: Arc<Context>, claim: Claim, cancel: CancellationToke
     }
     let outcome = match kind {
         WorkKind::Remove => remove(&ctx, &claim, &cancel).await,
-        WorkKind::MoveToTrash | WorkKind::Restore => relocate(&ctx, &claim).await,
+        WorkKind::MoveToTrash => relocate(&ctx, &claim, Location::Trash).await,
+        WorkKind::Restore => relocate(&ctx, &claim, Location::Live).await,
     };
     let outcome = match outcome {
         Outcome::Failed { error, counts } => blame(&ctx, &claim.folder.host, error, counts).await,
@@ -132,7 +124,7 @@ pub async fn reconcile(ctx: Arc<Context>, claim: Claim, cancel: CancellationToke
     };
     let result = record(&ctx, &claim, outcome).await;
     ctx.metrics
-        .reconcile(action(kind), result, started.elapsed());
+        .reconcile(kind.as_str(), result, started.elapsed());
 }
 
 /// Runs the removal on a blocking thread while renewing the lease.
@@ -236,17 +228,17 @@ async fn blame(ctx: &Arc<Context>, host: &str, error: Failure, counts: Counts) -
 }
 
 /// Moves the data into the trash or back (trash mode `move`).
-async fn relocate(ctx: &Arc<Context>, claim: &Claim) -> Outcome {
+async fn relocate(ctx: &Arc<Context>, claim: &Claim, to: Location) -> Outcome {
     let ctx2 = ctx.clone();
     let folder = claim.folder.clone();
-    let kind = claim.kind;
     let joined = tokio::task::spawn_blocking(move || {
         let volume = ctx2.volumes.get(&folder.host)?;
         let target = FolderRef::from(&folder);
-        match kind {
-            WorkKind::Restore => volume.restore_from_trash(&target).map(|()| Location::Live),
-            _ => volume.move_to_trash(&target).map(|()| Location::Trash),
+        match to {
+            Location::Live => volume.restore_from_trash(&target),
+            Location::Trash => volume.move_to_trash(&target),
         }
+        .map(|()| to)
     })
     .await;
     match joined {

@@ -13,14 +13,9 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::lifecycle::Status;
 use crate::observe::Metrics;
 use crate::store::Store;
-
-/// Whether a change to this status can make a row due. Completions (`delete-complete`,
-/// `delete-error`) cannot; waking for them would only cost a claim query per completion.
-fn creates_work(to: &str) -> bool {
-    matches!(to, "delete-ongoing" | "delete-pending" | "ready")
-}
 
 /// Listens for status events and notifies `wake` for each; reconnects with backoff when the
 /// listener connection drops. Returns at once (after one `wake`) on backends without events.
@@ -59,7 +54,7 @@ pub async fn listen(
                     match next {
                         Some(Ok(event)) => {
                             tracing::trace!(id = %event.id, to = %event.to, "status event");
-                            if creates_work(&event.to) {
+                            if event.to.known().is_some_and(Status::creates_work) {
                                 wake.notify_one();
                             }
                         }
@@ -84,18 +79,5 @@ pub async fn listen(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::creates_work;
-    use crate::lifecycle::ALL;
-
-    #[test]
-    fn only_statuses_that_can_make_a_row_due_wake_the_loop() {
-        let waking: Vec<_> = ALL.iter().filter(|s| creates_work(s.as_str())).collect();
-        assert_eq!(waking.len(), 3, "{waking:?}");
-        assert!(!creates_work("delete-complete") && !creates_work("delete-error"));
     }
 }

@@ -290,7 +290,10 @@ pub trait Admin: Readiness {
 pub trait Work: Readiness {
     /// Claims up to `limit` due rows in one statement (`FOR UPDATE SKIP LOCKED` on
     /// PostgreSQL). A row is due when it needs work of a [`WorkKind`], its lease is free or
-    /// expired, and its `next_attempt_at` has passed.
+    /// expired, and its `next_attempt_at` has passed. Only rows in the statuses that create
+    /// work ([`Status::creates_work`]: `delete-ongoing`, `delete-pending`, `ready`) can be
+    /// due; the wake-up filter uses the same rule, so a status change that cannot make a row
+    /// due never wakes the loop.
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>>;
 
     /// Extends the lease and stores progress; `false` when `owner` no longer holds it.

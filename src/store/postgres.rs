@@ -758,6 +758,7 @@ impl Admin for PgStore {
 #[async_trait]
 impl Work for PgStore {
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>> {
+        // The statuses below are those that create work (lifecycle::Status::creates_work).
         let mut tx = self
             .pool
             .begin()

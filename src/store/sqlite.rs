@@ -526,6 +526,7 @@ impl Admin for SqliteStore {
 #[async_trait]
 impl Work for SqliteStore {
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>> {
+        // The statuses below are those that create work (lifecycle::Status::creates_work).
         let now = ts(Utc::now());
         let mut tx = self.begin().await?;
         let rows = sqlx::query(concat!(
