@@ -446,7 +446,11 @@ async fn three_replicas_share_the_work_and_never_double_start() {
     for i in 0..300 {
         folders.push(site.folder_with_tree(&format!("r{i}"), 2, 4).await);
     }
-    let procs: Vec<_> = ["a", "b", "c"].iter().map(|r| site.start(r)).collect();
+    // Structured logs: the starts are counted from JSON fields, not from human text.
+    let procs: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|r| site.start_with(r, &[("VFOLDER_CONTROLLER_LOG_FORMAT", "json")]))
+        .collect();
     for p in &procs {
         p.wait_log("controller running", LONG);
     }
@@ -474,12 +478,14 @@ async fn three_replicas_share_the_work_and_never_double_start() {
     // Every claim is logged when a removal starts: no folder was started twice.
     let mut starts: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for p in &procs {
-        for line in p
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("removal started"))
-        {
-            if let Some(id) = line.split("id=").nth(1).and_then(|s| s.get(..36)) {
+        for line in p.log_text().lines() {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if entry["message"] == "removal started" {
+                let id = entry["span"]["id"]
+                    .as_str()
+                    .expect("a start names its folder");
                 starts
                     .entry(id.to_owned())
                     .or_default()
