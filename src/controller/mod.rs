@@ -40,7 +40,7 @@ use uuid::Uuid;
 use crate::config::{Config, ControllerConfig, TrashMode};
 use crate::observe::{Health, Metrics};
 use crate::storage::Volumes;
-use crate::store::{ClaimRequest, Store};
+use crate::store::{ClaimRequest, Store, WorkKind};
 use backoff::{RetrySchedule, jittered};
 use volume_health::VolumeHealth;
 
@@ -330,11 +330,7 @@ impl Runner {
             };
             let claims = self.ctx.store.claim_due(&request).await?;
             for claim in claims {
-                let permits = (
-                    self.global.clone().try_acquire_owned(),
-                    slots.clone().try_acquire_owned(),
-                );
-                let (Ok(global), Ok(volume)) = permits else {
+                let Some(permits) = self.permits(&slots) else {
                     // Cannot happen while this loop is the only acquirer; hand the row back.
                     let _ = self
                         .ctx
@@ -343,27 +339,75 @@ impl Runner {
                         .await;
                     continue;
                 };
-                self.start(claim, [global, volume]);
+                let (id, host) = (claim.folder.id, claim.folder.host.clone());
+                let (kind, attempts) = (claim.kind, claim.attempts);
+                self.start(id, &host, kind, attempts, permits, {
+                    let (ctx, cancel) = (self.ctx.clone(), self.work_cancel.clone());
+                    reconcile::reconcile(ctx, claim, cancel)
+                });
+            }
+            // Rows deleted while delete-ongoing: their removals are finished from their
+            // tombstones with whatever slots the rows left free.
+            let free = self
+                .global
+                .available_permits()
+                .min(slots.available_permits());
+            if free == 0 {
+                continue;
+            }
+            let request = ClaimRequest {
+                limit: free as u32,
+                exclude: self.running.values().copied().collect(),
+                ..request
+            };
+            for claim in self.ctx.store.claim_tombstones(&request).await? {
+                let Some(permits) = self.permits(&slots) else {
+                    let _ = self
+                        .ctx
+                        .store
+                        .release_tombstone(claim.tombstone.seq, &self.ctx.replica)
+                        .await;
+                    continue;
+                };
+                let id = claim.tombstone.vfolder_id;
+                let host = claim.tombstone.host.clone().unwrap_or_default();
+                let attempts = claim.tombstone.attempts;
+                self.start(id, &host, WorkKind::Remove, attempts, permits, {
+                    let (ctx, cancel) = (self.ctx.clone(), self.work_cancel.clone());
+                    reconcile::finish_tombstone(ctx, claim, cancel)
+                });
             }
         }
         Ok(())
     }
 
-    fn start(&mut self, claim: crate::store::Claim, permits: [OwnedSemaphorePermit; 2]) {
-        let id = claim.folder.id;
+    /// A global and a volume slot, or `None` when either is taken.
+    fn permits(&self, slots: &Arc<Semaphore>) -> Option<[OwnedSemaphorePermit; 2]> {
+        let global = self.global.clone().try_acquire_owned().ok()?;
+        let volume = slots.clone().try_acquire_owned().ok()?;
+        Some([global, volume])
+    }
+
+    fn start(
+        &mut self,
+        id: Uuid,
+        host: &str,
+        kind: WorkKind,
+        attempts: u32,
+        permits: [OwnedSemaphorePermit; 2],
+        work: impl Future<Output = ()> + Send + 'static,
+    ) {
         let span = tracing::info_span!(
             "reconcile",
             id = %id,
-            host = %claim.folder.host,
-            action = reconcile::action(claim.kind),
-            attempt = claim.attempts + 1,
+            host = %host,
+            action = reconcile::action(kind),
+            attempt = attempts + 1,
         );
-        let ctx = self.ctx.clone();
-        let cancel = self.work_cancel.clone();
         let handle = self.workers.spawn(
             async move {
                 let _permits = permits;
-                reconcile::reconcile(ctx, claim, cancel).await;
+                work.await;
             }
             .instrument(span),
         );

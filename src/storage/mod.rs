@@ -9,7 +9,9 @@
 //!
 //! Entry points:
 //! - [`Volumes`] / [`Volume`] for the controller and CLI: [`Volume::remove_folder`],
-//!   [`Volume::move_to_trash`], [`Volume::restore_from_trash`], [`Volume::create_folder`].
+//!   [`Volume::move_to_trash`], [`Volume::restore_from_trash`], [`Volume::create_folder`],
+//!   [`Volume::remove_folder_copy`] (one copy only: what `orphans reclaim` removes).
+//! - [`Volume::scan`] for the read-only walk of a volume's layout (`orphans scan`).
 //! - [`remove_tree`] for removing an arbitrary directory beneath an open parent directory
 //!   (what the benchmark binary calls: open the parent of the bench tree with
 //!   `rustix::fs::open(.., OFlags::DIRECTORY, ..)`, then `remove_tree(parent.as_fd(),
@@ -21,6 +23,7 @@ mod error;
 mod layout;
 pub mod rate;
 pub mod remove;
+pub mod scan;
 mod volume;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +33,7 @@ pub use error::Error;
 pub use layout::{FolderRef, TRASH_DIR};
 pub use rate::OpsLimiter;
 pub use remove::{RemoveOptions, remove_tree};
+pub use scan::{Found, FoundFolder, ScanEnd, ScanOptions, ScanProgress};
 pub use volume::{Volume, Volumes};
 
 /// Live counters of what a removal has removed so far, readable from any thread while it
@@ -75,7 +79,7 @@ impl Progress {
 
 /// What was removed: non-directory entries other than symlinks (`files`), directories,
 /// symlinks, and the bytes of regular files (only when the volume's `count_bytes` is set).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     /// Regular files and other non-directory, non-symlink entries removed.
     pub files: u64,

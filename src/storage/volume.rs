@@ -160,6 +160,23 @@ impl Volume {
         Ok(Outcome::Completed(Report::new(counts, started)))
     }
 
+    /// Removes one copy of the folder: the trash copy with `trash`, else the live one, then
+    /// its fan-out parents if they are empty; the other copy is not touched. A missing copy
+    /// is success. What `orphans reclaim` removes: the one directory a scan saw without a row.
+    /// Blocking; checks availability first; the same engine and rules as
+    /// [`Volume::remove_folder`].
+    pub fn remove_folder_copy(
+        &self,
+        folder: &FolderRef<'_>,
+        trash: bool,
+        cancel: &CancellationToken,
+        progress: &Progress,
+    ) -> Result<Outcome, Error> {
+        let layout = Layout::of(folder)?;
+        let root = self.open_root()?;
+        self.remove_copy(root.as_fd(), &layout, trash, folder.id, cancel, progress)
+    }
+
     /// Renames the folder from its live path to its trash path, creating the trash
     /// parents. Already in the trash (or in neither place) is success; in both places is
     /// the permanent [`Error::Conflict`]. Blocking; checks availability first.
@@ -192,7 +209,7 @@ impl Volume {
     }
 
     /// Opens the volume root and proves its identity (see [`Volume::check_available`]).
-    fn open_root(&self) -> Result<OwnedFd, Error> {
+    pub(super) fn open_root(&self) -> Result<OwnedFd, Error> {
         let mount = &self.config.mount;
         let root = rustix::fs::open(
             mount,

@@ -511,6 +511,179 @@ pub struct Completion {
     pub duration: Duration,
 }
 
+/// How the removal of a deleted row's data stands (`vfolder_tombstones.removal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TombstoneRemoval {
+    /// Not asked for: the row was not `delete-ongoing` when it was deleted. Reported by
+    /// `orphans scan` when its data is still there, never removed by the controller.
+    None,
+    /// The row was deleted while `delete-ongoing`: the controller finishes the removal.
+    Pending,
+    /// The controller finished the removal.
+    Removed,
+    /// The removal failed permanently (see `last_error`).
+    Failed,
+    /// A row with the same id appeared again: its data is that row's now, nothing removed.
+    Superseded,
+}
+
+impl TombstoneRemoval {
+    /// The stored text.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TombstoneRemoval::None => "none",
+            TombstoneRemoval::Pending => "pending",
+            TombstoneRemoval::Removed => "removed",
+            TombstoneRemoval::Failed => "failed",
+            TombstoneRemoval::Superseded => "superseded",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self> {
+        [
+            TombstoneRemoval::None,
+            TombstoneRemoval::Pending,
+            TombstoneRemoval::Removed,
+            TombstoneRemoval::Failed,
+            TombstoneRemoval::Superseded,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+        .ok_or_else(|| {
+            decode_err(
+                "reading a tombstone",
+                format!("unknown removal state {text:?}"),
+            )
+        })
+    }
+}
+
+/// The record a deleted `vfolders` row leaves (`vfolder_tombstones`, written by a database
+/// trigger whoever deletes the row): enough to find its data and tell its story.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// Sequence number (one id can be deleted more than once).
+    pub seq: i64,
+    /// The deleted row's id.
+    pub vfolder_id: Uuid,
+    /// Its host (volume).
+    pub host: Option<String>,
+    /// Its quota scope.
+    pub quota_scope_id: Option<String>,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its status when it was deleted.
+    pub status: Option<String>,
+    /// Who deleted it: `vfolder.actor`, else `db:<role>` (PostgreSQL).
+    pub actor: Option<String>,
+    /// `row-deleted`, `row-deleted-during-removal`, or the controller's own action
+    /// (`history-cleanup`, `forget`).
+    pub cause: String,
+    /// When.
+    pub deleted_at: DateTime<Utc>,
+    /// Whether the controller removes its data, and how that went.
+    pub removal: TombstoneRemoval,
+    /// Failed removal attempts.
+    pub attempts: u32,
+    /// The last removal error.
+    pub last_error: Option<String>,
+    /// What the removal removed so far (including the row's own removal before deletion).
+    pub progress: Progress,
+    /// When the removal finished.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Tombstone {
+    /// The deleted row's data as the storage layer addresses it; `None` without a host.
+    pub fn folder_ref(&self) -> Option<crate::storage::FolderRef<'_>> {
+        Some(crate::storage::FolderRef {
+            id: self.vfolder_id,
+            host: self.host.as_deref()?,
+            quota_scope_id: self.quota_scope_id.as_deref(),
+        })
+    }
+}
+
+/// A claimed tombstone whose data the controller is to remove (`removal = pending`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TombstoneClaim {
+    /// The tombstone.
+    pub tombstone: Tombstone,
+    /// A `vfolders` row with the same id exists again: the data is that row's; the claim
+    /// is to be finished as [`TombstoneEnd::Superseded`], never removed.
+    pub row_exists: bool,
+    /// The previous owner, when this claim took over an expired lease.
+    pub reclaimed_from: Option<String>,
+}
+
+/// How the removal of a tombstone's data ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TombstoneEnd {
+    /// Everything is gone; audited as `removed-after-row-deleted` with the counts.
+    Removed(Completion),
+    /// Failed permanently; audited as `remove-failed` with the error.
+    Failed(String),
+    /// A row with the same id exists again; nothing removed, audited as `tombstone-superseded`.
+    Superseded,
+}
+
+/// A folder directory an `orphans scan` saw with no row accounting for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewSighting {
+    /// The directory, relative to the volume root (computed by the storage layout).
+    pub path: String,
+    /// The folder id its path spells.
+    pub vfolder_id: Uuid,
+    /// The quota scope uuid its path spells, if any.
+    pub scope: Option<Uuid>,
+    /// Whether it is under the volume's trash directory.
+    pub trash: bool,
+}
+
+/// A recorded sighting: every scan since `first_seen` saw the directory without a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sighting {
+    /// The volume.
+    pub host: String,
+    /// What was seen.
+    #[serde(flatten)]
+    pub seen: NewSighting,
+    /// The first scan that saw it.
+    pub first_seen: DateTime<Utc>,
+    /// The last scan that saw it.
+    pub last_seen: DateTime<Utc>,
+    /// How many scans saw it.
+    pub scans: u32,
+}
+
+/// The totals of one complete scan of a volume (the controller's gauges read the latest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanSummary {
+    /// The volume.
+    pub host: String,
+    /// When the scan started (sightings not seen since are ended).
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// Whether files and bytes were counted.
+    pub counted: bool,
+    /// Folder directories no row accounts for.
+    pub orphans: u64,
+    /// Their bytes, when counted.
+    pub orphan_bytes: Option<u64>,
+    /// `delete-complete` rows whose data still exists.
+    pub unfinished: u64,
+    /// Their bytes, when counted.
+    pub unfinished_bytes: Option<u64>,
+    /// Live rows whose data is missing.
+    pub missing: u64,
+    /// Entries in the layout that are not folders.
+    pub foreign_entries: u64,
+    /// Who ran it.
+    pub actor: Option<String>,
+}
+
 /// A status change announced by the database (PostgreSQL `NOTIFY`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusEvent {
@@ -652,6 +825,132 @@ pub trait Store: Send + Sync + 'static {
 
     /// Subscribes to status events; `None` on backends without notifications (SQLite).
     async fn subscribe(&self) -> Result<Option<EventStream>>;
+
+    // ----- deleted rows (table `vfolder_tombstones`) --------------------------------------
+    //
+    // The real backends implement every method; the defaults (nothing to do, nothing
+    // found) serve test doubles that keep no tombstones.
+
+    /// Claims up to `limit` pending tombstones on `req.hosts` whose lease is free or
+    /// expired and whose next attempt time has passed (the rules of [`Store::claim_due`]).
+    async fn claim_tombstones(&self, _req: &ClaimRequest) -> Result<Vec<TombstoneClaim>> {
+        Ok(Vec::new())
+    }
+
+    /// The pending tombstone of `id` whose lease `owner` holds: a removal that was running
+    /// when its row was deleted inherits the row's lease there and carries on under it.
+    async fn inherited_tombstone(&self, _id: Uuid, _owner: &str) -> Result<Option<i64>> {
+        Ok(None)
+    }
+
+    /// Extends a tombstone's lease and stores progress; `false` when `owner` no longer
+    /// holds it or a row with the same id exists again (the removal must stop).
+    async fn renew_tombstone(
+        &self,
+        _seq: i64,
+        _owner: &str,
+        _lease: Duration,
+        _progress: Progress,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Ends a pending tombstone's removal with its audit entry, in one transaction, and
+    /// releases the lease. `false` when `owner` lost the lease.
+    async fn finish_tombstone(&self, _seq: i64, _owner: &str, _end: &TombstoneEnd) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// A transient failure of a tombstone's removal (see [`Store::record_retry`]).
+    async fn retry_tombstone(
+        &self,
+        _seq: i64,
+        _owner: &str,
+        _error: &str,
+        _next_attempt_at: DateTime<Utc>,
+    ) -> Result<Option<u32>> {
+        Ok(None)
+    }
+
+    /// Releases a tombstone's lease held by `owner` (no-op otherwise).
+    async fn release_tombstone(&self, _seq: i64, _owner: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Removes tombstones older than `retention` whose removal is not pending (at most
+    /// `limit`); returns how many. Their audit entries stay.
+    async fn clean_tombstones(&self, _retention: Duration, _limit: u32) -> Result<u64> {
+        Ok(0)
+    }
+
+    // ----- orphan scans ----------------------------------------------------------------
+
+    /// The rows with these ids (any status), for a scan's look-up of one batch.
+    async fn folders_by_ids(&self, _ids: &[Uuid]) -> Result<Vec<Folder>> {
+        Ok(Vec::new())
+    }
+
+    /// The newest tombstone of each of these ids that has one.
+    async fn latest_tombstones(&self, _ids: &[Uuid]) -> Result<Vec<Tombstone>> {
+        Ok(Vec::new())
+    }
+
+    /// Up to `limit` rows on `host` with an id greater than `after`, in id order (a scan
+    /// pages through a volume's rows in bounded memory).
+    async fn folders_on_host(
+        &self,
+        _host: &str,
+        _after: Option<Uuid>,
+        _limit: u32,
+    ) -> Result<Vec<Folder>> {
+        Ok(Vec::new())
+    }
+
+    /// Records that a scan at `seen_at` saw these directories without a row: a new
+    /// sighting starts at `seen_at`, a known one is extended. Returns them as recorded.
+    async fn record_sightings(
+        &self,
+        _host: &str,
+        _seen_at: DateTime<Utc>,
+        _seen: &[NewSighting],
+    ) -> Result<Vec<Sighting>> {
+        Ok(Vec::new())
+    }
+
+    /// Ends a complete scan: every sighting on the host the scan did not see (last seen
+    /// before `started_at`) is ended, and the totals are stored. Returns the ended count.
+    async fn finish_scan(&self, _summary: &ScanSummary) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// Sightings on `host` that may be reclaimed now: first seen at least `grace` ago, seen
+    /// by the latest complete scan and by at least two scans, with no row of that id now and
+    /// no tombstone of it newer than the first sighting (a row that came and went meanwhile
+    /// cancels it), and no pending removal of a tombstone of that id. At most `limit`.
+    async fn due_orphans(
+        &self,
+        _host: &str,
+        _grace: Duration,
+        _limit: u32,
+    ) -> Result<Vec<Sighting>> {
+        Ok(Vec::new())
+    }
+
+    /// Records a reclaimed orphan: its audit entry (`orphan-reclaimed`, with the counts) and
+    /// the end of its sighting, in one transaction.
+    async fn record_reclaim(
+        &self,
+        _sighting: &Sighting,
+        _done: &Completion,
+        _actor: &str,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// The latest complete scan of every volume that has one.
+    async fn scan_summaries(&self) -> Result<Vec<ScanSummary>> {
+        Ok(Vec::new())
+    }
 
     // ----- volume availability (table `vfolder_volume_state`) ---------------------------
 
@@ -862,6 +1161,62 @@ pub(crate) struct NewAudit<'a> {
     pub progress: Option<Progress>,
     pub duration_ms: Option<i64>,
     pub error: Option<&'a str>,
+}
+
+/// The audit entry of a tombstone's finished removal (both backends fill in the rest).
+pub(crate) fn tombstone_audit(id: Uuid, end: &TombstoneEnd) -> NewAudit<'_> {
+    match end {
+        TombstoneEnd::Removed(done) => NewAudit {
+            vfolder_id: id,
+            action: "removed-after-row-deleted",
+            progress: Some(done.progress),
+            duration_ms: Some(millis(done.duration)),
+            ..NewAudit::default()
+        },
+        TombstoneEnd::Failed(error) => NewAudit {
+            vfolder_id: id,
+            action: "remove-failed",
+            error: Some(error),
+            ..NewAudit::default()
+        },
+        TombstoneEnd::Superseded => NewAudit {
+            vfolder_id: id,
+            action: "tombstone-superseded",
+            error: Some("a row with this id exists again; its data is that row's, nothing removed"),
+            ..NewAudit::default()
+        },
+    }
+}
+
+/// The removal state a tombstone ends in.
+pub(crate) fn tombstone_end_removal(end: &TombstoneEnd) -> TombstoneRemoval {
+    match end {
+        TombstoneEnd::Removed(_) => TombstoneRemoval::Removed,
+        TombstoneEnd::Failed(_) => TombstoneRemoval::Failed,
+        TombstoneEnd::Superseded => TombstoneRemoval::Superseded,
+    }
+}
+
+/// The audit entry of a reclaimed orphan.
+pub(crate) fn reclaim_audit<'a>(
+    sighting: &'a Sighting,
+    done: &Completion,
+    actor: &'a str,
+) -> NewAudit<'a> {
+    NewAudit {
+        vfolder_id: sighting.seen.vfolder_id,
+        host: Some(&sighting.host),
+        action: "orphan-reclaimed",
+        actor: Some(actor),
+        progress: Some(done.progress),
+        duration_ms: Some(millis(done.duration)),
+        ..NewAudit::default()
+    }
+}
+
+/// Milliseconds for the audit log's `duration_ms`, saturating.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The audit action of a finished trash move or restore.
