@@ -20,6 +20,7 @@
 pub mod backoff;
 pub mod history_cleanup;
 pub mod maintenance;
+pub mod orphans;
 pub mod reconcile;
 pub mod shutdown;
 pub mod status_gauges;

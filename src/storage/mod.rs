@@ -31,6 +31,13 @@ use std::time::{Duration, Instant};
 
 pub use error::Error;
 pub use layout::{FolderRef, TRASH_DIR};
+
+/// A `quota_scope_id` that addresses the directory of quota scope `scope` (the layout has
+/// the scope's uuid only, so a folder found on disk is addressed as `user:<scope>`; the
+/// kind does not change the path).
+pub fn path_scope(scope: uuid::Uuid) -> String {
+    layout::scope_ref(scope)
+}
 pub use rate::OpsLimiter;
 pub use remove::{RemoveOptions, remove_tree};
 pub use scan::{Found, FoundFolder, ScanEnd, ScanOptions, ScanProgress};

@@ -106,7 +106,9 @@ pub struct FolderCounts {
 pub struct Foreign {
     /// Its path relative to the volume root (lossy for names that are not UTF-8).
     pub path: PathBuf,
-    /// `directory`, `file`, `symlink` or `other`.
+    /// `directory`, `file`, `symlink` or `other` (`entry` in JSON, beside the report's
+    /// `kind`).
+    #[serde(rename = "entry")]
     pub kind: &'static str,
     /// Why it is not a folder.
     pub reason: String,

@@ -177,6 +177,36 @@ impl Volume {
         self.remove_copy(root.as_fd(), &layout, trash, folder.id, cancel, progress)
     }
 
+    /// Whether the folder's data is at its live path and at its trash path (directories,
+    /// reached without following symlinks). A symlink or file in the way is
+    /// [`Error::UnsafePath`]. Blocking; checks availability first; changes nothing.
+    pub fn locate(&self, folder: &FolderRef<'_>) -> Result<[bool; 2], Error> {
+        let layout = Layout::of(folder)?;
+        let root = self.open_root()?;
+        let leaf = leaf_name(&layout, folder.id)?;
+        let mut found = [false; 2];
+        for (slot, trash) in found.iter_mut().zip([false, true]) {
+            let comps = parent_comps(&layout, trash);
+            let Some(dirs) = self.open_dirs(root.as_fd(), &comps, folder.id)? else {
+                continue;
+            };
+            let parent = dirs.last().map_or(root.as_fd(), |f| f.as_fd());
+            *slot = match rustix::fs::statat(parent, &leaf, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => FileType::from_raw_mode(st.st_mode) == FileType::Directory,
+                Err(Errno::NOENT) => false,
+                Err(source) => {
+                    return Err(Error::Io {
+                        folder: Some(folder.id),
+                        op: "stat",
+                        path: layout.relative(trash),
+                        source,
+                    });
+                }
+            };
+        }
+        Ok(found)
+    }
+
     /// Renames the folder from its live path to its trash path, creating the trash
     /// parents. Already in the trash (or in neither place) is success; in both places is
     /// the permanent [`Error::Conflict`]. Blocking; checks availability first.
