@@ -23,6 +23,7 @@ conformance!(
     every_deleted_row_leaves_a_tombstone_and_one_audit_entry,
     the_scan_report_of_a_seeded_volume_is_exact,
     reclaim_removes_only_orphans_no_row_claimed_during_the_grace_period,
+    a_volume_with_reclaim_orphans_is_scanned_and_reclaimed_by_run,
 );
 
 /// Polls a raw text query until it returns `want`, or panics with the site's logs.
@@ -485,4 +486,42 @@ async fn reclaim_removes_only_orphans_no_row_claimed_during_the_grace_period(db:
     // Reclaimed once: a second run finds nothing due.
     let (_, out, _) = site.cli(&["orphans", "reclaim"]);
     assert!(out.contains("0 reclaimed"), "{out}");
+}
+
+async fn a_volume_with_reclaim_orphans_is_scanned_and_reclaimed_by_run(db: TestDb) {
+    let site = Site::new(
+        db,
+        "",
+        "orphan_grace = \"1s\"\norphan_scan_interval = \"300ms\"\nreclaim_orphans = true",
+    )
+    .await;
+    let mount = site.mount().to_owned();
+    let live = site.folder_with_tree("live", 2, 3).await;
+    let orphan = plant(
+        &site,
+        Uuid::new_v4(),
+        Some("user:11111111-2222-3333-4444-555555555555"),
+        false,
+    );
+    std::fs::write(mount.join("README"), "foreign").expect("write");
+    let proc = site.start("r1");
+    let deadline = Instant::now() + LONG;
+    while mount.join(&orphan).exists() {
+        assert!(Instant::now() < deadline, "not reclaimed:\n{}", site.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        site.folder_path(&live).is_dir(),
+        "a live folder was touched"
+    );
+    assert!(mount.join("README").is_file(), "a foreign file was touched");
+    let audit: Vec<_> = site
+        .audit(None)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "orphan-reclaimed")
+        .collect();
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    assert_eq!(audit[0].actor.as_deref(), Some("r1"));
+    drop(proc);
 }

@@ -8,8 +8,11 @@
 //! - *what to do*: [`reconcile::reconcile`] for one folder;
 //! - *when*: a LISTEN/NOTIFY wake-up ([`wakeup`]), a finished worker, or the jittered
 //!   resync poll, whichever comes first;
-//! - periodic maintenance ([`trash_timer`], [`history_cleanup`], [`status_gauges`]) runs
-//!   beside the loop on every replica; each is idempotent;
+//! - periodic maintenance ([`trash_timer`], [`history_cleanup`], [`status_gauges`], and
+//!   [`orphans`] scans of volumes with `orphan_scan_interval`) runs beside the loop on every
+//!   replica; each is idempotent;
+//! - rows deleted while `delete-ongoing` are finished from their tombstones, claimed with
+//!   the slots the rows leave free ([`reconcile::finish_tombstone`]);
 //! - *which volumes*: a volume that is unavailable is skipped until its own probe
 //!   ([`volume_health`]) sees it again, which wakes the loop.
 //!
@@ -168,6 +171,29 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
         metrics: ctx.metrics.clone(),
         trash_retention: ctx.config.trash_retention,
     }));
+    // Orphan scans (and reclaims) of the volumes that ask for them; off by default.
+    for v in config
+        .volumes
+        .iter()
+        .filter(|v| served.iter().any(|s| s.host == v.host))
+    {
+        let (Some(every), Ok(volume)) = (v.orphan_scan_interval, ctx.volumes.get(&v.host)) else {
+            continue;
+        };
+        let schedule = maintenance::Schedule {
+            interval: every,
+            metrics: ctx.metrics.clone(),
+            cancel: maintenance.clone(),
+        };
+        background.spawn(schedule.run(orphans::OrphanJob {
+            store: ctx.store.clone(),
+            volume: volume.clone(),
+            reclaim: v.reclaim_orphans,
+            replica: ctx.replica.clone(),
+            metrics: ctx.metrics.clone(),
+            cancel: maintenance.child_token(),
+        }));
+    }
     for s in &served {
         background.spawn(volume_health::probe(
             ctx.clone(),

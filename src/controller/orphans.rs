@@ -606,3 +606,88 @@ pub async fn reclaim_volume(
     }
     Ok(totals)
 }
+
+/// The controller's own orphan scan of one volume (`orphan_scan_interval`), followed by a
+/// reclaim when the volume has `reclaim_orphans`. A volume that cannot be walked is logged
+/// and tried again at the next tick; only database errors count as the job's failures.
+pub struct OrphanJob {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// The volume.
+    pub volume: Volume,
+    /// Reclaim after each scan.
+    pub reclaim: bool,
+    /// This replica (the actor of scans and reclaims).
+    pub replica: String,
+    /// Where reclaims are counted.
+    pub metrics: Arc<crate::observe::Metrics>,
+    /// Ends a running scan at shutdown.
+    pub cancel: CancellationToken,
+}
+
+impl super::maintenance::MaintenanceJob for OrphanJob {
+    const NAME: &'static str = "orphan-scan";
+
+    async fn run_once(&self) -> Result<u64, store::Error> {
+        let host = self.volume.host();
+        let req = ScanRequest {
+            count: self.volume.config().count_bytes,
+            grace: self.volume.config().orphan_grace,
+            actor: self.replica.clone(),
+        };
+        let progress = Arc::new(ScanProgress::default());
+        let scanned = scan_volume(
+            self.store.as_ref(),
+            &self.volume,
+            &req,
+            progress,
+            &self.cancel,
+            &mut |_| {},
+        )
+        .await;
+        let summary = match scanned {
+            Ok(Some(summary)) => summary,
+            Ok(None) => return Ok(0),
+            Err(Error::Store(e)) => return Err(e),
+            Err(error) => {
+                tracing::warn!(volume = host, %error, "orphan scan failed; trying again at the next tick");
+                return Ok(0);
+            }
+        };
+        self.metrics.set_orphan_scan(&summary);
+        tracing::info!(
+            volume = host,
+            orphans = summary.orphans,
+            unfinished = summary.unfinished,
+            missing = summary.missing,
+            foreign = summary.foreign_entries,
+            "orphan scan finished"
+        );
+        if !self.reclaim {
+            return Ok(0);
+        }
+        let reclaimed = reclaim_volume(
+            self.store.as_ref(),
+            &self.volume,
+            req.grace,
+            &self.replica,
+            false,
+            &self.cancel,
+            &mut |r| {
+                tracing::info!(volume = host, path = %r.sighting.seen.path, result = r.result, reason = r.reason.as_deref().unwrap_or(""), "orphan reclaim");
+            },
+        )
+        .await;
+        match reclaimed {
+            Ok(totals) => {
+                self.metrics.orphans_reclaimed(host, totals.reclaimed);
+                Ok(totals.reclaimed)
+            }
+            Err(Error::Store(e)) => Err(e),
+            Err(error) => {
+                tracing::warn!(volume = host, %error, "orphan reclaim failed; trying again at the next tick");
+                Ok(0)
+            }
+        }
+    }
+}

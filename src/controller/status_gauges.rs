@@ -1,5 +1,6 @@
 //! Refreshes the gauges that describe the table as a whole: folders by status (one grouped
-//! query) and the age of the oldest unconverged row by kind (the SLO signal).
+//! query), the age of the oldest unconverged row by kind (the SLO signal), and each
+//! volume's orphans and unfinished removals as its last complete orphan scan found them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,10 @@ impl MaintenanceJob for StatusGauges {
         self.metrics.set_folders_by_status(&counts);
         let ages = self.store.oldest_unconverged(self.trash_retention).await?;
         self.metrics.set_oldest_unconverged_all(&ages);
+        // Whoever scanned (the CLI, any replica), the totals are in the database.
+        for scan in self.store.scan_summaries().await? {
+            self.metrics.set_orphan_scan(&scan);
+        }
         Ok(0)
     }
 }
