@@ -187,6 +187,19 @@ pub struct VolumeConfig {
     /// share). Default: unlimited.
     #[serde(default)]
     pub max_ops_per_second: Option<u32>,
+    /// How long every scan must see a folder directory without a row before
+    /// `orphans reclaim` (or the controller, with `reclaim_orphans`) may remove it.
+    /// Default 7 days.
+    #[serde(default = "default_orphan_grace", with = "humane")]
+    pub orphan_grace: Duration,
+    /// When set, `run` scans this volume for orphans this often (jittered), keeping the
+    /// orphan gauges current. Default: unset (scans are run with `orphans scan`).
+    #[serde(default, with = "humane_opt")]
+    pub orphan_scan_interval: Option<Duration>,
+    /// With `orphan_scan_interval`, `run` also reclaims the orphans that are due after each
+    /// scan. Default `false`.
+    #[serde(default)]
+    pub reclaim_orphans: bool,
 }
 
 fn default_removal_threads() -> usize {
@@ -200,6 +213,9 @@ fn default_trash_mode() -> TrashMode {
 }
 fn default_true() -> bool {
     true
+}
+fn default_orphan_grace() -> Duration {
+    Duration::from_secs(7 * 86_400)
 }
 
 impl Default for Config {
@@ -267,6 +283,9 @@ impl VolumeConfig {
             marker_file: None,
             count_bytes: false,
             max_ops_per_second: None,
+            orphan_grace: default_orphan_grace(),
+            orphan_scan_interval: None,
+            reclaim_orphans: false,
         }
     }
 }
@@ -320,6 +339,12 @@ impl Config {
             if v.removal_threads == 0 || v.max_concurrent_removals == 0 {
                 return Err(Error::Volume(format!(
                     "volume {:?}: removal_threads and max_concurrent_removals must be at least 1",
+                    v.host
+                )));
+            }
+            if v.reclaim_orphans && v.orphan_scan_interval.is_none() {
+                return Err(Error::Volume(format!(
+                    "volume {:?}: reclaim_orphans needs orphan_scan_interval (reclaims follow the controller's own scans)",
                     v.host
                 )));
             }
@@ -444,6 +469,29 @@ pub mod humane {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde adapter for an optional humane duration (absent or a humane string).
+pub mod humane_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes as a humane string, or as none.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::humane::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserializes from a humane string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::humane::parse(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -275,6 +275,161 @@ pub struct Completion {
     pub duration: Duration,
 }
 
+/// How the removal of a deleted row's data stands (`vfolder_tombstones.removal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TombstoneRemoval {
+    /// Not asked for: the row was not `delete-ongoing` when it was deleted. Reported by
+    /// `orphans scan` when its data is still there, never removed by the controller.
+    None,
+    /// The row was deleted while `delete-ongoing`: the controller finishes the removal.
+    Pending,
+    /// The controller finished the removal.
+    Removed,
+    /// The removal failed permanently (see `last_error`).
+    Failed,
+    /// A row with the same id appeared again: its data is that row's now, nothing removed.
+    Superseded,
+}
+
+impl TombstoneRemoval {
+    /// The stored text.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TombstoneRemoval::None => "none",
+            TombstoneRemoval::Pending => "pending",
+            TombstoneRemoval::Removed => "removed",
+            TombstoneRemoval::Failed => "failed",
+            TombstoneRemoval::Superseded => "superseded",
+        }
+    }
+}
+
+/// The record a deleted `vfolders` row leaves (`vfolder_tombstones`, written by a database
+/// trigger whoever deletes the row): enough to find its data and tell its story.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// Sequence number (one id can be deleted more than once).
+    pub seq: i64,
+    /// The deleted row's id.
+    pub vfolder_id: Uuid,
+    /// Its host (volume).
+    pub host: Option<String>,
+    /// Its quota scope.
+    pub quota_scope_id: Option<String>,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its status when it was deleted.
+    pub status: Option<String>,
+    /// Who deleted it: `vfolder.actor`, else `db:<role>` (PostgreSQL).
+    pub actor: Option<String>,
+    /// `row-deleted`, `row-deleted-during-removal`, or the controller's own action
+    /// (`history-cleanup`, `forget`).
+    pub cause: String,
+    /// When.
+    pub deleted_at: DateTime<Utc>,
+    /// Whether the controller removes its data, and how that went.
+    pub removal: TombstoneRemoval,
+    /// Failed removal attempts.
+    pub attempts: u32,
+    /// The last removal error.
+    pub last_error: Option<String>,
+    /// What the removal removed so far (including the row's own removal before deletion).
+    pub progress: Counts,
+    /// When the removal finished.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Tombstone {
+    /// The deleted row's data as the storage layer addresses it; `None` without a host.
+    pub fn folder_ref(&self) -> Option<FolderRef<'_>> {
+        Some(FolderRef {
+            id: self.vfolder_id,
+            host: self.host.as_deref()?,
+            quota_scope_id: self.quota_scope_id.as_deref(),
+        })
+    }
+}
+
+/// A claimed tombstone whose data the controller is to remove (`removal = pending`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TombstoneClaim {
+    /// The tombstone.
+    pub tombstone: Tombstone,
+    /// A `vfolders` row with the same id exists again: the data is that row's; the claim
+    /// is to be finished as [`TombstoneEnd::Superseded`], never removed.
+    pub row_exists: bool,
+    /// The previous owner, when this claim took over an expired lease.
+    pub reclaimed_from: Option<String>,
+}
+
+/// How the removal of a tombstone's data ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TombstoneEnd {
+    /// Everything is gone; audited as `removed-after-row-deleted` with the counts.
+    Removed(Completion),
+    /// Failed permanently; audited as `remove-failed` with the error.
+    Failed(String),
+    /// A row with the same id exists again; nothing removed, audited as `tombstone-superseded`.
+    Superseded,
+}
+
+/// A folder directory an `orphans scan` saw with no row accounting for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewSighting {
+    /// The directory, relative to the volume root (computed by the storage layout).
+    pub path: String,
+    /// The folder id its path spells.
+    pub vfolder_id: Uuid,
+    /// The quota scope uuid its path spells, if any.
+    pub scope: Option<Uuid>,
+    /// Whether it is under the volume's trash directory.
+    pub trash: bool,
+}
+
+/// A recorded sighting: every scan since `first_seen` saw the directory without a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sighting {
+    /// The volume.
+    pub host: String,
+    /// What was seen.
+    #[serde(flatten)]
+    pub seen: NewSighting,
+    /// The first scan that saw it.
+    pub first_seen: DateTime<Utc>,
+    /// The last scan that saw it.
+    pub last_seen: DateTime<Utc>,
+    /// How many scans saw it.
+    pub scans: u32,
+}
+
+/// The totals of one complete scan of a volume (the controller's gauges read the latest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanSummary {
+    /// The volume.
+    pub host: String,
+    /// When the scan started (sightings not seen since are ended).
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// Whether files and bytes were counted.
+    pub counted: bool,
+    /// Folder directories no row accounts for.
+    pub orphans: u64,
+    /// Their bytes, when counted.
+    pub orphan_bytes: Option<u64>,
+    /// `delete-complete` rows whose data still exists.
+    pub unfinished: u64,
+    /// Their bytes, when counted.
+    pub unfinished_bytes: Option<u64>,
+    /// Live rows whose data is missing.
+    pub missing: u64,
+    /// Entries in the layout that are not folders.
+    pub foreign_entries: u64,
+    /// Who ran it.
+    pub actor: Option<String>,
+}
+
 /// A status change announced by the database (PostgreSQL `NOTIFY`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusEvent {

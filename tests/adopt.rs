@@ -316,7 +316,7 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
         p.site.store.schema().await.expect("schema").mode,
         SchemaMode::Adopted
     );
-    // No column retyped, reshaped or dropped; only the controller's indexes and trigger.
+    // No column retyped, reshaped or dropped; only the controller's indexes and triggers.
     let shape_adopted = p.shape().await;
     for line in shape_before.lines() {
         assert!(shape_adopted.contains(line), "{line} lost on adoption");
@@ -325,13 +325,14 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
         .lines()
         .filter(|l| !shape_before.contains(l))
         .collect();
-    assert_eq!(added.len(), 3, "{added:?}");
+    assert_eq!(added.len(), 4, "{added:?}");
     assert!(
         added
             .iter()
             .all(|l| l.contains("vfolders_status_changed_idx")
                 || l.contains("vfolders_host_status_idx")
-                || l.contains("trigger vfolders_status_change")),
+                || l.contains("trigger vfolders_status_change")
+                || l.contains("trigger vfolders_tombstone")),
         "{added:?}"
     );
     assert_eq!(p.status("legacy-trash").await, "delete-pending");

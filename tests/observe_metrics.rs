@@ -81,7 +81,55 @@ fn exercised() -> Metrics {
     m.timer_run("history-cleanup", 7);
     m.set_volume_available("local:volume1", true, chrono::Utc::now());
     m.set_volume_available("nfs:volume2", false, chrono::Utc::now());
+    m.set_orphan_scan(&scan("local:volume1", Some(4096)));
+    m.orphans_reclaimed("local:volume1", 2);
     m
+}
+
+/// A scan's totals: 3 orphans, 1 unfinished removal, bytes when counted.
+fn scan(host: &str, bytes: Option<u64>) -> vfolder_controller::store::ScanSummary {
+    let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    vfolder_controller::store::ScanSummary {
+        host: host.to_owned(),
+        started_at: at,
+        finished_at: at,
+        counted: bytes.is_some(),
+        orphans: 3,
+        orphan_bytes: bytes,
+        unfinished: 1,
+        unfinished_bytes: bytes.map(|b| b / 2),
+        missing: 0,
+        foreign_entries: 5,
+        actor: None,
+    }
+}
+
+#[test]
+fn orphan_gauges_follow_the_last_scan_and_bytes_only_when_counted() {
+    let m = Metrics::new();
+    m.set_orphan_scan(&scan("nfs:a", None));
+    let text = m.encode();
+    assert!(
+        text.contains("vfolder_controller_orphans{volume=\"nfs:a\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vfolder_controller_unfinished_removals{volume=\"nfs:a\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("vfolder_controller_orphan_bytes{"), "{text}");
+    m.set_orphan_scan(&scan("nfs:a", Some(4096)));
+    let text = m.encode();
+    assert!(
+        text.contains("vfolder_controller_orphan_bytes{volume=\"nfs:a\"} 4096"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "vfolder_controller_orphan_scan_timestamp_seconds{volume=\"nfs:a\"} 1800000000"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::output::{self, Table, fields, opt, opt_time, time};
 use super::{
-    Admin, AuditArgs, Cli, Command, CreateArgs, Error, ListArgs, MigrateArgs, TrashArgs,
-    TrashCommand, UnadoptArgs, run,
+    Admin, AuditArgs, Cli, Command, CreateArgs, Error, ListArgs, MigrateArgs, OrphansCommand,
+    TrashArgs, TrashCommand, UnadoptArgs, run,
 };
 use crate::config::Config;
 use crate::controller::maintenance::{self, drain_batches};
@@ -185,6 +185,12 @@ impl Ctx<'_> {
             Admin::History(a) => self.history(a.id).await,
             Admin::Audit(args) => self.audit(args).await,
             Admin::CleanHistory(a) => self.clean_history(a.older_than).await,
+            Admin::Orphans(OrphansCommand::Scan(a)) => {
+                super::orphans::scan(self.store, self.config, &self.actor, self.json, a).await
+            }
+            Admin::Orphans(OrphansCommand::Reclaim(a)) => {
+                super::orphans::reclaim(self.store, self.config, &self.actor, self.json, a).await
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 //! `purge` of a live folder cannot silently become a force-delete.
 
 pub mod commands;
+pub mod orphans;
 pub mod output;
 pub mod run;
 
@@ -406,6 +407,51 @@ controller does the same with history_retention; this runs it now.",
         after_help = "Example:\n  vfolder-controller clean-history --older-than 30d"
     )]
     CleanHistory(CleanHistoryArgs),
+
+    /// Find data no row accounts for (`orphans scan`) and remove it after a grace period
+    /// (`orphans reclaim`).
+    #[command(subcommand)]
+    Orphans(OrphansCommand),
+}
+
+/// `orphans scan` and `orphans reclaim`.
+#[derive(Debug, Subcommand)]
+pub enum OrphansCommand {
+    /// Walk each volume's layout and report data no row accounts for (changes no data).
+    #[command(
+        long_about = "Walk each configured volume's folder layout (<mount>/[.trash/][<scope hex>/]<id[0:2]>/<id[2:4]>/<id[4:]>) and report, one line each:\n\n  orphan      a folder directory no row accounts for, with the story of the row it once had (its tombstone: who deleted it, when, in which status) where there is one, and since when scans have seen it without a row;\n  unfinished  a delete-complete row whose data still exists;\n  missing     a ready, performing, cloning or delete-pending row whose data is at neither its live nor its trash path (report only);\n  foreign     anything in the layout that is not a folder (a stray file, a symlink, lost+found, another mount): listed, never touched.\n\nThe scan never changes data on disk: it only lists directories (and with --count stats files), never follows symlinks, never crosses into other mounts, and runs in bounded memory. It does record what it saw in the controller's own tables: each orphan without a row starts or extends a sighting, a complete scan ends the sightings it did not see again, and its totals feed the controller's orphan gauges. `orphans reclaim` removes only orphans every scan has seen without a row for the volume's orphan_grace. On a terminal a progress line is shown on standard error. With --json, one JSON object per line (each finding with its volume, then a summary per volume).",
+        after_help = "Examples:\n  vfolder-controller orphans scan\n  vfolder-controller orphans scan --volume local:volume1 --count\n  vfolder-controller --json orphans scan > scan.jsonl"
+    )]
+    Scan(OrphanScanArgs),
+
+    /// Remove orphans every scan over the grace period saw without a row (audited).
+    #[command(
+        long_about = "Remove the orphans of each volume that are due: first seen by a scan at least the volume's orphan_grace ago (default 7 days), seen by the latest complete scan and at least one earlier one, with no row of that id now, no row of that id that came and went since (its tombstone), and no removal of that id still pending in the controller. Only the sighted directory is removed, with the controller's removal engine and its safety rules, and each reclaim is written to the audit log (orphan-reclaimed) with its counts. Foreign entries and directories whose id has a row are never removed. Run `orphans scan` regularly (or set orphan_scan_interval): reclaim acts only on what scans recorded. --dry-run prints what it would remove and changes nothing.",
+        after_help = "Examples:\n  vfolder-controller orphans reclaim --dry-run\n  vfolder-controller --actor alice orphans reclaim --volume local:volume1"
+    )]
+    Reclaim(OrphanReclaimArgs),
+}
+
+/// Arguments of `orphans scan`.
+#[derive(Debug, Args)]
+pub struct OrphanScanArgs {
+    /// Only this volume (a configured `[[volumes]] host`). Default: every configured volume.
+    #[arg(long, value_name = "HOST")]
+    pub volume: Option<String>,
+    /// Count the files and bytes of every orphan and unfinished removal (walks their trees).
+    #[arg(long)]
+    pub count: bool,
+}
+
+/// Arguments of `orphans reclaim`.
+#[derive(Debug, Args)]
+pub struct OrphanReclaimArgs {
+    /// Only this volume (a configured `[[volumes]] host`). Default: every configured volume.
+    #[arg(long, value_name = "HOST")]
+    pub volume: Option<String>,
+    /// Print what would be removed and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Arguments of `migrate`.

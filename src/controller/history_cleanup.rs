@@ -1,5 +1,7 @@
 //! History cleanup: `delete-complete` rows older than the history retention are removed;
-//! their audit entries stay (the audit log has no foreign key to `vfolders`).
+//! their audit entries stay (the audit log has no foreign key to `vfolders`). Tombstones of
+//! deleted rows are kept as long again (from their deletion), except those whose removal the
+//! controller has still to finish.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,9 @@ impl MaintenanceJob for HistoryCleanup {
     const NAME: &'static str = "history-cleanup";
 
     async fn run_once(&self) -> Result<u64, store::Error> {
-        drain_batches(|| self.store.clean_history(self.retention, ACTOR, BATCH)).await
+        let rows = drain_batches(|| self.store.clean_history(self.retention, ACTOR, BATCH)).await?;
+        let tombstones =
+            drain_batches(|| self.store.clean_tombstones(self.retention, BATCH)).await?;
+        Ok(rows + tombstones)
     }
 }

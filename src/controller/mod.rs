@@ -8,8 +8,11 @@
 //! - *what to do*: [`reconcile::reconcile`] for one folder;
 //! - *when*: a LISTEN/NOTIFY wake-up ([`wakeup`]), a finished worker, or the jittered
 //!   resync poll, whichever comes first;
-//! - periodic maintenance ([`trash_timer`], [`history_cleanup`], [`status_gauges`]) runs
-//!   beside the loop on every replica; each is idempotent;
+//! - periodic maintenance ([`trash_timer`], [`history_cleanup`], [`status_gauges`], and
+//!   [`orphans`] scans of volumes with `orphan_scan_interval`) runs beside the loop on every
+//!   replica; each is idempotent;
+//! - rows deleted while `delete-ongoing` are finished from their tombstones, claimed with
+//!   the slots the rows leave free ([`reconcile::finish_tombstone`]);
 //! - *which volumes*: a volume that is unavailable is skipped until its own probe
 //!   ([`volume_health`]) sees it again, which wakes the loop.
 //!
@@ -20,6 +23,7 @@
 pub mod backoff;
 pub mod history_cleanup;
 pub mod maintenance;
+pub mod orphans;
 pub mod reconcile;
 pub mod shutdown;
 pub mod status_gauges;
@@ -40,7 +44,7 @@ use uuid::Uuid;
 use crate::config::{Config, ControllerConfig, TrashMode};
 use crate::observe::{Health, Metrics};
 use crate::storage::Volumes;
-use crate::store::{ClaimRequest, Store};
+use crate::store::{ClaimRequest, Store, WorkKind};
 use backoff::{RetrySchedule, jittered};
 use volume_health::VolumeHealth;
 
@@ -167,6 +171,29 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
         metrics: ctx.metrics.clone(),
         trash_retention: ctx.config.trash_retention,
     }));
+    // Orphan scans (and reclaims) of the volumes that ask for them; off by default.
+    for v in config
+        .volumes
+        .iter()
+        .filter(|v| served.iter().any(|s| s.host == v.host))
+    {
+        let (Some(every), Ok(volume)) = (v.orphan_scan_interval, ctx.volumes.get(&v.host)) else {
+            continue;
+        };
+        let schedule = maintenance::Schedule {
+            interval: every,
+            metrics: ctx.metrics.clone(),
+            cancel: maintenance.clone(),
+        };
+        background.spawn(schedule.run(orphans::OrphanJob {
+            store: ctx.store.clone(),
+            volume: volume.clone(),
+            reclaim: v.reclaim_orphans,
+            replica: ctx.replica.clone(),
+            metrics: ctx.metrics.clone(),
+            cancel: maintenance.child_token(),
+        }));
+    }
     for s in &served {
         background.spawn(volume_health::probe(
             ctx.clone(),
@@ -330,11 +357,7 @@ impl Runner {
             };
             let claims = self.ctx.store.claim_due(&request).await?;
             for claim in claims {
-                let permits = (
-                    self.global.clone().try_acquire_owned(),
-                    slots.clone().try_acquire_owned(),
-                );
-                let (Ok(global), Ok(volume)) = permits else {
+                let Some(permits) = self.permits(&slots) else {
                     // Cannot happen while this loop is the only acquirer; hand the row back.
                     let _ = self
                         .ctx
@@ -343,27 +366,75 @@ impl Runner {
                         .await;
                     continue;
                 };
-                self.start(claim, [global, volume]);
+                let (id, host) = (claim.folder.id, claim.folder.host.clone());
+                let (kind, attempts) = (claim.kind, claim.attempts);
+                self.start(id, &host, kind, attempts, permits, {
+                    let (ctx, cancel) = (self.ctx.clone(), self.work_cancel.clone());
+                    reconcile::reconcile(ctx, claim, cancel)
+                });
+            }
+            // Rows deleted while delete-ongoing: their removals are finished from their
+            // tombstones with whatever slots the rows left free.
+            let free = self
+                .global
+                .available_permits()
+                .min(slots.available_permits());
+            if free == 0 {
+                continue;
+            }
+            let request = ClaimRequest {
+                limit: free as u32,
+                exclude: self.running.values().copied().collect(),
+                ..request
+            };
+            for claim in self.ctx.store.claim_tombstones(&request).await? {
+                let Some(permits) = self.permits(&slots) else {
+                    let _ = self
+                        .ctx
+                        .store
+                        .release_tombstone(claim.tombstone.seq, &self.ctx.replica)
+                        .await;
+                    continue;
+                };
+                let id = claim.tombstone.vfolder_id;
+                let host = claim.tombstone.host.clone().unwrap_or_default();
+                let attempts = claim.tombstone.attempts;
+                self.start(id, &host, WorkKind::Remove, attempts, permits, {
+                    let (ctx, cancel) = (self.ctx.clone(), self.work_cancel.clone());
+                    reconcile::finish_tombstone(ctx, claim, cancel)
+                });
             }
         }
         Ok(())
     }
 
-    fn start(&mut self, claim: crate::store::Claim, permits: [OwnedSemaphorePermit; 2]) {
-        let id = claim.folder.id;
+    /// A global and a volume slot, or `None` when either is taken.
+    fn permits(&self, slots: &Arc<Semaphore>) -> Option<[OwnedSemaphorePermit; 2]> {
+        let global = self.global.clone().try_acquire_owned().ok()?;
+        let volume = slots.clone().try_acquire_owned().ok()?;
+        Some([global, volume])
+    }
+
+    fn start(
+        &mut self,
+        id: Uuid,
+        host: &str,
+        kind: WorkKind,
+        attempts: u32,
+        permits: [OwnedSemaphorePermit; 2],
+        work: impl Future<Output = ()> + Send + 'static,
+    ) {
         let span = tracing::info_span!(
             "reconcile",
             id = %id,
-            host = %claim.folder.host,
-            action = claim.kind.as_str(),
-            attempt = claim.attempts + 1,
+            host = %host,
+            action = kind.as_str(),
+            attempt = attempts + 1,
         );
-        let ctx = self.ctx.clone();
-        let cancel = self.work_cancel.clone();
         let handle = self.workers.spawn(
             async move {
                 let _permits = permits;
-                reconcile::reconcile(ctx, claim, cancel).await;
+                work.await;
             }
             .instrument(span),
         );

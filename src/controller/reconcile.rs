@@ -6,6 +6,14 @@
 //! - While a removal runs, its lease is renewed (and progress flushed) every
 //!   `lease_renew_interval`. When a renewal finds that another replica owns the row, the
 //!   removal is cancelled and nothing is recorded: the new owner finishes it.
+//! - **A row deleted under a running removal** (a plain `DELETE FROM vfolders`, the
+//!   platform's purge) is not a lost lease: the database's tombstone trigger hands the row's
+//!   lease to the tombstone, the removal carries on under it ([`Lease::Tombstone`]) and its
+//!   end is recorded on the tombstone (`removed-after-row-deleted` in the audit log). When
+//!   the lease could not be handed over (it had expired), the removal stops, says "row
+//!   deleted during removal", and whichever replica claims the tombstone finishes it.
+//!   Pending tombstones are claimed like rows ([`finish_tombstone`]); a tombstone whose id
+//!   has a row again is never removed (the data is that row's now).
 //! - Cancellation (shutdown) and lease loss are never failures: no attempt is counted and
 //!   the row stays `delete-ongoing`; a cancelled folder's lease is released at once so
 //!   another replica can continue without waiting for the lease to expire.
@@ -29,10 +37,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use uuid::Uuid;
+
 use super::Context;
 use super::volume_health::{self, PendingCheck};
 use crate::storage::{self, Counts, FolderRef, Outcome as RemoveOutcome, Progress};
-use crate::store::{self, Claim, Completion, Location, WorkKind};
+use crate::store::{self, Claim, Completion, Location, TombstoneClaim, TombstoneEnd, WorkKind};
 
 /// How long cleanup that must still run after cancellation (releasing a lease) may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -71,6 +81,58 @@ impl Failure {
     }
 }
 
+/// Whose lease a worker holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// The `vfolders` row's (its controller state), by folder id.
+    Row(Uuid),
+    /// A tombstone's, by sequence number: the row was deleted while `delete-ongoing`.
+    Tombstone(i64),
+}
+
+/// One piece of claimed work: a row's, or a tombstone's removal.
+#[derive(Debug, Clone)]
+pub struct Work {
+    /// The folder id.
+    pub id: Uuid,
+    /// Its volume.
+    pub host: String,
+    /// Its quota scope.
+    pub quota_scope_id: Option<String>,
+    /// What to do.
+    pub kind: WorkKind,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// The previous owner, when this claim took over an expired lease.
+    pub reclaimed_from: Option<String>,
+    /// The lease the claim holds.
+    pub lease: Lease,
+}
+
+impl Work {
+    fn folder_ref(&self) -> FolderRef<'_> {
+        FolderRef {
+            id: self.id,
+            host: &self.host,
+            quota_scope_id: self.quota_scope_id.as_deref(),
+        }
+    }
+}
+
+impl From<Claim> for Work {
+    fn from(c: Claim) -> Work {
+        Work {
+            id: c.folder.id,
+            host: c.folder.host,
+            quota_scope_id: c.folder.quota_scope_id,
+            kind: c.kind,
+            attempts: c.attempts,
+            reclaimed_from: c.reclaimed_from,
+            lease: Lease::Row(c.folder.id),
+        }
+    }
+}
+
 /// What the filesystem work ended with.
 #[derive(Debug)]
 pub enum Outcome {
@@ -87,6 +149,9 @@ pub enum Outcome {
     Cancelled(Counts),
     /// Another replica took the row over.
     LeaseLost(Counts),
+    /// The row was deleted during the removal and its lease could not be handed to the
+    /// tombstone: the removal stopped; the tombstone's claimant finishes it.
+    RowDeleted(Counts),
     /// The volume is unavailable: the volume's failure, not the folder's.
     VolumeUnavailable {
         /// What the volume guard said.
@@ -107,51 +172,132 @@ pub enum Outcome {
 /// failure ends in the database (retry, `delete-error`) or, when even that fails, in the
 /// lease expiring so that the folder is picked up again.
 pub async fn reconcile(ctx: Arc<Context>, claim: Claim, cancel: CancellationToken) {
+    run(ctx, Work::from(claim), cancel).await;
+}
+
+/// Finishes the removal a deleted `delete-ongoing` row left behind, from its tombstone,
+/// with the same engine and safety rules as a row's removal. A tombstone whose id has a row
+/// again is ended as superseded without touching anything.
+pub async fn finish_tombstone(ctx: Arc<Context>, claim: TombstoneClaim, cancel: CancellationToken) {
+    let seq = claim.tombstone.seq;
+    let owner = ctx.replica.clone();
+    let end = if claim.row_exists {
+        Some(TombstoneEnd::Superseded)
+    } else if claim.tombstone.host.is_none() {
+        Some(TombstoneEnd::Failed(
+            "the deleted row had no host; its data cannot be found".to_owned(),
+        ))
+    } else {
+        None
+    };
+    if let Some(end) = end {
+        tracing::warn!(?end, "tombstone not removed");
+        let _ = retry_db(&ctx, "finish_tombstone", || {
+            ctx.store.finish_tombstone(seq, &owner, &end)
+        })
+        .await;
+        return;
+    }
+    let t = claim.tombstone;
+    let work = Work {
+        id: t.vfolder_id,
+        host: t.host.unwrap_or_default(),
+        quota_scope_id: t.quota_scope_id,
+        kind: WorkKind::Remove,
+        attempts: t.attempts,
+        reclaimed_from: claim.reclaimed_from,
+        lease: Lease::Tombstone(seq),
+    };
+    run(ctx, work, cancel).await;
+}
+
+async fn run(ctx: Arc<Context>, work: Work, cancel: CancellationToken) {
     let started = Instant::now();
-    let kind = claim.kind;
-    if let Some(previous) = &claim.reclaimed_from {
+    let kind = work.kind;
+    if let Some(previous) = &work.reclaimed_from {
         ctx.metrics.lease_reclaimed();
         tracing::info!(previous_owner = %previous, "took over an expired lease");
     }
-    let outcome = match kind {
-        WorkKind::Remove => remove(&ctx, &claim, &cancel).await,
-        WorkKind::MoveToTrash => relocate(&ctx, &claim, Location::Trash).await,
-        WorkKind::Restore => relocate(&ctx, &claim, Location::Live).await,
+    let (outcome, lease) = match kind {
+        WorkKind::Remove => remove(&ctx, &work, &cancel).await,
+        WorkKind::MoveToTrash => (relocate(&ctx, &work, Location::Trash).await, work.lease),
+        WorkKind::Restore => (relocate(&ctx, &work, Location::Live).await, work.lease),
     };
     let outcome = match outcome {
-        Outcome::Failed { error, counts } => blame(&ctx, &claim.folder.host, error, counts).await,
+        Outcome::Failed { error, counts } => blame(&ctx, &work.host, error, counts).await,
         other => other,
     };
-    let result = record(&ctx, &claim, outcome).await;
+    let result = record(&ctx, &work, lease, outcome).await;
     ctx.metrics
         .reconcile(kind.as_str(), result, started.elapsed());
 }
 
-/// Runs the removal on a blocking thread while renewing the lease.
-async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -> Outcome {
-    let host = claim.folder.host.clone();
+/// Renews whichever lease the worker holds.
+async fn renew(ctx: &Context, lease: Lease, counts: Counts) -> Result<bool, store::Error> {
+    let (owner, length, progress) = (&ctx.replica, ctx.config.lease_duration, counts);
+    match lease {
+        Lease::Row(id) => ctx.store.renew_lease(id, owner, length, progress).await,
+        Lease::Tombstone(seq) => {
+            ctx.store
+                .renew_tombstone(seq, owner, length, progress)
+                .await
+        }
+    }
+}
+
+/// Why a row lease could not be renewed: the row was deleted (its lease passed to the
+/// tombstone, `Some(Some(seq))`, or could not, `Some(None)`), or another replica owns it
+/// (`None`).
+async fn row_deleted(ctx: &Context, id: Uuid) -> Option<Option<i64>> {
+    match ctx.store.inherited_tombstone(id, &ctx.replica).await {
+        Ok(Some(seq)) => return Some(Some(seq)),
+        Ok(None) => {}
+        Err(error) => {
+            ctx.metrics.database_error("inherited_tombstone");
+            tracing::warn!(%error, "cannot look for the row's tombstone");
+            return None;
+        }
+    }
+    match ctx.store.get_folder(id).await {
+        Err(store::Error::NotFound(_)) => Some(None),
+        _ => None,
+    }
+}
+
+/// Runs the removal on a blocking thread while renewing the lease; returns the lease it
+/// ends with (a row's lease becomes its tombstone's when the row is deleted meanwhile).
+async fn remove(ctx: &Arc<Context>, work: &Work, cancel: &CancellationToken) -> (Outcome, Lease) {
+    let host = work.host.clone();
     let progress = Arc::new(Progress::default());
     let removal_cancel = cancel.child_token();
+    let mut lease = work.lease;
     ctx.metrics.removal_started(&host);
-    tracing::info!("removal started");
+    match lease {
+        Lease::Row(_) => tracing::info!("removal started"),
+        Lease::Tombstone(seq) => tracing::info!(
+            tombstone = seq,
+            "removal started from the tombstone of a row deleted while delete-ongoing"
+        ),
+    }
     let mut task = {
         let ctx = ctx.clone();
         let progress = progress.clone();
         let removal_cancel = removal_cancel.clone();
-        let folder = claim.folder.clone();
+        let work = work.clone();
         tokio::task::spawn_blocking(move || {
-            let volume = ctx.volumes.get(&folder.host)?;
-            volume.remove_folder(&FolderRef::from(&folder), &removal_cancel, &progress)
+            let volume = ctx.volumes.get(&work.host)?;
+            volume.remove_folder(&work.folder_ref(), &removal_cancel, &progress)
         })
     };
-    let mut renew = tokio::time::interval(ctx.config.lease_renew_interval);
-    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    renew.tick().await;
+    let mut renew_tick = tokio::time::interval(ctx.config.lease_renew_interval);
+    renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew_tick.tick().await;
     let mut watch = tokio::time::interval(VOLUME_WATCH);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     watch.tick().await;
     let mut watch_pending: PendingCheck = None;
     let mut lease_lost = false;
+    let mut deleted = false;
     let mut volume_lost = None;
     let joined = loop {
         tokio::select! {
@@ -163,15 +309,30 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
                     removal_cancel.cancel();
                 }
             }
-            _ = renew.tick() => {
-                let counts = progress.snapshot();
-                match ctx.store.renew_lease(claim.folder.id, &ctx.replica, ctx.config.lease_duration, counts).await {
+            _ = renew_tick.tick(), if !lease_lost && !deleted => {
+                match renew(ctx, lease, progress.snapshot()).await {
                     Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!("lease lost to another replica; stopping this removal");
-                        lease_lost = true;
-                        removal_cancel.cancel();
-                    }
+                    Ok(false) => match (lease, row_deleted(ctx, work.id).await) {
+                        (Lease::Row(_), Some(Some(seq))) => {
+                            tracing::warn!(tombstone = seq, "row deleted during removal; the removal carries on under its tombstone");
+                            lease = Lease::Tombstone(seq);
+                        }
+                        (Lease::Row(_), Some(None)) => {
+                            tracing::warn!("row deleted during removal; stopping here, the controller finishes the removal from its tombstone");
+                            deleted = true;
+                            removal_cancel.cancel();
+                        }
+                        (Lease::Row(_), None) => {
+                            tracing::warn!("lease lost to another replica; stopping this removal");
+                            lease_lost = true;
+                            removal_cancel.cancel();
+                        }
+                        (Lease::Tombstone(_), _) => {
+                            tracing::warn!("tombstone lease lost, or a row with this id exists again; stopping this removal");
+                            lease_lost = true;
+                            removal_cancel.cancel();
+                        }
+                    },
                     Err(error) => {
                         ctx.metrics.database_error("renew_lease");
                         tracing::warn!(%error, "cannot renew lease; removal continues");
@@ -186,6 +347,7 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
             counts: report.counts,
             elapsed: report.elapsed,
         },
+        Ok(Ok(RemoveOutcome::Cancelled(report))) if deleted => Outcome::RowDeleted(report.counts),
         Ok(Ok(RemoveOutcome::Cancelled(report))) if lease_lost => Outcome::LeaseLost(report.counts),
         Ok(Ok(RemoveOutcome::Cancelled(report))) => Outcome::Cancelled(report.counts),
         Ok(Err(error)) => Outcome::Failed {
@@ -197,13 +359,14 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
             counts,
         },
     };
-    match (volume_lost, outcome) {
+    let outcome = match (volume_lost, outcome) {
         // Stopped (or failed) because the volume went away: the volume's failure.
         (Some(reason), Outcome::Cancelled(counts) | Outcome::Failed { counts, .. }) => {
             Outcome::VolumeUnavailable { reason, counts }
         }
         (_, outcome) => outcome,
-    }
+    };
+    (outcome, lease)
 }
 
 /// Decides whose failure `error` is. The volume's when it is the volume guard's own error or
@@ -228,12 +391,12 @@ async fn blame(ctx: &Arc<Context>, host: &str, error: Failure, counts: Counts) -
 }
 
 /// Moves the data into the trash or back (trash mode `move`).
-async fn relocate(ctx: &Arc<Context>, claim: &Claim, to: Location) -> Outcome {
+async fn relocate(ctx: &Arc<Context>, work: &Work, to: Location) -> Outcome {
     let ctx2 = ctx.clone();
-    let folder = claim.folder.clone();
+    let work = work.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let volume = ctx2.volumes.get(&folder.host)?;
-        let target = FolderRef::from(&folder);
+        let volume = ctx2.volumes.get(&work.host)?;
+        let target = work.folder_ref();
         match to {
             Location::Live => volume.restore_from_trash(&target),
             Location::Trash => volume.move_to_trash(&target),
@@ -266,10 +429,10 @@ fn count_removal(ctx: &Context, host: &str, counts: Counts, elapsed: Duration, r
     );
 }
 
-/// Writes the outcome to the database; returns the result label for metrics.
-async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str {
-    let id = claim.folder.id;
-    let host = claim.folder.host.as_str();
+/// Writes the outcome to the database, on the row or the tombstone whose `lease` the worker
+/// holds; returns the result label for metrics.
+async fn record(ctx: &Context, work: &Work, lease: Lease, outcome: Outcome) -> &'static str {
+    let host = work.host.as_str();
     let owner = ctx.replica.as_str();
     match outcome {
         Outcome::Removed { counts, elapsed } => {
@@ -278,11 +441,48 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
                 progress: counts,
                 duration: elapsed,
             };
-            match retry_db(ctx, "complete_removal", || {
-                ctx.store.complete_removal(id, owner, &done)
-            })
-            .await
-            {
+            let completed = match lease {
+                Lease::Row(id) => {
+                    retry_db(ctx, "complete_removal", || {
+                        ctx.store.complete_removal(id, owner, &done)
+                    })
+                    .await
+                }
+                Lease::Tombstone(_) => Some(false),
+            };
+            // The row may have been deleted after the last renewal: then its tombstone holds
+            // the lease, and the result goes there.
+            let tombstone = match (completed, lease) {
+                (Some(false), Lease::Tombstone(seq)) => Some(seq),
+                (Some(false), Lease::Row(id)) => row_deleted(ctx, id).await.flatten(),
+                _ => None,
+            };
+            if let Some(seq) = tombstone {
+                let end = TombstoneEnd::Removed(done);
+                return match retry_db(ctx, "finish_tombstone", || {
+                    ctx.store.finish_tombstone(seq, owner, &end)
+                })
+                .await
+                {
+                    Some(true) => {
+                        tracing::info!(
+                            tombstone = seq,
+                            files = counts.files,
+                            dirs = counts.dirs,
+                            bytes = counts.bytes,
+                            elapsed_ms = elapsed.as_millis() as u64,
+                            "folder removed after its row was deleted"
+                        );
+                        "ok"
+                    }
+                    Some(false) => {
+                        tracing::warn!("folder removed, but the tombstone's lease was lost");
+                        "lost-lease"
+                    }
+                    None => "database-error",
+                };
+            }
+            match completed {
                 Some(true) => {
                     tracing::info!(
                         files = counts.files,
@@ -305,7 +505,7 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
         }
         Outcome::Moved(location) => {
             match retry_db(ctx, "record_location", || {
-                ctx.store.record_location(id, owner, location)
+                ctx.store.record_location(work.id, owner, location)
             })
             .await
             {
@@ -318,7 +518,7 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
         }
         Outcome::Cancelled(counts) => {
             count_removal(ctx, host, counts, Duration::ZERO, "cancelled");
-            match release(ctx, id).await {
+            match release(ctx, lease).await {
                 Ok(()) => {
                     tracing::info!("removal cancelled; lease released, folder stays delete-ongoing")
                 }
@@ -329,12 +529,12 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
             "cancelled"
         }
         Outcome::VolumeUnavailable { reason, counts } => {
-            if claim.kind == WorkKind::Remove {
+            if work.kind == WorkKind::Remove {
                 count_removal(ctx, host, counts, Duration::ZERO, "volume-unavailable");
             }
             // Logged once per volume there; per folder only at debug level.
             ctx.volume_health.mark_unavailable(host, &reason).await;
-            match release(ctx, id).await {
+            match release(ctx, lease).await {
                 Ok(()) => tracing::debug!(
                     %reason,
                     "volume unavailable; lease released, attempts unchanged"
@@ -349,9 +549,13 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
             count_removal(ctx, host, counts, Duration::ZERO, "lost-lease");
             "lost-lease"
         }
+        Outcome::RowDeleted(counts) => {
+            count_removal(ctx, host, counts, Duration::ZERO, "row-deleted");
+            "row-deleted"
+        }
         Outcome::Failed { error, counts } => {
-            let result = record_failure(ctx, claim, &error).await;
-            if claim.kind == WorkKind::Remove {
+            let result = record_failure(ctx, work, lease, &error).await;
+            if work.kind == WorkKind::Remove {
                 count_removal(
                     ctx,
                     host,
@@ -365,10 +569,18 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
     }
 }
 
-/// Hands the row back at once, leaving attempts and the next attempt time as they are.
-/// Has its own timeout: on shutdown the runner's token is already cancelled.
-async fn release(ctx: &Context, id: uuid::Uuid) -> Result<(), String> {
-    match tokio::time::timeout(CLEANUP_TIMEOUT, ctx.store.release_lease(id, &ctx.replica)).await {
+/// Hands the row (or tombstone) back at once, leaving attempts and the next attempt time as
+/// they are. Has its own timeout: on shutdown the runner's token is already cancelled.
+async fn release(ctx: &Context, lease: Lease) -> Result<(), String> {
+    let owner = &ctx.replica;
+    let released = tokio::time::timeout(CLEANUP_TIMEOUT, async {
+        match lease {
+            Lease::Row(id) => ctx.store.release_lease(id, owner).await,
+            Lease::Tombstone(seq) => ctx.store.release_tombstone(seq, owner).await,
+        }
+    })
+    .await;
+    match released {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err("releasing the lease timed out".to_owned()),
@@ -376,13 +588,12 @@ async fn release(ctx: &Context, id: uuid::Uuid) -> Result<(), String> {
 }
 
 /// A transient failure schedules a retry; a permanent one (or the last attempt) ends in
-/// `delete-error`. Trash moves always retry.
-async fn record_failure(ctx: &Context, claim: &Claim, error: &Failure) -> &'static str {
-    let id = claim.folder.id;
+/// `delete-error` (a tombstone: removal `failed`). Trash moves always retry.
+async fn record_failure(ctx: &Context, work: &Work, lease: Lease, error: &Failure) -> &'static str {
     let owner = ctx.replica.as_str();
-    let attempt = claim.attempts.saturating_add(1);
+    let attempt = work.attempts.saturating_add(1);
     let exhausted = attempt >= ctx.config.max_attempts;
-    let terminal = claim.kind == WorkKind::Remove && (!error.is_transient() || exhausted);
+    let terminal = work.kind == WorkKind::Remove && (!error.is_transient() || exhausted);
     if terminal {
         let message = if error.is_transient() {
             format!("gave up after {attempt} attempts: {error}")
@@ -391,11 +602,22 @@ async fn record_failure(ctx: &Context, claim: &Claim, error: &Failure) -> &'stat
         };
         ctx.metrics.terminal_error(error.kind());
         tracing::error!(error = %message, kind = error.kind(), "removal failed: delete-ongoing -> delete-error");
-        return match retry_db(ctx, "fail_removal", || {
-            ctx.store.fail_removal(id, owner, &message)
-        })
-        .await
-        {
+        let end = TombstoneEnd::Failed(message.clone());
+        let written = match lease {
+            Lease::Row(id) => {
+                retry_db(ctx, "fail_removal", || {
+                    ctx.store.fail_removal(id, owner, &message)
+                })
+                .await
+            }
+            Lease::Tombstone(seq) => {
+                retry_db(ctx, "finish_tombstone", || {
+                    ctx.store.finish_tombstone(seq, owner, &end)
+                })
+                .await
+            }
+        };
+        return match written {
             Some(_) => "error",
             None => "database-error",
         };
@@ -405,11 +627,21 @@ async fn record_failure(ctx: &Context, claim: &Claim, error: &Failure) -> &'stat
     let message = error.to_string();
     ctx.metrics.retry(error.kind());
     tracing::warn!(error = %message, kind = error.kind(), attempt, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
-    match retry_db(ctx, "record_retry", || {
-        ctx.store.record_retry(id, owner, &message, next)
-    })
-    .await
-    {
+    let written = match lease {
+        Lease::Row(id) => {
+            retry_db(ctx, "record_retry", || {
+                ctx.store.record_retry(id, owner, &message, next)
+            })
+            .await
+        }
+        Lease::Tombstone(seq) => {
+            retry_db(ctx, "retry_tombstone", || {
+                ctx.store.retry_tombstone(seq, owner, &message, next)
+            })
+            .await
+        }
+    };
+    match written {
         Some(_) => "retry",
         None => "database-error",
     }

@@ -1,6 +1,7 @@
 //! Refreshes the gauges that describe the table as a whole: folders by status (one grouped
-//! query), rows parked because they cannot be read, and the age of the oldest unconverged
-//! row by kind (the SLO signal).
+//! query), rows parked because they cannot be read, the age of the oldest unconverged row by
+//! kind (the SLO signal), and each volume's orphans and unfinished removals as its last
+//! complete orphan scan found them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,10 @@ impl MaintenanceJob for StatusGauges {
             .set_unreadable_rows(self.store.unreadable_rows().await?);
         let ages = self.store.oldest_unconverged(self.trash_retention).await?;
         self.metrics.set_oldest_unconverged_all(&ages);
+        // Whoever scanned (the CLI, any replica), the totals are in the database.
+        for scan in self.store.scan_summaries().await? {
+            self.metrics.set_orphan_scan(&scan);
+        }
         Ok(0)
     }
 }

@@ -129,6 +129,12 @@ pub struct Metrics {
     timer_rows: Family<TimerLabel, Counter>,
     volume_available: Family<VolumeLabel, Gauge>,
     volume_changed: Family<VolumeLabel, FloatGauge>,
+    orphans: Family<VolumeLabel, Gauge>,
+    orphan_bytes: Family<VolumeLabel, Gauge>,
+    unfinished_removals: Family<VolumeLabel, Gauge>,
+    unfinished_removal_bytes: Family<VolumeLabel, Gauge>,
+    orphan_scan_time: Family<VolumeLabel, FloatGauge>,
+    orphans_reclaimed: Family<VolumeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -166,6 +172,12 @@ impl Metrics {
             timer_rows: Family::default(),
             volume_available: Family::default(),
             volume_changed: Family::default(),
+            orphans: Family::default(),
+            orphan_bytes: Family::default(),
+            unfinished_removals: Family::default(),
+            unfinished_removal_bytes: Family::default(),
+            orphan_scan_time: Family::default(),
+            orphans_reclaimed: Family::default(),
         };
         m.register_families();
         m.set_worker_slots(0, 0);
@@ -292,6 +304,36 @@ impl Metrics {
             "volume_availability_changed_timestamp_seconds",
             "Unix time of the volume's last change between available and unavailable (or of its first probe)",
             self.volume_changed.clone(),
+        );
+        registry.register(
+            "orphans",
+            "Folder directories no row accounts for, as the volume's last complete orphan scan found them",
+            self.orphans.clone(),
+        );
+        registry.register(
+            "orphan_bytes",
+            "Bytes of those orphans, when the last scan counted them",
+            self.orphan_bytes.clone(),
+        );
+        registry.register(
+            "unfinished_removals",
+            "delete-complete rows whose data still exists, as the volume's last complete orphan scan found them",
+            self.unfinished_removals.clone(),
+        );
+        registry.register(
+            "unfinished_removal_bytes",
+            "Bytes of those unfinished removals, when the last scan counted them",
+            self.unfinished_removal_bytes.clone(),
+        );
+        registry.register(
+            "orphan_scan_timestamp_seconds",
+            "Unix time the volume's last complete orphan scan finished",
+            self.orphan_scan_time.clone(),
+        );
+        registry.register(
+            "orphans_reclaimed",
+            "Orphans this replica removed after their grace period (reclaim_orphans)",
+            self.orphans_reclaimed.clone(),
         );
     }
 
@@ -503,6 +545,37 @@ impl Metrics {
         self.volume_changed
             .get_or_create(&label)
             .set(since.timestamp_millis() as f64 / 1000.0);
+    }
+}
+
+impl Metrics {
+    /// Sets the orphan gauges of a volume from its last complete scan (read from the
+    /// database, so every replica reports the same; bytes only when the scan counted them).
+    pub fn set_orphan_scan(&self, scan: &crate::store::ScanSummary) {
+        let label = volume_label(&scan.host);
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.orphans.get_or_create(&label).set(n(scan.orphans));
+        self.unfinished_removals
+            .get_or_create(&label)
+            .set(n(scan.unfinished));
+        if let Some(b) = scan.orphan_bytes {
+            self.orphan_bytes.get_or_create(&label).set(n(b));
+        }
+        if let Some(b) = scan.unfinished_bytes {
+            self.unfinished_removal_bytes
+                .get_or_create(&label)
+                .set(n(b));
+        }
+        self.orphan_scan_time
+            .get_or_create(&label)
+            .set(scan.finished_at.timestamp_millis() as f64 / 1000.0);
+    }
+
+    /// Counts orphans this replica reclaimed on `volume`.
+    pub fn orphans_reclaimed(&self, volume: &str, n: u64) {
+        self.orphans_reclaimed
+            .get_or_create(&volume_label(volume))
+            .inc_by(n);
     }
 }
 

@@ -76,6 +76,60 @@ impl Layout {
     }
 }
 
+/// What one directory name means at a given depth of the layout (the inverse of
+/// [`Layout::of`], for walking a volume). Only the spellings `Layout::of` produces are
+/// accepted: lowercase hex of the exact length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Component {
+    /// 32 hex digits: a quota scope directory.
+    Scope(Uuid),
+    /// 2 hex digits: a fan-out directory (`id[0:2]` or `id[2:4]`).
+    Fanout([u8; 2]),
+    /// 28 hex digits: a folder's own directory (`id[4:]`).
+    Leaf([u8; 28]),
+}
+
+impl Component {
+    /// Parses one name; `None` for anything the layout never produces.
+    pub fn parse(name: &[u8]) -> Option<Component> {
+        if !name.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        match name.len() {
+            32 => std::str::from_utf8(name)
+                .ok()
+                .and_then(|s| Uuid::try_parse(s).ok())
+                .map(Component::Scope),
+            2 => Some(Component::Fanout([name[0], name[1]])),
+            28 => {
+                let mut leaf = [0u8; 28];
+                leaf.copy_from_slice(name);
+                Some(Component::Leaf(leaf))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The folder id spelled by the two fan-out names and the leaf name.
+pub(crate) fn id_from_parts(fanout: [[u8; 2]; 2], leaf: &[u8; 28]) -> Option<Uuid> {
+    let mut hex = Vec::with_capacity(32);
+    hex.extend_from_slice(&fanout[0]);
+    hex.extend_from_slice(&fanout[1]);
+    hex.extend_from_slice(leaf);
+    std::str::from_utf8(&hex)
+        .ok()
+        .and_then(|s| Uuid::try_parse(s).ok())
+}
+
+/// A `quota_scope_id` whose layout path is the directory of `scope`. The kind (`user` or
+/// `project`) is not part of the path, so a folder found on disk, whose row (if any) is
+/// unknown, is addressed as `user:<scope>`: [`Layout::of`] gives it the very path it was
+/// found at.
+pub(crate) fn scope_ref(scope: Uuid) -> String {
+    format!("user:{}", scope.hyphenated())
+}
+
 /// Parses `user:<uuid>` or `project:<uuid>` and nothing else.
 fn parse_scope(value: &str) -> Option<Uuid> {
     let (kind, id) = value.split_once(':')?;
@@ -125,6 +179,45 @@ mod tests {
             l.relative(false),
             PathBuf::from("01/23/456789abcdef0123456789abcdef")
         );
+    }
+
+    #[test]
+    fn components_parse_exactly_what_the_layout_produces() {
+        let f = folder(Some("project:fedcba98-7654-3210-fedc-ba9876543210"));
+        let l = Layout::of(&f).unwrap();
+        let scope = Component::parse(l.scope.as_deref().unwrap().as_bytes());
+        let Some(Component::Scope(scope)) = scope else {
+            panic!("{scope:?}")
+        };
+        let fan: Vec<[u8; 2]> = l
+            .fanout
+            .iter()
+            .map(|c| match Component::parse(c.as_bytes()) {
+                Some(Component::Fanout(f)) => f,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let Some(Component::Leaf(leaf)) = Component::parse(l.leaf.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(id_from_parts([fan[0], fan[1]], &leaf), Some(f.id));
+        let back = scope_ref(scope);
+        let again = FolderRef {
+            quota_scope_id: Some(&back),
+            ..f
+        };
+        assert_eq!(Layout::of(&again).unwrap(), l);
+        for bad in [
+            "AB",
+            "0g",
+            "0",
+            "abc",
+            "lost+found",
+            "..",
+            "01234567890123456789012345678",
+        ] {
+            assert_eq!(Component::parse(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!
 //! Entry points:
 //! - [`Volumes`] / [`Volume`] for the controller and CLI: [`Volume::remove_folder`],
-//!   [`Volume::move_to_trash`], [`Volume::restore_from_trash`], [`Volume::create_folder`].
+//!   [`Volume::move_to_trash`], [`Volume::restore_from_trash`], [`Volume::create_folder`],
+//!   [`Volume::remove_folder_copy`] (one copy only: what `orphans reclaim` removes).
+//! - [`Volume::scan`] for the read-only walk of a volume's layout (`orphans scan`).
 //! - [`remove_tree`] for removing an arbitrary directory beneath an open parent directory
 //!   (what the benchmark binary calls: open the parent of the bench tree with
 //!   `rustix::fs::open(.., OFlags::DIRECTORY, ..)`, then `remove_tree(parent.as_fd(),
@@ -21,6 +23,7 @@ mod error;
 mod layout;
 pub mod rate;
 pub mod remove;
+pub mod scan;
 mod volume;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +31,16 @@ use std::time::{Duration, Instant};
 
 pub use error::Error;
 pub use layout::{FolderRef, TRASH_DIR};
+
+/// A `quota_scope_id` that addresses the directory of quota scope `scope` (the layout has
+/// the scope's uuid only, so a folder found on disk is addressed as `user:<scope>`; the
+/// kind does not change the path).
+pub fn path_scope(scope: uuid::Uuid) -> String {
+    layout::scope_ref(scope)
+}
 pub use rate::OpsLimiter;
 pub use remove::{RemoveOptions, remove_tree};
+pub use scan::{Found, FoundFolder, ScanEnd, ScanOptions, ScanProgress};
 pub use volume::{Volume, Volumes};
 
 /// Live counters of what a removal has removed so far, readable from any thread while it

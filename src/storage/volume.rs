@@ -160,6 +160,53 @@ impl Volume {
         Ok(Outcome::Completed(Report::new(counts, started)))
     }
 
+    /// Removes one copy of the folder: the trash copy with `trash`, else the live one, then
+    /// its fan-out parents if they are empty; the other copy is not touched. A missing copy
+    /// is success. What `orphans reclaim` removes: the one directory a scan saw without a row.
+    /// Blocking; checks availability first; the same engine and rules as
+    /// [`Volume::remove_folder`].
+    pub fn remove_folder_copy(
+        &self,
+        folder: &FolderRef<'_>,
+        trash: bool,
+        cancel: &CancellationToken,
+        progress: &Progress,
+    ) -> Result<Outcome, Error> {
+        let layout = Layout::of(folder)?;
+        let root = self.open_root()?;
+        self.remove_copy(root.as_fd(), &layout, trash, folder.id, cancel, progress)
+    }
+
+    /// Whether the folder's data is at its live path and at its trash path (directories,
+    /// reached without following symlinks). A symlink or file in the way is
+    /// [`Error::UnsafePath`]. Blocking; checks availability first; changes nothing.
+    pub fn locate(&self, folder: &FolderRef<'_>) -> Result<[bool; 2], Error> {
+        let layout = Layout::of(folder)?;
+        let root = self.open_root()?;
+        let leaf = leaf_name(&layout, folder.id)?;
+        let mut found = [false; 2];
+        for (slot, trash) in found.iter_mut().zip([false, true]) {
+            let comps = parent_comps(&layout, trash);
+            let Some(dirs) = self.open_dirs(root.as_fd(), &comps, folder.id)? else {
+                continue;
+            };
+            let parent = dirs.last().map_or(root.as_fd(), |f| f.as_fd());
+            *slot = match rustix::fs::statat(parent, &leaf, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => FileType::from_raw_mode(st.st_mode) == FileType::Directory,
+                Err(Errno::NOENT) => false,
+                Err(source) => {
+                    return Err(Error::Io {
+                        folder: Some(folder.id),
+                        op: "stat",
+                        path: layout.relative(trash),
+                        source,
+                    });
+                }
+            };
+        }
+        Ok(found)
+    }
+
     /// Renames the folder from its live path to its trash path, creating the trash
     /// parents. Already in the trash (or in neither place) is success; in both places is
     /// the permanent [`Error::Conflict`]. Blocking; checks availability first.
@@ -192,7 +239,7 @@ impl Volume {
     }
 
     /// Opens the volume root and proves its identity (see [`Volume::check_available`]).
-    fn open_root(&self) -> Result<OwnedFd, Error> {
+    pub(super) fn open_root(&self) -> Result<OwnedFd, Error> {
         let mount = &self.config.mount;
         let root = rustix::fs::open(
             mount,

@@ -66,8 +66,9 @@ pub mod sqlite;
 
 pub use crate::model::{
     AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, ControllerState, Counts, Folder,
-    FolderDetail, HistoryEntry, HistoryShape, Location, NewFolder, StatusChange, StatusEvent,
-    StatusRequest, VolumeState, WorkKind,
+    FolderDetail, HistoryEntry, HistoryShape, Location, NewFolder, NewSighting, ScanSummary,
+    Sighting, StatusChange, StatusEvent, StatusRequest, Tombstone, TombstoneClaim, TombstoneEnd,
+    TombstoneRemoval, VolumeState, WorkKind,
 };
 pub use schema::{MigrationPlan, Schema, UnadoptPlan};
 
@@ -362,6 +363,95 @@ pub trait Work: Readiness {
     /// Rows parked because they cannot be read (see [`UnreadableRow`]), for the gauge.
     async fn unreadable_rows(&self) -> Result<i64>;
 
+    // ----- deleted rows (table `vfolder_tombstones`) --------------------------------------
+    //
+
+    /// Claims up to `limit` pending tombstones on `req.hosts` whose lease is free or
+    /// expired and whose next attempt time has passed (the rules of [`Work::claim_due`]).
+    async fn claim_tombstones(&self, req: &ClaimRequest) -> Result<Vec<TombstoneClaim>>;
+
+    /// The pending tombstone of `id` whose lease `owner` holds: a removal that was running
+    /// when its row was deleted inherits the row's lease there and carries on under it.
+    async fn inherited_tombstone(&self, id: Uuid, owner: &str) -> Result<Option<i64>>;
+
+    /// Extends a tombstone's lease and stores progress; `false` when `owner` no longer
+    /// holds it or a row with the same id exists again (the removal must stop).
+    async fn renew_tombstone(
+        &self,
+        seq: i64,
+        owner: &str,
+        lease: Duration,
+        progress: Counts,
+    ) -> Result<bool>;
+
+    /// Ends a pending tombstone's removal with its audit entry, in one transaction, and
+    /// releases the lease. `false` when `owner` lost the lease.
+    async fn finish_tombstone(&self, seq: i64, owner: &str, end: &TombstoneEnd) -> Result<bool>;
+
+    /// A transient failure of a tombstone's removal (see [`Work::record_retry`]).
+    async fn retry_tombstone(
+        &self,
+        seq: i64,
+        owner: &str,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<Option<u32>>;
+
+    /// Releases a tombstone's lease held by `owner` (no-op otherwise).
+    async fn release_tombstone(&self, seq: i64, owner: &str) -> Result<()>;
+
+    /// Removes tombstones older than `retention` whose removal is not pending (at most
+    /// `limit`); returns how many. Their audit entries stay.
+    async fn clean_tombstones(&self, retention: Duration, limit: u32) -> Result<u64>;
+
+    // ----- orphan scans ----------------------------------------------------------------
+
+    /// The rows with these ids (any status), for a scan's look-up of one batch.
+    async fn folders_by_ids(&self, ids: &[Uuid]) -> Result<Vec<Folder>>;
+
+    /// The newest tombstone of each of these ids that has one.
+    async fn latest_tombstones(&self, ids: &[Uuid]) -> Result<Vec<Tombstone>>;
+
+    /// Up to `limit` rows on `host` with an id greater than `after`, in id order (a scan
+    /// pages through a volume's rows in bounded memory).
+    async fn folders_on_host(
+        &self,
+        host: &str,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Folder>>;
+
+    /// Records that a scan at `seen_at` saw these directories without a row: a new
+    /// sighting starts at `seen_at`, a known one is extended. Returns them as recorded.
+    async fn record_sightings(
+        &self,
+        host: &str,
+        seen_at: DateTime<Utc>,
+        seen: &[NewSighting],
+    ) -> Result<Vec<Sighting>>;
+
+    /// Ends a complete scan: every sighting on the host the scan did not see (last seen
+    /// before `started_at`) is ended, and the totals are stored. Returns the ended count.
+    async fn finish_scan(&self, summary: &ScanSummary) -> Result<u64>;
+
+    /// Sightings on `host` that may be reclaimed now: first seen at least `grace` ago, seen
+    /// by the latest complete scan and by at least two scans, with no row of that id now and
+    /// no tombstone of it newer than the first sighting (a row that came and went meanwhile
+    /// cancels it), and no pending removal of a tombstone of that id. At most `limit`.
+    async fn due_orphans(&self, host: &str, grace: Duration, limit: u32) -> Result<Vec<Sighting>>;
+
+    /// Records a reclaimed orphan: its audit entry (`orphan-reclaimed`, with the counts) and
+    /// the end of its sighting, in one transaction.
+    async fn record_reclaim(
+        &self,
+        sighting: &Sighting,
+        done: &Completion,
+        actor: &str,
+    ) -> Result<()>;
+
+    /// The latest complete scan of every volume that has one.
+    async fn scan_summaries(&self) -> Result<Vec<ScanSummary>>;
+
     /// Records a replica's view of a volume's availability (table `vfolder_volume_state`):
     /// one row per host, replaced by each write (the last writer wins).
     async fn record_volume_state(&self, state: &VolumeState) -> Result<()>;
@@ -524,6 +614,27 @@ impl WorkKind {
     }
 }
 
+impl TombstoneRemoval {
+    /// The removal state stored in `vfolder_tombstones.removal`.
+    pub(crate) fn parse(text: &str) -> Result<Self> {
+        [
+            TombstoneRemoval::None,
+            TombstoneRemoval::Pending,
+            TombstoneRemoval::Removed,
+            TombstoneRemoval::Failed,
+            TombstoneRemoval::Superseded,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+        .ok_or_else(|| {
+            decode_err(
+                "reading a tombstone",
+                format!("unknown removal state {text:?}"),
+            )
+        })
+    }
+}
+
 /// Saturating `u64 → i64` for counters stored in signed 64-bit columns.
 pub(crate) fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -604,6 +715,62 @@ pub(crate) struct NewAudit<'a> {
     pub progress: Option<Counts>,
     pub duration_ms: Option<i64>,
     pub error: Option<&'a str>,
+}
+
+/// The audit entry of a tombstone's finished removal (both backends fill in the rest).
+pub(crate) fn tombstone_audit(id: Uuid, end: &TombstoneEnd) -> NewAudit<'_> {
+    match end {
+        TombstoneEnd::Removed(done) => NewAudit {
+            vfolder_id: id,
+            action: "removed-after-row-deleted",
+            progress: Some(done.progress),
+            duration_ms: Some(millis(done.duration)),
+            ..NewAudit::default()
+        },
+        TombstoneEnd::Failed(error) => NewAudit {
+            vfolder_id: id,
+            action: "remove-failed",
+            error: Some(error),
+            ..NewAudit::default()
+        },
+        TombstoneEnd::Superseded => NewAudit {
+            vfolder_id: id,
+            action: "tombstone-superseded",
+            error: Some("a row with this id exists again; its data is that row's, nothing removed"),
+            ..NewAudit::default()
+        },
+    }
+}
+
+/// The removal state a tombstone ends in.
+pub(crate) fn tombstone_end_removal(end: &TombstoneEnd) -> TombstoneRemoval {
+    match end {
+        TombstoneEnd::Removed(_) => TombstoneRemoval::Removed,
+        TombstoneEnd::Failed(_) => TombstoneRemoval::Failed,
+        TombstoneEnd::Superseded => TombstoneRemoval::Superseded,
+    }
+}
+
+/// The audit entry of a reclaimed orphan.
+pub(crate) fn reclaim_audit<'a>(
+    sighting: &'a Sighting,
+    done: &Completion,
+    actor: &'a str,
+) -> NewAudit<'a> {
+    NewAudit {
+        vfolder_id: sighting.seen.vfolder_id,
+        host: Some(&sighting.host),
+        action: "orphan-reclaimed",
+        actor: Some(actor),
+        progress: Some(done.progress),
+        duration_ms: Some(millis(done.duration)),
+        ..NewAudit::default()
+    }
+}
+
+/// Milliseconds for the audit log's `duration_ms`, saturating.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The audit action of a finished trash move or restore.

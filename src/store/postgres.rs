@@ -25,8 +25,9 @@ use super::schema::{self, ADDED, DuplicateName, MigrationPlan, Remap, Schema, Un
 use super::{
     Admin, AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
     Counts, EVENT_CHANNEL, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder,
-    Readiness, Result, StatusChange, StatusEvent, StatusRequest, Work, db, parse_history,
-    parse_status, to_i64, write_err,
+    NewSighting, Readiness, Result, ScanSummary, Sighting, StatusChange, StatusEvent,
+    StatusRequest, Tombstone, TombstoneClaim, TombstoneEnd, TombstoneRemoval, Work, db,
+    parse_history, parse_status, to_i64, to_u64, write_err,
 };
 use super::{PARK_FOR, decode_each};
 use crate::lifecycle::{self, SchemaMode, Status};
@@ -314,6 +315,13 @@ fn folder_from_row(row: &PgRow) -> Result<Folder> {
         .into_folder()
 }
 
+/// The four counters of a state, tombstone or audit row.
+fn counts_from_row(row: &PgRow, ctx: &'static str) -> Result<Counts> {
+    Ok(rows::CountsRow::from_row(row)
+        .map_err(db(ctx))?
+        .into_counts())
+}
+
 /// A locked row, for the rules' checks and the audit entry.
 fn locked(id: Uuid, row: &PgRow) -> Result<Locked> {
     let ctx = "reading a vfolder row";
@@ -335,6 +343,89 @@ fn audit_from_row(row: &PgRow) -> Result<AuditEntry> {
     rows::AuditRow::<Uuid, DateTime<Utc>>::from_row(row)
         .map_err(db("reading the audit log"))?
         .into_entry()
+}
+
+/// Columns of a [`Tombstone`], from `vfolder_tombstones t`.
+macro_rules! tombstone_columns {
+    () => {
+        r#"t.seq, t.vfolder_id, t.host, t.quota_scope_id, t.name, t.status, t.actor, t.cause,
+           t.deleted_at, t.removal, t.attempts, t.last_error, t.files, t.dirs, t.symlinks,
+           t.bytes, t.finished_at"#
+    };
+}
+
+fn tombstone_from_row(row: &PgRow) -> Result<Tombstone> {
+    let ctx = "reading a tombstone";
+    let removal: String = row.try_get("removal").map_err(db(ctx))?;
+    let attempts: i32 = row.try_get("attempts").map_err(db(ctx))?;
+    Ok(Tombstone {
+        seq: row.try_get("seq").map_err(db(ctx))?,
+        vfolder_id: row.try_get("vfolder_id").map_err(db(ctx))?,
+        host: row.try_get("host").map_err(db(ctx))?,
+        quota_scope_id: row.try_get("quota_scope_id").map_err(db(ctx))?,
+        name: row.try_get("name").map_err(db(ctx))?,
+        status: row.try_get("status").map_err(db(ctx))?,
+        actor: row.try_get("actor").map_err(db(ctx))?,
+        cause: row.try_get("cause").map_err(db(ctx))?,
+        deleted_at: row.try_get("deleted_at").map_err(db(ctx))?,
+        removal: TombstoneRemoval::parse(&removal)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        last_error: row.try_get("last_error").map_err(db(ctx))?,
+        progress: counts_from_row(row, ctx)?,
+        finished_at: row.try_get("finished_at").map_err(db(ctx))?,
+    })
+}
+
+fn sighting_from_row(row: &PgRow) -> Result<Sighting> {
+    let ctx = "reading an orphan sighting";
+    let scans: i32 = row.try_get("scans").map_err(db(ctx))?;
+    Ok(Sighting {
+        host: row.try_get("host").map_err(db(ctx))?,
+        seen: NewSighting {
+            path: row.try_get("path").map_err(db(ctx))?,
+            vfolder_id: row.try_get("vfolder_id").map_err(db(ctx))?,
+            scope: row.try_get("scope").map_err(db(ctx))?,
+            trash: row.try_get("trash").map_err(db(ctx))?,
+        },
+        first_seen: row.try_get("first_seen").map_err(db(ctx))?,
+        last_seen: row.try_get("last_seen").map_err(db(ctx))?,
+        scans: u32::try_from(scans).unwrap_or(0),
+    })
+}
+
+fn scan_from_row(row: &PgRow) -> Result<ScanSummary> {
+    let ctx = "reading a scan summary";
+    let n = |c: &str| -> Result<u64> { Ok(to_u64(row.try_get::<i64, _>(c).map_err(db(ctx))?)) };
+    let bytes = |c: &str| -> Result<Option<u64>> {
+        Ok(row
+            .try_get::<Option<i64>, _>(c)
+            .map_err(db(ctx))?
+            .map(to_u64))
+    };
+    Ok(ScanSummary {
+        host: row.try_get("host").map_err(db(ctx))?,
+        started_at: row.try_get("started_at").map_err(db(ctx))?,
+        finished_at: row.try_get("finished_at").map_err(db(ctx))?,
+        counted: row.try_get("counted").map_err(db(ctx))?,
+        orphans: n("orphans")?,
+        orphan_bytes: bytes("orphan_bytes")?,
+        unfinished: n("unfinished")?,
+        unfinished_bytes: bytes("unfinished_bytes")?,
+        missing: n("missing")?,
+        foreign_entries: n("foreign_entries")?,
+        actor: row.try_get("actor").map_err(db(ctx))?,
+    })
+}
+
+/// Names the controller's own row deletion for the tombstone trigger, for the rest of the
+/// transaction: it writes the tombstone, and leaves the audit entry to the caller.
+async fn set_delete_action(conn: &mut PgConnection, action: &str) -> Result<()> {
+    sqlx::query("SELECT set_config('vfolder.delete_action', $1, true)")
+        .bind(action)
+        .execute(conn)
+        .await
+        .map_err(db("naming the deletion"))?;
+    Ok(())
 }
 
 fn secs(d: Duration) -> f64 {
@@ -439,7 +530,9 @@ impl Tx for PgTx {
         folder_from_row(&row)
     }
 
-    async fn delete_folder(&mut self, id: Uuid) -> Result<()> {
+    async fn delete_folder(&mut self, id: Uuid, actor: &str, action: &str) -> Result<()> {
+        set_actor(&mut self.0, actor).await?;
+        set_delete_action(&mut self.0, action).await?;
         sqlx::query("DELETE FROM vfolders WHERE id = $1")
             .bind(id)
             .execute(&mut *self.0)
@@ -925,7 +1018,15 @@ impl Work for PgStore {
         .execute(&self.pool)
         .await
         .map_err(db("releasing leases"))?;
-        Ok(done.rows_affected())
+        let tombstones = sqlx::query(
+            "UPDATE vfolder_tombstones SET lease_owner = NULL, lease_expires_at = NULL
+             WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing tombstone leases"))?;
+        Ok(done.rows_affected() + tombstones.rows_affected())
     }
 
     async fn complete_removal(&self, id: Uuid, owner: &str, done: &Completion) -> Result<bool> {
@@ -1041,6 +1142,14 @@ impl Work for PgStore {
     }
 
     async fn clean_history(&self, retention: Duration, actor: &str, limit: u32) -> Result<u64> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        // The tombstones say who and why; the audit entry below is the only one.
+        set_actor(&mut tx, actor).await?;
+        set_delete_action(&mut tx, "history-cleanup").await?;
         let done = sqlx::query(
             "WITH clock AS (
                  -- The trash timer's rule: nothing before an adoption is trusted.
@@ -1065,9 +1174,12 @@ impl Work for PgStore {
         .bind(secs(retention))
         .bind(i64::from(limit))
         .bind(actor)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db("cleaning history"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing history cleanup"))?;
         Ok(done.rows_affected())
     }
 
@@ -1138,6 +1250,374 @@ impl Work for PgStore {
             }
         });
         Ok(Some(stream.boxed()))
+    }
+
+    async fn claim_tombstones(&self, req: &ClaimRequest) -> Result<Vec<TombstoneClaim>> {
+        let rows = sqlx::query(concat!(
+            r#"WITH due AS (
+                   SELECT t.seq, t.lease_owner AS prev_owner FROM vfolder_tombstones t
+                   WHERE t.removal = 'pending' AND t.host = ANY($1)
+                     AND NOT (t.vfolder_id = ANY($2))
+                     AND (t.lease_owner IS NULL OR t.lease_expires_at < now())
+                     AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= now())
+                   ORDER BY t.deleted_at LIMIT $3
+                   FOR UPDATE SKIP LOCKED
+               ), claimed AS (
+                   UPDATE vfolder_tombstones t
+                   SET lease_owner = $4, lease_expires_at = now() + make_interval(secs => $5)
+                   FROM due WHERE t.seq = due.seq
+                   RETURNING t.*, due.prev_owner
+               )
+               SELECT "#,
+            tombstone_columns!(),
+            r#", t.prev_owner, EXISTS (SELECT 1 FROM vfolders v WHERE v.id = t.vfolder_id) AS row_exists
+               FROM claimed t ORDER BY t.deleted_at"#
+        ))
+        .bind(&req.hosts)
+        .bind(&req.exclude)
+        .bind(i64::from(req.limit))
+        .bind(&req.owner)
+        .bind(secs(req.lease))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("claiming tombstones"))?;
+        rows.iter()
+            .map(|row| {
+                let ctx = "claiming tombstones";
+                Ok(TombstoneClaim {
+                    tombstone: tombstone_from_row(row)?,
+                    row_exists: row.try_get("row_exists").map_err(db(ctx))?,
+                    reclaimed_from: row.try_get("prev_owner").map_err(db(ctx))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn inherited_tombstone(&self, id: Uuid, owner: &str) -> Result<Option<i64>> {
+        sqlx::query_scalar(
+            "SELECT seq FROM vfolder_tombstones
+             WHERE vfolder_id = $1 AND lease_owner = $2 AND removal = 'pending'
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("finding an inherited tombstone"))
+    }
+
+    async fn renew_tombstone(
+        &self,
+        seq: i64,
+        owner: &str,
+        lease: Duration,
+        progress: Counts,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE vfolder_tombstones t
+             SET lease_expires_at = now() + make_interval(secs => $3),
+                 files = $4, dirs = $5, symlinks = $6, bytes = $7
+             WHERE t.seq = $1 AND t.lease_owner = $2 AND t.removal = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM vfolders v WHERE v.id = t.vfolder_id)",
+        )
+        .bind(seq)
+        .bind(owner)
+        .bind(secs(lease))
+        .bind(to_i64(progress.files))
+        .bind(to_i64(progress.dirs))
+        .bind(to_i64(progress.symlinks))
+        .bind(to_i64(progress.bytes))
+        .execute(&self.pool)
+        .await
+        .map_err(db("renewing a tombstone lease"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_tombstone(&self, seq: i64, owner: &str, end: &TombstoneEnd) -> Result<bool> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let row = sqlx::query(
+            "SELECT vfolder_id, host, left(name, 64) AS name, status FROM vfolder_tombstones
+             WHERE seq = $1 AND lease_owner = $2 AND removal = 'pending' FOR UPDATE",
+        )
+        .bind(seq)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("locking a tombstone"))?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let ctx = "reading a tombstone";
+        let id: Uuid = row.try_get("vfolder_id").map_err(db(ctx))?;
+        let host: Option<String> = row.try_get("host").map_err(db(ctx))?;
+        let name: Option<String> = row.try_get("name").map_err(db(ctx))?;
+        let status: Option<String> = row.try_get("status").map_err(db(ctx))?;
+        let audit = super::tombstone_audit(id, end);
+        let p = audit.progress.unwrap_or_default();
+        sqlx::query(
+            "UPDATE vfolder_tombstones
+             SET removal = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL,
+                 next_attempt_at = NULL, finished_at = now(),
+                 files = $4, dirs = $5, symlinks = $6, bytes = $7
+             WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(super::tombstone_end_removal(end).as_str())
+        .bind(audit.error)
+        .bind(to_i64(p.files))
+        .bind(to_i64(p.dirs))
+        .bind(to_i64(p.symlinks))
+        .bind(to_i64(p.bytes))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("finishing a tombstone"))?;
+        insert_audit(
+            &mut tx,
+            &NewAudit {
+                host: host.as_deref(),
+                name: name.as_deref(),
+                from_status: status.as_deref(),
+                actor: Some(owner),
+                replica: Some(owner),
+                ..audit
+            },
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(db("committing a tombstone result"))?;
+        Ok(true)
+    }
+
+    async fn retry_tombstone(
+        &self,
+        seq: i64,
+        owner: &str,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<Option<u32>> {
+        let attempts: Option<i32> = sqlx::query_scalar(
+            "UPDATE vfolder_tombstones
+             SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4,
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE seq = $1 AND lease_owner = $2
+             RETURNING attempts",
+        )
+        .bind(seq)
+        .bind(owner)
+        .bind(next_attempt_at)
+        .bind(error)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("recording a tombstone retry"))?;
+        Ok(attempts.map(|a| u32::try_from(a).unwrap_or(0)))
+    }
+
+    async fn release_tombstone(&self, seq: i64, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE vfolder_tombstones SET lease_owner = NULL, lease_expires_at = NULL
+             WHERE seq = $1 AND lease_owner = $2",
+        )
+        .bind(seq)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing a tombstone lease"))?;
+        Ok(())
+    }
+
+    async fn clean_tombstones(&self, retention: Duration, limit: u32) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM vfolder_tombstones WHERE seq IN (
+                 SELECT seq FROM vfolder_tombstones
+                 WHERE deleted_at <= now() - make_interval(secs => $1) AND removal <> 'pending'
+                 ORDER BY deleted_at LIMIT $2)",
+        )
+        .bind(secs(retention))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(db("cleaning tombstones"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn folders_by_ids(&self, ids: &[Uuid]) -> Result<Vec<Folder>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            folder_columns!(),
+            " FROM vfolders v WHERE v.id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("looking up vfolders"))?;
+        rows.iter().map(folder_from_row).collect()
+    }
+
+    async fn latest_tombstones(&self, ids: &[Uuid]) -> Result<Vec<Tombstone>> {
+        let rows = sqlx::query(concat!(
+            "SELECT DISTINCT ON (t.vfolder_id) ",
+            tombstone_columns!(),
+            " FROM vfolder_tombstones t WHERE t.vfolder_id = ANY($1)
+              ORDER BY t.vfolder_id, t.seq DESC"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("looking up tombstones"))?;
+        rows.iter().map(tombstone_from_row).collect()
+    }
+
+    async fn folders_on_host(
+        &self,
+        host: &str,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Folder>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            folder_columns!(),
+            " FROM vfolders v WHERE v.host = $1 AND ($2::uuid IS NULL OR v.id > $2)
+              ORDER BY v.id LIMIT $3"
+        ))
+        .bind(host)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("paging through a volume's vfolders"))?;
+        rows.iter().map(folder_from_row).collect()
+    }
+
+    async fn record_sightings(
+        &self,
+        host: &str,
+        seen_at: DateTime<Utc>,
+        seen: &[NewSighting],
+    ) -> Result<Vec<Sighting>> {
+        let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+        let ids: Vec<Uuid> = seen.iter().map(|s| s.vfolder_id).collect();
+        let scopes: Vec<Option<Uuid>> = seen.iter().map(|s| s.scope).collect();
+        let trash: Vec<bool> = seen.iter().map(|s| s.trash).collect();
+        let rows = sqlx::query(
+            "INSERT INTO vfolder_orphan_sightings AS o
+                 (host, path, vfolder_id, scope, trash, first_seen, last_seen)
+             SELECT $1, u.p, u.i, u.sc, u.tr, $2, $2
+             FROM unnest($3::text[], $4::uuid[], $5::uuid[], $6::bool[]) AS u(p, i, sc, tr)
+             ON CONFLICT (host, path) DO UPDATE SET
+                 vfolder_id = excluded.vfolder_id, scope = excluded.scope, trash = excluded.trash,
+                 scans = o.scans + CASE WHEN o.last_seen < excluded.last_seen THEN 1 ELSE 0 END,
+                 last_seen = greatest(o.last_seen, excluded.last_seen)
+             RETURNING o.*",
+        )
+        .bind(host)
+        .bind(seen_at)
+        .bind(&paths)
+        .bind(&ids)
+        .bind(&scopes)
+        .bind(&trash)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("recording orphan sightings"))?;
+        rows.iter().map(sighting_from_row).collect()
+    }
+
+    async fn finish_scan(&self, summary: &ScanSummary) -> Result<u64> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let ended =
+            sqlx::query("DELETE FROM vfolder_orphan_sightings WHERE host = $1 AND last_seen < $2")
+                .bind(&summary.host)
+                .bind(summary.started_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("ending orphan sightings"))?;
+        sqlx::query(
+            "INSERT INTO vfolder_orphan_scans (host, started_at, finished_at, counted, orphans,
+                 orphan_bytes, unfinished, unfinished_bytes, missing, foreign_entries, actor)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (host) DO UPDATE SET started_at = excluded.started_at,
+                 finished_at = excluded.finished_at, counted = excluded.counted,
+                 orphans = excluded.orphans, orphan_bytes = excluded.orphan_bytes,
+                 unfinished = excluded.unfinished, unfinished_bytes = excluded.unfinished_bytes,
+                 missing = excluded.missing, foreign_entries = excluded.foreign_entries,
+                 actor = excluded.actor",
+        )
+        .bind(&summary.host)
+        .bind(summary.started_at)
+        .bind(summary.finished_at)
+        .bind(summary.counted)
+        .bind(to_i64(summary.orphans))
+        .bind(summary.orphan_bytes.map(to_i64))
+        .bind(to_i64(summary.unfinished))
+        .bind(summary.unfinished_bytes.map(to_i64))
+        .bind(to_i64(summary.missing))
+        .bind(to_i64(summary.foreign_entries))
+        .bind(&summary.actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording a scan"))?;
+        tx.commit().await.map_err(db("committing a scan"))?;
+        Ok(ended.rows_affected())
+    }
+
+    async fn due_orphans(&self, host: &str, grace: Duration, limit: u32) -> Result<Vec<Sighting>> {
+        let rows = sqlx::query(
+            "SELECT o.* FROM vfolder_orphan_sightings o
+             JOIN vfolder_orphan_scans sc ON sc.host = o.host
+             WHERE o.host = $1
+               AND o.first_seen <= now() - make_interval(secs => $2)
+               AND o.last_seen >= sc.started_at AND o.scans >= 2
+               AND NOT EXISTS (SELECT 1 FROM vfolders v WHERE v.id = o.vfolder_id)
+               AND NOT EXISTS (SELECT 1 FROM vfolder_tombstones t
+                               WHERE t.vfolder_id = o.vfolder_id
+                                 AND (t.deleted_at >= o.first_seen OR t.removal = 'pending'))
+             ORDER BY o.first_seen, o.path LIMIT $3",
+        )
+        .bind(host)
+        .bind(secs(grace))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("finding orphans due for reclaim"))?;
+        rows.iter().map(sighting_from_row).collect()
+    }
+
+    async fn record_reclaim(
+        &self,
+        sighting: &Sighting,
+        done: &Completion,
+        actor: &str,
+    ) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        insert_audit(&mut tx, &super::reclaim_audit(sighting, done, actor)).await?;
+        sqlx::query("DELETE FROM vfolder_orphan_sightings WHERE host = $1 AND path = $2")
+            .bind(&sighting.host)
+            .bind(&sighting.seen.path)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("ending a reclaimed sighting"))?;
+        tx.commit().await.map_err(db("committing a reclaim"))?;
+        Ok(())
+    }
+
+    async fn scan_summaries(&self) -> Result<Vec<ScanSummary>> {
+        let rows = sqlx::query("SELECT * FROM vfolder_orphan_scans ORDER BY host")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading scan summaries"))?;
+        rows.iter().map(scan_from_row).collect()
     }
 
     async fn record_volume_state(&self, state: &super::VolumeState) -> Result<()> {

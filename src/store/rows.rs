@@ -123,7 +123,7 @@ pub(crate) struct CountsRow {
 }
 
 impl CountsRow {
-    fn into_counts(self) -> Counts {
+    pub(crate) fn into_counts(self) -> Counts {
         let n = |v: Option<i64>| v.map_or(0, to_u64);
         Counts {
             files: n(self.files),

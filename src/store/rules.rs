@@ -52,8 +52,9 @@ pub(crate) trait Tx: Send + Sized {
     /// Inserts a new row as `actor` and reads it back.
     async fn insert_folder(&mut self, new: &NewFolder, actor: &str) -> Result<Folder>;
 
-    /// Deletes the row (its controller state goes with it).
-    async fn delete_folder(&mut self, id: Uuid) -> Result<()>;
+    /// Deletes the row (its controller state goes with it) as `actor`, naming the deletion
+    /// `action` for the tombstone trigger, which then leaves the audit entry to the caller.
+    async fn delete_folder(&mut self, id: Uuid, actor: &str, action: &str) -> Result<()>;
 
     /// The controller state after a requested change `from → to`: a trash gets its
     /// per-folder purge time, a restore forgets it, a retry counts attempts afresh (the
@@ -146,7 +147,7 @@ pub(crate) async fn forget(mut tx: impl Tx, id: Uuid, actor: &str) -> Result<()>
             status: row.status,
         });
     }
-    tx.delete_folder(id).await?;
+    tx.delete_folder(id, actor, "forget").await?;
     tx.insert_audit(&NewAudit {
         vfolder_id: id,
         host: Some(&row.host),

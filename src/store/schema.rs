@@ -155,8 +155,8 @@ pub struct UnadoptPlan {
 /// One object the controller adds to an adopted database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Added {
-    /// A trigger on `vfolders`.
-    Trigger(&'static str),
+    /// A trigger on `vfolders`, and what it does.
+    Trigger(&'static str, &'static str),
     /// A function (no arguments).
     Function(&'static str),
     /// An index on `vfolders`, built concurrently.
@@ -165,11 +165,19 @@ pub(crate) enum Added {
     Table(&'static str, &'static str),
 }
 
-/// Everything an adoption adds, in the order `unadopt` drops it (the trigger before its
-/// function; the state table, whose foreign key points at `vfolders`, with the tables).
-pub(crate) const ADDED: [Added; 10] = [
-    Added::Trigger("vfolders_status_change"),
+/// Everything an adoption adds, in the order `unadopt` drops it (the triggers before their
+/// functions; the state table, whose foreign key points at `vfolders`, with the tables).
+pub(crate) const ADDED: [Added; 15] = [
+    Added::Trigger(
+        "vfolders_status_change",
+        "BEFORE INSERT OR UPDATE OF status: checks the deletion lifecycle, stamps status_changed, appends history in the row's shape, NOTIFY vfolder_status",
+    ),
+    Added::Trigger(
+        "vfolders_tombstone",
+        "BEFORE DELETE: records the deleted row in vfolder_tombstones and the audit log; never refuses a delete",
+    ),
     Added::Function("vfolder_status_change"),
+    Added::Function("vfolder_tombstone"),
     Added::Index("vfolders_status_changed_idx", "(status, status_changed)"),
     Added::Index("vfolders_host_status_idx", "(host, status)"),
     Added::Table(
@@ -189,6 +197,18 @@ pub(crate) const ADDED: [Added; 10] = [
         "each volume's availability as the replicas last saw it",
     ),
     Added::Table(
+        "vfolder_tombstones",
+        "one row per deleted vfolders row (id, host, quota scope, status, actor, time) and the removal the controller finishes for rows deleted while delete-ongoing",
+    ),
+    Added::Table(
+        "vfolder_orphan_sightings",
+        "folder directories `orphans scan` saw without a row, and since when",
+    ),
+    Added::Table(
+        "vfolder_orphan_scans",
+        "the last complete orphan scan of each volume and its totals",
+    ),
+    Added::Table(
         "vfolder_controller_meta",
         "the mode (adopted) and the adoption time",
     ),
@@ -199,9 +219,7 @@ impl Added {
     /// A line for the plan.
     pub(crate) fn describe(self) -> String {
         match self {
-            Added::Trigger(name) => format!(
-                "trigger  {name} on vfolders (BEFORE INSERT OR UPDATE OF status: checks the deletion lifecycle, stamps status_changed, appends history in the row's shape, NOTIFY vfolder_status)"
-            ),
+            Added::Trigger(name, what) => format!("trigger  {name} on vfolders ({what})"),
             Added::Function(name) => format!("function {name}() (the trigger's body)"),
             Added::Index(name, cols) => {
                 format!("index    {name} on vfolders {cols} (built CONCURRENTLY)")
@@ -213,7 +231,7 @@ impl Added {
     /// The statement that removes it again.
     pub(crate) fn drop_sql(self) -> String {
         match self {
-            Added::Trigger(name) => format!("DROP TRIGGER IF EXISTS {name} ON vfolders"),
+            Added::Trigger(name, _) => format!("DROP TRIGGER IF EXISTS {name} ON vfolders"),
             Added::Function(name) => format!("DROP FUNCTION IF EXISTS {name}()"),
             Added::Index(name, _) => format!("DROP INDEX IF EXISTS {name}"),
             Added::Table(name, _) => format!("DROP TABLE IF EXISTS {name}"),

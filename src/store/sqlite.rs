@@ -23,8 +23,10 @@ use super::rules::{self, Locked, Tx};
 use super::schema::{self, MigrationPlan, Schema, UnadoptPlan};
 use super::{
     Admin, AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
-    Counts, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, Readiness,
-    Result, StatusChange, StatusRequest, Work, db, parse_history, parse_status, to_i64, write_err,
+    Counts, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, NewSighting,
+    Readiness, Result, ScanSummary, Sighting, StatusChange, StatusRequest, Tombstone,
+    TombstoneClaim, TombstoneEnd, TombstoneRemoval, Work, db, parse_history, parse_status, to_i64,
+    to_u64, write_err,
 };
 use super::{PARK_FOR, decode_each};
 use crate::lifecycle::{self, SchemaMode, Status};
@@ -50,6 +52,14 @@ pub fn ts(at: DateTime<Utc>) -> String {
 /// Reads a stored timestamp (see [`rows::Decoded`] for the formats).
 fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
     text.to_owned().decoded()
+}
+
+fn parse_uuid(text: &str) -> Result<Uuid> {
+    text.to_owned().decoded()
+}
+
+fn parse_opt_uuid(text: Option<String>) -> Result<Option<Uuid>> {
+    text.decoded()
 }
 
 fn parse_opt_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
@@ -129,6 +139,13 @@ fn folder_from_row(row: &SqliteRow) -> Result<Folder> {
     Folders::from_row(row)
         .map_err(db("reading a vfolder row"))?
         .into_folder()
+}
+
+/// The four counters of a state, tombstone or audit row.
+fn counts_from_row(row: &SqliteRow, ctx: &'static str) -> Result<Counts> {
+    Ok(rows::CountsRow::from_row(row)
+        .map_err(db(ctx))?
+        .into_counts())
 }
 
 /// A locked row, for the rules' checks and the audit entry.
@@ -213,6 +230,96 @@ async fn clear_actor(conn: &mut SqliteConnection) -> Result<()> {
     Ok(())
 }
 
+/// Columns of a [`Tombstone`], from `vfolder_tombstones t`.
+macro_rules! tombstone_columns {
+    () => {
+        r#"t.seq, t.vfolder_id, t.host, t.quota_scope_id, t.name, t.status, t.actor, t.cause,
+           t.deleted_at, t.removal, t.attempts, t.last_error, t.files, t.dirs, t.symlinks,
+           t.bytes, t.finished_at"#
+    };
+}
+
+fn tombstone_from_row(row: &SqliteRow) -> Result<Tombstone> {
+    let ctx = "reading a tombstone";
+    let removal: String = row.try_get("removal").map_err(db(ctx))?;
+    let attempts: i64 = row.try_get("attempts").map_err(db(ctx))?;
+    Ok(Tombstone {
+        seq: row.try_get("seq").map_err(db(ctx))?,
+        vfolder_id: parse_uuid(&row.try_get::<String, _>("vfolder_id").map_err(db(ctx))?)?,
+        host: row.try_get("host").map_err(db(ctx))?,
+        quota_scope_id: row.try_get("quota_scope_id").map_err(db(ctx))?,
+        name: row.try_get("name").map_err(db(ctx))?,
+        status: row.try_get("status").map_err(db(ctx))?,
+        actor: row.try_get("actor").map_err(db(ctx))?,
+        cause: row.try_get("cause").map_err(db(ctx))?,
+        deleted_at: parse_ts(&row.try_get::<String, _>("deleted_at").map_err(db(ctx))?)?,
+        removal: TombstoneRemoval::parse(&removal)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        last_error: row.try_get("last_error").map_err(db(ctx))?,
+        progress: counts_from_row(row, ctx)?,
+        finished_at: parse_opt_ts(row.try_get("finished_at").map_err(db(ctx))?)?,
+    })
+}
+
+fn sighting_from_row(row: &SqliteRow) -> Result<Sighting> {
+    let ctx = "reading an orphan sighting";
+    let scans: i64 = row.try_get("scans").map_err(db(ctx))?;
+    Ok(Sighting {
+        host: row.try_get("host").map_err(db(ctx))?,
+        seen: NewSighting {
+            path: row.try_get("path").map_err(db(ctx))?,
+            vfolder_id: parse_uuid(&row.try_get::<String, _>("vfolder_id").map_err(db(ctx))?)?,
+            scope: parse_opt_uuid(row.try_get("scope").map_err(db(ctx))?)?,
+            trash: row.try_get("trash").map_err(db(ctx))?,
+        },
+        first_seen: parse_ts(&row.try_get::<String, _>("first_seen").map_err(db(ctx))?)?,
+        last_seen: parse_ts(&row.try_get::<String, _>("last_seen").map_err(db(ctx))?)?,
+        scans: u32::try_from(scans).unwrap_or(0),
+    })
+}
+
+fn scan_from_row(row: &SqliteRow) -> Result<ScanSummary> {
+    let ctx = "reading a scan summary";
+    let n = |c: &str| -> Result<u64> { Ok(to_u64(row.try_get::<i64, _>(c).map_err(db(ctx))?)) };
+    let bytes = |c: &str| -> Result<Option<u64>> {
+        Ok(row
+            .try_get::<Option<i64>, _>(c)
+            .map_err(db(ctx))?
+            .map(to_u64))
+    };
+    Ok(ScanSummary {
+        host: row.try_get("host").map_err(db(ctx))?,
+        started_at: parse_ts(&row.try_get::<String, _>("started_at").map_err(db(ctx))?)?,
+        finished_at: parse_ts(&row.try_get::<String, _>("finished_at").map_err(db(ctx))?)?,
+        counted: row.try_get("counted").map_err(db(ctx))?,
+        orphans: n("orphans")?,
+        orphan_bytes: bytes("orphan_bytes")?,
+        unfinished: n("unfinished")?,
+        unfinished_bytes: bytes("unfinished_bytes")?,
+        missing: n("missing")?,
+        foreign_entries: n("foreign_entries")?,
+        actor: row.try_get("actor").map_err(db(ctx))?,
+    })
+}
+
+/// Names the controller's own row deletion (and its actor) for the tombstone trigger until
+/// [`clear_actor`]: the trigger writes the tombstone and leaves the audit entry to the caller.
+async fn set_delete_action(conn: &mut SqliteConnection, actor: &str, action: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO vfolder_actor (id, actor, delete_action) VALUES (1, $1, $2)",
+    )
+    .bind(actor)
+    .bind(action)
+    .execute(conn)
+    .await
+    .map_err(db("naming the deletion"))?;
+    Ok(())
+}
+
+fn uuid_list(ids: &[Uuid]) -> String {
+    json_list(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
+}
+
 /// A SQLite write transaction (`BEGIN IMMEDIATE`: the database's write lock is what locks
 /// the row), with the statements the store's rules need ([`rules::Tx`]).
 pub(crate) struct SqliteTx(sqlx::Transaction<'static, sqlx::Sqlite>);
@@ -283,13 +390,14 @@ impl Tx for SqliteTx {
         folder_from_row(&row)
     }
 
-    async fn delete_folder(&mut self, id: Uuid) -> Result<()> {
+    async fn delete_folder(&mut self, id: Uuid, actor: &str, action: &str) -> Result<()> {
+        set_delete_action(&mut self.0, actor, action).await?;
         sqlx::query("DELETE FROM vfolders WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *self.0)
             .await
             .map_err(db("deleting a vfolder row"))?;
-        Ok(())
+        clear_actor(&mut self.0).await
     }
 
     async fn note_status_change(
@@ -652,7 +760,15 @@ impl Work for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(db("releasing leases"))?;
-        Ok(done.rows_affected())
+        let tombstones = sqlx::query(
+            "UPDATE vfolder_tombstones SET lease_owner = NULL, lease_expires_at = NULL
+             WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing tombstone leases"))?;
+        Ok(done.rows_affected() + tombstones.rows_affected())
     }
 
     async fn complete_removal(&self, id: Uuid, owner: &str, done: &Completion) -> Result<bool> {
@@ -786,12 +902,15 @@ impl Work for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db("auditing history cleanup"))?;
+        // The tombstones say who and why; the audit entries above are the only ones.
+        set_delete_action(&mut tx, actor, "history-cleanup").await?;
         let done =
             sqlx::query("DELETE FROM vfolders WHERE id IN (SELECT value FROM json_each($1))")
                 .bind(&ids)
                 .execute(&mut *tx)
                 .await
                 .map_err(db("cleaning history"))?;
+        clear_actor(&mut tx).await?;
         tx.commit()
             .await
             .map_err(db("committing history cleanup"))?;
@@ -833,6 +952,367 @@ impl Work for SqliteStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db("counting unreadable rows"))
+    }
+
+    async fn claim_tombstones(&self, req: &ClaimRequest) -> Result<Vec<TombstoneClaim>> {
+        let now = ts(Utc::now());
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            tombstone_columns!(),
+            r#", t.lease_owner AS prev_owner,
+                 EXISTS (SELECT 1 FROM vfolders v WHERE v.id = t.vfolder_id) AS row_exists
+               FROM vfolder_tombstones t
+               WHERE t.removal = 'pending' AND t.host IN (SELECT value FROM json_each($1))
+                 AND t.vfolder_id NOT IN (SELECT value FROM json_each($2))
+                 AND (t.lease_owner IS NULL OR t.lease_expires_at < $4)
+                 AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= $4)
+               ORDER BY t.deleted_at LIMIT $3"#
+        ))
+        .bind(json_list(&req.hosts))
+        .bind(uuid_list(&req.exclude))
+        .bind(i64::from(req.limit))
+        .bind(&now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("claiming tombstones"))?;
+        let expires = after(req.lease);
+        let mut claims = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let ctx = "claiming tombstones";
+            let tombstone = tombstone_from_row(row)?;
+            sqlx::query(
+                "UPDATE vfolder_tombstones SET lease_owner = $2, lease_expires_at = $3 WHERE seq = $1",
+            )
+            .bind(tombstone.seq)
+            .bind(&req.owner)
+            .bind(&expires)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(ctx))?;
+            claims.push(TombstoneClaim {
+                tombstone,
+                row_exists: row.try_get("row_exists").map_err(db(ctx))?,
+                reclaimed_from: row.try_get("prev_owner").map_err(db(ctx))?,
+            });
+        }
+        tx.commit()
+            .await
+            .map_err(db("committing tombstone claims"))?;
+        Ok(claims)
+    }
+
+    async fn inherited_tombstone(&self, id: Uuid, owner: &str) -> Result<Option<i64>> {
+        sqlx::query_scalar(
+            "SELECT seq FROM vfolder_tombstones
+             WHERE vfolder_id = $1 AND lease_owner = $2 AND removal = 'pending'
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(id.to_string())
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("finding an inherited tombstone"))
+    }
+
+    async fn renew_tombstone(
+        &self,
+        seq: i64,
+        owner: &str,
+        lease: Duration,
+        progress: Counts,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE vfolder_tombstones
+             SET lease_expires_at = $3, files = $4, dirs = $5, symlinks = $6, bytes = $7
+             WHERE seq = $1 AND lease_owner = $2 AND removal = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM vfolders v
+                               WHERE v.id = vfolder_tombstones.vfolder_id)",
+        )
+        .bind(seq)
+        .bind(owner)
+        .bind(after(lease))
+        .bind(to_i64(progress.files))
+        .bind(to_i64(progress.dirs))
+        .bind(to_i64(progress.symlinks))
+        .bind(to_i64(progress.bytes))
+        .execute(&self.pool)
+        .await
+        .map_err(db("renewing a tombstone lease"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_tombstone(&self, seq: i64, owner: &str, end: &TombstoneEnd) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let row: Option<(String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT vfolder_id, host, name, status FROM vfolder_tombstones
+                 WHERE seq = $1 AND lease_owner = $2 AND removal = 'pending'",
+        )
+        .bind(seq)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading a tombstone"))?;
+        let Some((id, host, name, status)) = row else {
+            return Ok(false);
+        };
+        let id = parse_uuid(&id)?;
+        let audit = super::tombstone_audit(id, end);
+        let p = audit.progress.unwrap_or_default();
+        sqlx::query(
+            "UPDATE vfolder_tombstones
+             SET removal = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL,
+                 next_attempt_at = NULL, finished_at = $8,
+                 files = $4, dirs = $5, symlinks = $6, bytes = $7
+             WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(super::tombstone_end_removal(end).as_str())
+        .bind(audit.error)
+        .bind(to_i64(p.files))
+        .bind(to_i64(p.dirs))
+        .bind(to_i64(p.symlinks))
+        .bind(to_i64(p.bytes))
+        .bind(ts(Utc::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("finishing a tombstone"))?;
+        insert_audit(
+            &mut tx,
+            &NewAudit {
+                host: host.as_deref(),
+                name: name.as_deref(),
+                from_status: status.as_deref(),
+                actor: Some(owner),
+                replica: Some(owner),
+                ..audit
+            },
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(db("committing a tombstone result"))?;
+        Ok(true)
+    }
+
+    async fn retry_tombstone(
+        &self,
+        seq: i64,
+        owner: &str,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<Option<u32>> {
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE vfolder_tombstones
+             SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4,
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE seq = $1 AND lease_owner = $2
+             RETURNING attempts",
+        )
+        .bind(seq)
+        .bind(owner)
+        .bind(ts(next_attempt_at))
+        .bind(error)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("recording a tombstone retry"))?;
+        Ok(attempts.map(|a| u32::try_from(a).unwrap_or(0)))
+    }
+
+    async fn release_tombstone(&self, seq: i64, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE vfolder_tombstones SET lease_owner = NULL, lease_expires_at = NULL
+             WHERE seq = $1 AND lease_owner = $2",
+        )
+        .bind(seq)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing a tombstone lease"))?;
+        Ok(())
+    }
+
+    async fn clean_tombstones(&self, retention: Duration, limit: u32) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM vfolder_tombstones WHERE seq IN (
+                 SELECT seq FROM vfolder_tombstones
+                 WHERE deleted_at <= $1 AND removal <> 'pending'
+                 ORDER BY deleted_at LIMIT $2)",
+        )
+        .bind(before(retention))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(db("cleaning tombstones"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn folders_by_ids(&self, ids: &[Uuid]) -> Result<Vec<Folder>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            folder_columns!(),
+            " FROM vfolders v WHERE v.id IN (SELECT value FROM json_each($1))"
+        ))
+        .bind(uuid_list(ids))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("looking up vfolders"))?;
+        rows.iter().map(folder_from_row).collect()
+    }
+
+    async fn latest_tombstones(&self, ids: &[Uuid]) -> Result<Vec<Tombstone>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            tombstone_columns!(),
+            " FROM vfolder_tombstones t
+              WHERE t.seq IN (SELECT max(seq) FROM vfolder_tombstones
+                              WHERE vfolder_id IN (SELECT value FROM json_each($1))
+                              GROUP BY vfolder_id)"
+        ))
+        .bind(uuid_list(ids))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("looking up tombstones"))?;
+        rows.iter().map(tombstone_from_row).collect()
+    }
+
+    async fn folders_on_host(
+        &self,
+        host: &str,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Folder>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            folder_columns!(),
+            " FROM vfolders v WHERE v.host = $1 AND ($2 IS NULL OR v.id > $2)
+              ORDER BY v.id LIMIT $3"
+        ))
+        .bind(host)
+        .bind(after.map(|id| id.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("paging through a volume's vfolders"))?;
+        rows.iter().map(folder_from_row).collect()
+    }
+
+    async fn record_sightings(
+        &self,
+        host: &str,
+        seen_at: DateTime<Utc>,
+        seen: &[NewSighting],
+    ) -> Result<Vec<Sighting>> {
+        let at = ts(seen_at);
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(seen.len());
+        for s in seen {
+            let row = sqlx::query(
+                "INSERT INTO vfolder_orphan_sightings AS o
+                     (host, path, vfolder_id, scope, trash, first_seen, last_seen)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)
+                 ON CONFLICT (host, path) DO UPDATE SET
+                     vfolder_id = excluded.vfolder_id, scope = excluded.scope,
+                     trash = excluded.trash,
+                     scans = o.scans + CASE WHEN o.last_seen < excluded.last_seen THEN 1 ELSE 0 END,
+                     last_seen = max(o.last_seen, excluded.last_seen)
+                 RETURNING *",
+            )
+            .bind(host)
+            .bind(&s.path)
+            .bind(s.vfolder_id.to_string())
+            .bind(s.scope.map(|u| u.to_string()))
+            .bind(s.trash)
+            .bind(&at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("recording orphan sightings"))?;
+            out.push(sighting_from_row(&row)?);
+        }
+        tx.commit()
+            .await
+            .map_err(db("committing orphan sightings"))?;
+        Ok(out)
+    }
+
+    async fn finish_scan(&self, summary: &ScanSummary) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let ended =
+            sqlx::query("DELETE FROM vfolder_orphan_sightings WHERE host = $1 AND last_seen < $2")
+                .bind(&summary.host)
+                .bind(ts(summary.started_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(db("ending orphan sightings"))?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO vfolder_orphan_scans (host, started_at, finished_at, counted,
+                 orphans, orphan_bytes, unfinished, unfinished_bytes, missing, foreign_entries,
+                 actor)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&summary.host)
+        .bind(ts(summary.started_at))
+        .bind(ts(summary.finished_at))
+        .bind(summary.counted)
+        .bind(to_i64(summary.orphans))
+        .bind(summary.orphan_bytes.map(to_i64))
+        .bind(to_i64(summary.unfinished))
+        .bind(summary.unfinished_bytes.map(to_i64))
+        .bind(to_i64(summary.missing))
+        .bind(to_i64(summary.foreign_entries))
+        .bind(&summary.actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording a scan"))?;
+        tx.commit().await.map_err(db("committing a scan"))?;
+        Ok(ended.rows_affected())
+    }
+
+    async fn due_orphans(&self, host: &str, grace: Duration, limit: u32) -> Result<Vec<Sighting>> {
+        let rows = sqlx::query(
+            "SELECT o.* FROM vfolder_orphan_sightings o
+             JOIN vfolder_orphan_scans sc ON sc.host = o.host
+             WHERE o.host = $1 AND o.first_seen <= $2
+               AND o.last_seen >= sc.started_at AND o.scans >= 2
+               AND NOT EXISTS (SELECT 1 FROM vfolders v WHERE v.id = o.vfolder_id)
+               AND NOT EXISTS (SELECT 1 FROM vfolder_tombstones t
+                               WHERE t.vfolder_id = o.vfolder_id
+                                 AND (t.deleted_at >= o.first_seen OR t.removal = 'pending'))
+             ORDER BY o.first_seen, o.path LIMIT $3",
+        )
+        .bind(host)
+        .bind(before(grace))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("finding orphans due for reclaim"))?;
+        rows.iter().map(sighting_from_row).collect()
+    }
+
+    async fn record_reclaim(
+        &self,
+        sighting: &Sighting,
+        done: &Completion,
+        actor: &str,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        insert_audit(&mut tx, &super::reclaim_audit(sighting, done, actor)).await?;
+        sqlx::query("DELETE FROM vfolder_orphan_sightings WHERE host = $1 AND path = $2")
+            .bind(&sighting.host)
+            .bind(&sighting.seen.path)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("ending a reclaimed sighting"))?;
+        tx.commit().await.map_err(db("committing a reclaim"))?;
+        Ok(())
+    }
+
+    async fn scan_summaries(&self) -> Result<Vec<ScanSummary>> {
+        let rows = sqlx::query("SELECT * FROM vfolder_orphan_scans ORDER BY host")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading scan summaries"))?;
+        rows.iter().map(scan_from_row).collect()
     }
 
     async fn record_volume_state(&self, state: &super::VolumeState) -> Result<()> {

@@ -102,6 +102,7 @@ impl Sandbox {
             marker_file: None,
             count_bytes: false,
             max_ops_per_second: None,
+            ..VolumeConfig::builtin_default()
         };
         f(&mut config);
         Sandbox {
