@@ -20,7 +20,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::rows;
-use super::rules::{self, Locked, Tx};
+use super::rules::{self, Locked, LockedTombstone, Tx};
 use super::schema::{self, ADDED, DuplicateName, MigrationPlan, Remap, Schema, UnadoptPlan};
 use super::{
     Admin, AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
@@ -609,6 +609,61 @@ impl Tx for PgTx {
         .execute(&mut *self.0)
         .await
         .map_err(db("recording a location"))?;
+        Ok(())
+    }
+
+    async fn lock_tombstone(&mut self, seq: i64, owner: &str) -> Result<Option<LockedTombstone>> {
+        let row: Option<(Uuid, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT vfolder_id, host, left(name, 64), status FROM vfolder_tombstones
+             WHERE seq = $1 AND lease_owner = $2 AND removal = 'pending' FOR UPDATE",
+        )
+        .bind(seq)
+        .bind(owner)
+        .fetch_optional(&mut *self.0)
+        .await
+        .map_err(db("locking a tombstone"))?;
+        Ok(row.map(|(vfolder_id, host, name, status)| LockedTombstone {
+            vfolder_id,
+            host,
+            name,
+            status,
+        }))
+    }
+
+    async fn finish_tombstone_state(
+        &mut self,
+        seq: i64,
+        removal: TombstoneRemoval,
+        error: Option<&str>,
+        counts: Counts,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE vfolder_tombstones
+             SET removal = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL,
+                 next_attempt_at = NULL, finished_at = now(),
+                 files = $4, dirs = $5, symlinks = $6, bytes = $7
+             WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(removal.as_str())
+        .bind(error)
+        .bind(to_i64(counts.files))
+        .bind(to_i64(counts.dirs))
+        .bind(to_i64(counts.symlinks))
+        .bind(to_i64(counts.bytes))
+        .execute(&mut *self.0)
+        .await
+        .map_err(db("finishing a tombstone"))?;
+        Ok(())
+    }
+
+    async fn end_sighting(&mut self, host: &str, path: &str) -> Result<()> {
+        sqlx::query("DELETE FROM vfolder_orphan_sightings WHERE host = $1 AND path = $2")
+            .bind(host)
+            .bind(path)
+            .execute(&mut *self.0)
+            .await
+            .map_err(db("ending a reclaimed sighting"))?;
         Ok(())
     }
 
@@ -1334,63 +1389,7 @@ impl Work for PgStore {
     }
 
     async fn finish_tombstone(&self, seq: i64, owner: &str, end: &TombstoneEnd) -> Result<bool> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
-        let row = sqlx::query(
-            "SELECT vfolder_id, host, left(name, 64) AS name, status FROM vfolder_tombstones
-             WHERE seq = $1 AND lease_owner = $2 AND removal = 'pending' FOR UPDATE",
-        )
-        .bind(seq)
-        .bind(owner)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db("locking a tombstone"))?;
-        let Some(row) = row else {
-            return Ok(false);
-        };
-        let ctx = "reading a tombstone";
-        let id: Uuid = row.try_get("vfolder_id").map_err(db(ctx))?;
-        let host: Option<String> = row.try_get("host").map_err(db(ctx))?;
-        let name: Option<String> = row.try_get("name").map_err(db(ctx))?;
-        let status: Option<String> = row.try_get("status").map_err(db(ctx))?;
-        let audit = super::tombstone_audit(id, end);
-        let p = audit.progress.unwrap_or_default();
-        sqlx::query(
-            "UPDATE vfolder_tombstones
-             SET removal = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL,
-                 next_attempt_at = NULL, finished_at = now(),
-                 files = $4, dirs = $5, symlinks = $6, bytes = $7
-             WHERE seq = $1",
-        )
-        .bind(seq)
-        .bind(super::tombstone_end_removal(end).as_str())
-        .bind(audit.error)
-        .bind(to_i64(p.files))
-        .bind(to_i64(p.dirs))
-        .bind(to_i64(p.symlinks))
-        .bind(to_i64(p.bytes))
-        .execute(&mut *tx)
-        .await
-        .map_err(db("finishing a tombstone"))?;
-        insert_audit(
-            &mut tx,
-            &NewAudit {
-                host: host.as_deref(),
-                name: name.as_deref(),
-                from_status: status.as_deref(),
-                actor: Some(owner),
-                replica: Some(owner),
-                ..audit
-            },
-        )
-        .await?;
-        tx.commit()
-            .await
-            .map_err(db("committing a tombstone result"))?;
-        Ok(true)
+        rules::finish_tombstone(self.begin_tx().await?, seq, owner, end).await
     }
 
     async fn retry_tombstone(
@@ -1596,20 +1595,7 @@ impl Work for PgStore {
         done: &Completion,
         actor: &str,
     ) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
-        insert_audit(&mut tx, &super::reclaim_audit(sighting, done, actor)).await?;
-        sqlx::query("DELETE FROM vfolder_orphan_sightings WHERE host = $1 AND path = $2")
-            .bind(&sighting.host)
-            .bind(&sighting.seen.path)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("ending a reclaimed sighting"))?;
-        tx.commit().await.map_err(db("committing a reclaim"))?;
-        Ok(())
+        rules::record_reclaim(self.begin_tx().await?, sighting, done, actor).await
     }
 
     async fn scan_summaries(&self) -> Result<Vec<ScanSummary>> {

@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    Completion, Counts, Error, Folder, Location, NewAudit, NewFolder, Result, StatusChange,
-    StatusRequest,
+    Completion, Counts, Error, Folder, Location, NewAudit, NewFolder, Result, Sighting,
+    StatusChange, StatusRequest, TombstoneEnd, TombstoneRemoval,
 };
 use crate::lifecycle::{SchemaMode, Status};
 
@@ -33,6 +33,19 @@ pub(crate) struct Locked {
     pub host: String,
     /// Its name.
     pub name: String,
+}
+
+/// A locked tombstone: what its audit entry records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LockedTombstone {
+    /// The deleted row's id.
+    pub vfolder_id: Uuid,
+    /// Its host.
+    pub host: Option<String>,
+    /// Its name (cut to the audit log's width).
+    pub name: Option<String>,
+    /// Its status when it was deleted.
+    pub status: Option<String>,
 }
 
 /// An open write transaction of a backend: one method per statement. Dropping it without
@@ -79,6 +92,22 @@ pub(crate) trait Tx: Send + Sized {
 
     /// The controller state after a trash move or restore: the data's place, lease released.
     async fn set_location(&mut self, id: Uuid, location: Location) -> Result<()>;
+
+    /// Locks a tombstone whose removal is pending and whose lease `owner` holds; `None`
+    /// otherwise.
+    async fn lock_tombstone(&mut self, seq: i64, owner: &str) -> Result<Option<LockedTombstone>>;
+
+    /// Ends a tombstone's removal: its final state, error and counts, lease released.
+    async fn finish_tombstone_state(
+        &mut self,
+        seq: i64,
+        removal: TombstoneRemoval,
+        error: Option<&str>,
+        counts: Counts,
+    ) -> Result<()>;
+
+    /// Ends the sighting of a reclaimed orphan.
+    async fn end_sighting(&mut self, host: &str, path: &str) -> Result<()>;
 
     /// Appends an audit entry.
     async fn insert_audit(&mut self, audit: &NewAudit<'_>) -> Result<()>;
@@ -282,4 +311,49 @@ pub(crate) async fn create_folder(
     .await?;
     tx.commit("committing a new vfolder").await?;
     Ok(folder)
+}
+
+/// Ends a pending tombstone's removal with its audit entry, and releases its lease. `false`
+/// when `owner` no longer holds the lease.
+pub(crate) async fn finish_tombstone(
+    mut tx: impl Tx,
+    seq: i64,
+    owner: &str,
+    end: &TombstoneEnd,
+) -> Result<bool> {
+    let Some(row) = tx.lock_tombstone(seq, owner).await? else {
+        return Ok(false);
+    };
+    let audit = super::tombstone_audit(row.vfolder_id, end);
+    tx.finish_tombstone_state(
+        seq,
+        super::tombstone_end_removal(end),
+        audit.error,
+        audit.progress.unwrap_or_default(),
+    )
+    .await?;
+    tx.insert_audit(&NewAudit {
+        host: row.host.as_deref(),
+        name: row.name.as_deref(),
+        from_status: row.status.as_deref(),
+        actor: Some(owner),
+        replica: Some(owner),
+        ..audit
+    })
+    .await?;
+    tx.commit("committing a tombstone result").await?;
+    Ok(true)
+}
+
+/// Records a reclaimed orphan: its audit entry and the end of its sighting, together.
+pub(crate) async fn record_reclaim(
+    mut tx: impl Tx,
+    sighting: &Sighting,
+    done: &Completion,
+    actor: &str,
+) -> Result<()> {
+    tx.insert_audit(&super::reclaim_audit(sighting, done, actor))
+        .await?;
+    tx.end_sighting(&sighting.host, &sighting.seen.path).await?;
+    tx.commit("committing a reclaim").await
 }
