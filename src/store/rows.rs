@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AuditEntry, Claim, ControllerState, Counts, Folder, Result, WorkKind, decode_err,
-    parse_location, to_u64,
+    AuditEntry, Claim, ControllerState, Counts, Folder, NewSighting, Result, ScanSummary, Sighting,
+    Tombstone, TombstoneRemoval, WorkKind, decode_err, parse_location, to_u64,
 };
 use crate::lifecycle::RowStatus;
 
@@ -123,7 +123,7 @@ pub(crate) struct CountsRow {
 }
 
 impl CountsRow {
-    pub(crate) fn into_counts(self) -> Counts {
+    fn into_counts(self) -> Counts {
         let n = |v: Option<i64>| v.map_or(0, to_u64);
         Counts {
             files: n(self.files),
@@ -241,6 +241,136 @@ where
             progress: counted.then(|| self.counts.into_counts()),
             duration_ms: self.duration_ms,
             error: self.error,
+        })
+    }
+}
+
+impl Decoded<u32> for i32 {
+    fn decoded(self) -> Result<u32> {
+        Ok(u32::try_from(self).unwrap_or(0))
+    }
+}
+
+impl Decoded<u32> for i64 {
+    fn decoded(self) -> Result<u32> {
+        Ok(u32::try_from(self).unwrap_or(0))
+    }
+}
+
+/// A row of `vfolder_tombstones`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct TombstoneRow<Id, Time, Int> {
+    seq: i64,
+    vfolder_id: Id,
+    host: Option<String>,
+    quota_scope_id: Option<String>,
+    name: Option<String>,
+    status: Option<String>,
+    actor: Option<String>,
+    cause: String,
+    deleted_at: Time,
+    removal: String,
+    attempts: Int,
+    last_error: Option<String>,
+    #[sqlx(flatten)]
+    counts: CountsRow,
+    finished_at: Option<Time>,
+}
+
+impl<Id, Time, Int> TombstoneRow<Id, Time, Int>
+where
+    Id: Decoded<Uuid>,
+    Time: Decoded<DateTime<Utc>>,
+    Int: Decoded<u32>,
+{
+    /// The model's tombstone.
+    pub(crate) fn into_tombstone(self) -> Result<Tombstone> {
+        Ok(Tombstone {
+            seq: self.seq,
+            vfolder_id: self.vfolder_id.decoded()?,
+            host: self.host,
+            quota_scope_id: self.quota_scope_id,
+            name: self.name,
+            status: self.status,
+            actor: self.actor,
+            cause: self.cause,
+            deleted_at: self.deleted_at.decoded()?,
+            removal: TombstoneRemoval::parse(&self.removal)?,
+            attempts: self.attempts.decoded()?,
+            last_error: self.last_error,
+            progress: self.counts.into_counts(),
+            finished_at: self.finished_at.decoded()?,
+        })
+    }
+}
+
+/// A row of `vfolder_orphan_sightings`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SightingRow<Id, Time, Int> {
+    host: String,
+    path: String,
+    vfolder_id: Id,
+    scope: Option<Id>,
+    trash: bool,
+    first_seen: Time,
+    last_seen: Time,
+    scans: Int,
+}
+
+impl<Id, Time, Int> SightingRow<Id, Time, Int>
+where
+    Id: Decoded<Uuid>,
+    Time: Decoded<DateTime<Utc>>,
+    Int: Decoded<u32>,
+{
+    /// The model's sighting.
+    pub(crate) fn into_sighting(self) -> Result<Sighting> {
+        Ok(Sighting {
+            host: self.host,
+            seen: NewSighting {
+                path: self.path,
+                vfolder_id: self.vfolder_id.decoded()?,
+                scope: self.scope.decoded()?,
+                trash: self.trash,
+            },
+            first_seen: self.first_seen.decoded()?,
+            last_seen: self.last_seen.decoded()?,
+            scans: self.scans.decoded()?,
+        })
+    }
+}
+
+/// A row of `vfolder_orphan_scans`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ScanRow<Time> {
+    host: String,
+    started_at: Time,
+    finished_at: Time,
+    counted: bool,
+    orphans: i64,
+    orphan_bytes: Option<i64>,
+    unfinished: i64,
+    unfinished_bytes: Option<i64>,
+    missing: i64,
+    foreign_entries: i64,
+    actor: Option<String>,
+}
+
+impl<Time: Decoded<DateTime<Utc>>> ScanRow<Time> {
+    /// The model's scan summary.
+    pub(crate) fn into_summary(self) -> Result<ScanSummary> {
+        Ok(ScanSummary {
+            host: self.host,
+            started_at: self.started_at.decoded()?,
+            finished_at: self.finished_at.decoded()?,
+            counted: self.counted,
+            orphans: to_u64(self.orphans),
+            orphan_bytes: self.orphan_bytes.map(to_u64),
+            unfinished: to_u64(self.unfinished),
+            unfinished_bytes: self.unfinished_bytes.map(to_u64),
+            missing: to_u64(self.missing),
+            foreign_entries: to_u64(self.foreign_entries),
+            actor: self.actor,
         })
     }
 }

@@ -26,7 +26,7 @@ use super::{
     Counts, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, NewSighting,
     Readiness, Result, ScanSummary, Sighting, StatusChange, StatusRequest, Tombstone,
     TombstoneClaim, TombstoneEnd, TombstoneRemoval, Work, db, parse_history, parse_status, to_i64,
-    to_u64, write_err,
+    write_err,
 };
 use super::{PARK_FOR, decode_each};
 use crate::lifecycle::{self, SchemaMode, Status};
@@ -56,10 +56,6 @@ fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
 
 fn parse_uuid(text: &str) -> Result<Uuid> {
     text.to_owned().decoded()
-}
-
-fn parse_opt_uuid(text: Option<String>) -> Result<Option<Uuid>> {
-    text.decoded()
 }
 
 fn parse_opt_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
@@ -139,13 +135,6 @@ fn folder_from_row(row: &SqliteRow) -> Result<Folder> {
     Folders::from_row(row)
         .map_err(db("reading a vfolder row"))?
         .into_folder()
-}
-
-/// The four counters of a state, tombstone or audit row.
-fn counts_from_row(row: &SqliteRow, ctx: &'static str) -> Result<Counts> {
-    Ok(rows::CountsRow::from_row(row)
-        .map_err(db(ctx))?
-        .into_counts())
 }
 
 /// A locked row, for the rules' checks and the audit entry.
@@ -240,66 +229,21 @@ macro_rules! tombstone_columns {
 }
 
 fn tombstone_from_row(row: &SqliteRow) -> Result<Tombstone> {
-    let ctx = "reading a tombstone";
-    let removal: String = row.try_get("removal").map_err(db(ctx))?;
-    let attempts: i64 = row.try_get("attempts").map_err(db(ctx))?;
-    Ok(Tombstone {
-        seq: row.try_get("seq").map_err(db(ctx))?,
-        vfolder_id: parse_uuid(&row.try_get::<String, _>("vfolder_id").map_err(db(ctx))?)?,
-        host: row.try_get("host").map_err(db(ctx))?,
-        quota_scope_id: row.try_get("quota_scope_id").map_err(db(ctx))?,
-        name: row.try_get("name").map_err(db(ctx))?,
-        status: row.try_get("status").map_err(db(ctx))?,
-        actor: row.try_get("actor").map_err(db(ctx))?,
-        cause: row.try_get("cause").map_err(db(ctx))?,
-        deleted_at: parse_ts(&row.try_get::<String, _>("deleted_at").map_err(db(ctx))?)?,
-        removal: TombstoneRemoval::parse(&removal)?,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        last_error: row.try_get("last_error").map_err(db(ctx))?,
-        progress: counts_from_row(row, ctx)?,
-        finished_at: parse_opt_ts(row.try_get("finished_at").map_err(db(ctx))?)?,
-    })
+    rows::TombstoneRow::<String, String, i64>::from_row(row)
+        .map_err(db("reading a tombstone"))?
+        .into_tombstone()
 }
 
 fn sighting_from_row(row: &SqliteRow) -> Result<Sighting> {
-    let ctx = "reading an orphan sighting";
-    let scans: i64 = row.try_get("scans").map_err(db(ctx))?;
-    Ok(Sighting {
-        host: row.try_get("host").map_err(db(ctx))?,
-        seen: NewSighting {
-            path: row.try_get("path").map_err(db(ctx))?,
-            vfolder_id: parse_uuid(&row.try_get::<String, _>("vfolder_id").map_err(db(ctx))?)?,
-            scope: parse_opt_uuid(row.try_get("scope").map_err(db(ctx))?)?,
-            trash: row.try_get("trash").map_err(db(ctx))?,
-        },
-        first_seen: parse_ts(&row.try_get::<String, _>("first_seen").map_err(db(ctx))?)?,
-        last_seen: parse_ts(&row.try_get::<String, _>("last_seen").map_err(db(ctx))?)?,
-        scans: u32::try_from(scans).unwrap_or(0),
-    })
+    rows::SightingRow::<String, String, i64>::from_row(row)
+        .map_err(db("reading an orphan sighting"))?
+        .into_sighting()
 }
 
 fn scan_from_row(row: &SqliteRow) -> Result<ScanSummary> {
-    let ctx = "reading a scan summary";
-    let n = |c: &str| -> Result<u64> { Ok(to_u64(row.try_get::<i64, _>(c).map_err(db(ctx))?)) };
-    let bytes = |c: &str| -> Result<Option<u64>> {
-        Ok(row
-            .try_get::<Option<i64>, _>(c)
-            .map_err(db(ctx))?
-            .map(to_u64))
-    };
-    Ok(ScanSummary {
-        host: row.try_get("host").map_err(db(ctx))?,
-        started_at: parse_ts(&row.try_get::<String, _>("started_at").map_err(db(ctx))?)?,
-        finished_at: parse_ts(&row.try_get::<String, _>("finished_at").map_err(db(ctx))?)?,
-        counted: row.try_get("counted").map_err(db(ctx))?,
-        orphans: n("orphans")?,
-        orphan_bytes: bytes("orphan_bytes")?,
-        unfinished: n("unfinished")?,
-        unfinished_bytes: bytes("unfinished_bytes")?,
-        missing: n("missing")?,
-        foreign_entries: n("foreign_entries")?,
-        actor: row.try_get("actor").map_err(db(ctx))?,
-    })
+    rows::ScanRow::<String>::from_row(row)
+        .map_err(db("reading a scan summary"))?
+        .into_summary()
 }
 
 /// Names the controller's own row deletion (and its actor) for the tombstone trigger until
