@@ -195,6 +195,85 @@ pub struct AuditEntry {
     pub error: Option<String>,
 }
 
+/// What an audit entry records. The controller's own writes name one of these; the SQL
+/// the controller installs writes the others (`trash-timer`, `history-cleanup`,
+/// `adopt-remap`, and the tombstone trigger's `row-deleted*`), with the same spellings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditAction {
+    /// `create`: a row inserted by the CLI.
+    Create,
+    /// `trash`: ready → delete-pending on request.
+    Trash,
+    /// `restore`: delete-pending → ready on request.
+    Restore,
+    /// `purge`: delete-pending → delete-ongoing on request.
+    Purge,
+    /// `force-delete`: ready → delete-ongoing on request.
+    ForceDelete,
+    /// `retry`: delete-error → delete-ongoing on request.
+    Retry,
+    /// `forget`: a delete-error row removed after manual cleanup.
+    Forget,
+    /// `trash-timer`: delete-pending → delete-ongoing after the trash retention.
+    TrashTimer,
+    /// `history-cleanup`: a delete-complete row removed after the history retention.
+    HistoryCleanup,
+    /// `removed`: a removal finished (delete-ongoing → delete-complete), with its counts.
+    Removed,
+    /// `remove-failed`: a removal failed for good (→ delete-error), with the error.
+    RemoveFailed,
+    /// `moved-to-trash`: the data moved into the volume's trash directory.
+    MovedToTrash,
+    /// `restored-from-trash`: the data moved back to its live path.
+    RestoredFromTrash,
+    /// `adopt-remap`: a legacy status spelling rewritten when the table was adopted.
+    AdoptRemap,
+    /// `row-deleted`: a row deleted by someone else (a tombstone keeps its story).
+    RowDeleted,
+    /// `row-deleted-during-removal`: a delete-ongoing row deleted while it was removed.
+    RowDeletedDuringRemoval,
+    /// `removed-after-row-deleted`: the removal of a deleted row's data finished.
+    RemovedAfterRowDeleted,
+    /// `tombstone-superseded`: a row with a tombstone's id came back; nothing removed.
+    TombstoneSuperseded,
+    /// `orphan-reclaimed`: data no row accounted for, removed after its grace period.
+    OrphanReclaimed,
+}
+
+impl AuditAction {
+    /// The text stored in `vfolder_audit.action`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Create => "create",
+            AuditAction::Trash => "trash",
+            AuditAction::Restore => "restore",
+            AuditAction::Purge => "purge",
+            AuditAction::ForceDelete => "force-delete",
+            AuditAction::Retry => "retry",
+            AuditAction::Forget => "forget",
+            AuditAction::TrashTimer => "trash-timer",
+            AuditAction::HistoryCleanup => "history-cleanup",
+            AuditAction::Removed => "removed",
+            AuditAction::RemoveFailed => "remove-failed",
+            AuditAction::MovedToTrash => "moved-to-trash",
+            AuditAction::RestoredFromTrash => "restored-from-trash",
+            AuditAction::AdoptRemap => "adopt-remap",
+            AuditAction::RowDeleted => "row-deleted",
+            AuditAction::RowDeletedDuringRemoval => "row-deleted-during-removal",
+            AuditAction::RemovedAfterRowDeleted => "removed-after-row-deleted",
+            AuditAction::TombstoneSuperseded => "tombstone-superseded",
+            AuditAction::OrphanReclaimed => "orphan-reclaimed",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which audit entries to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditFilter {
@@ -215,7 +294,7 @@ pub struct StatusRequest {
     /// Who asks (recorded in history and audit).
     pub actor: String,
     /// The audit action name (`trash`, `restore`, `purge`, `force-delete`, `retry`).
-    pub action: &'static str,
+    pub action: AuditAction,
     /// With `to = delete-pending`: purge at this time instead of after the trash retention.
     pub purge_after: Option<DateTime<Utc>>,
     /// The statuses this request is meant to start from (empty: any). Checked under the

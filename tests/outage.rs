@@ -169,7 +169,7 @@ async fn delete_one(site_url: &str, mount: &Path) -> uuid::Uuid {
             id: folder.id,
             to: Status::DeleteOngoing,
             actor: "test".into(),
-            action: "force-delete",
+            action: store::AuditAction::ForceDelete,
             purge_after: None,
             expect_from: &[],
         })

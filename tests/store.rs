@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use common::{Backend, TestDb};
 use vfolder_controller::lifecycle::{ADOPTED_TRANSITIONS, ALL, RowStatus, Status, TRANSITIONS};
-use vfolder_controller::store::{self, Error};
+use vfolder_controller::store::{self, AuditAction, Error};
 
 fn new_id() -> uuid::Uuid {
     uuid::Uuid::new_v4()
@@ -188,7 +188,7 @@ async fn writing_the_same_status_is_a_no_op(db: TestDb) {
             id,
             to: Status::DeletePending,
             actor: "alice".into(),
-            action: "trash",
+            action: AuditAction::Trash,
             purge_after: None,
             expect_from: &[],
         })
@@ -327,7 +327,7 @@ fn new_folder(name: &str, host: &str) -> NewFolder {
     }
 }
 
-fn request(id: uuid::Uuid, to: Status, action: &'static str) -> StatusRequest {
+fn request(id: uuid::Uuid, to: Status, action: AuditAction) -> StatusRequest {
     StatusRequest {
         id,
         to,
@@ -356,7 +356,11 @@ async fn ongoing(store: &Arc<dyn Store>, name: &str, host: &str) -> uuid::Uuid {
         .await
         .unwrap();
     store
-        .set_status(&request(folder.id, Status::DeleteOngoing, "force-delete"))
+        .set_status(&request(
+            folder.id,
+            Status::DeleteOngoing,
+            AuditAction::ForceDelete,
+        ))
         .await
         .unwrap();
     folder.id
@@ -424,7 +428,11 @@ async fn create_get_and_list_round_trip(db: TestDb) {
         .await
         .unwrap();
     store
-        .set_status(&request(other.id, Status::DeletePending, "trash"))
+        .set_status(&request(
+            other.id,
+            Status::DeletePending,
+            AuditAction::Trash,
+        ))
         .await
         .unwrap();
     let live = store.list_folders(&[Status::Ready], false).await.unwrap();
@@ -448,7 +456,11 @@ async fn set_status_checks_the_lifecycle_and_audits(db: TestDb) {
         .await
         .unwrap();
     let change = store
-        .set_status(&request(folder.id, Status::DeletePending, "trash"))
+        .set_status(&request(
+            folder.id,
+            Status::DeletePending,
+            AuditAction::Trash,
+        ))
         .await
         .unwrap();
     assert!(change.changed);
@@ -457,7 +469,11 @@ async fn set_status_checks_the_lifecycle_and_audits(db: TestDb) {
         (Status::Ready, Status::DeletePending)
     );
     let err = store
-        .set_status(&request(folder.id, Status::DeleteComplete, "purge"))
+        .set_status(&request(
+            folder.id,
+            Status::DeleteComplete,
+            AuditAction::Purge,
+        ))
         .await
         .unwrap_err();
     match err {
@@ -471,7 +487,7 @@ async fn set_status_checks_the_lifecycle_and_audits(db: TestDb) {
         other => panic!("expected IllegalTransition, got {other}"),
     }
     let err = store
-        .set_status(&request(new_id(), Status::Ready, "restore"))
+        .set_status(&request(new_id(), Status::Ready, AuditAction::Restore))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err}");
@@ -508,7 +524,11 @@ async fn set_status_maps_a_taken_name(db: TestDb) {
     );
     // Free once the first folder is dead; the new one is created.
     store
-        .set_status(&request(first.id, Status::DeleteOngoing, "force-delete"))
+        .set_status(&request(
+            first.id,
+            Status::DeleteOngoing,
+            AuditAction::ForceDelete,
+        ))
         .await
         .unwrap();
     let claims = store.claim_due(&claim_request("r1")).await.unwrap();
@@ -517,7 +537,11 @@ async fn set_status_maps_a_taken_name(db: TestDb) {
     store.create_folder(&second, "alice").await.unwrap();
     // Retrying the dead folder would take the name again: refused as NameTaken.
     let err = store
-        .set_status(&request(first.id, Status::DeleteOngoing, "retry"))
+        .set_status(&request(
+            first.id,
+            Status::DeleteOngoing,
+            AuditAction::Retry,
+        ))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NameTaken { .. }), "{err}");
@@ -622,7 +646,7 @@ async fn move_volumes_get_trash_and_restore_work(db: TestDb) {
         .unwrap();
     for id in [moving.id, in_place.id] {
         store
-            .set_status(&request(id, Status::DeletePending, "trash"))
+            .set_status(&request(id, Status::DeletePending, AuditAction::Trash))
             .await
             .unwrap();
     }
@@ -647,7 +671,7 @@ async fn move_volumes_get_trash_and_restore_work(db: TestDb) {
             .is_empty()
     );
     store
-        .set_status(&request(moving.id, Status::Ready, "restore"))
+        .set_status(&request(moving.id, Status::Ready, AuditAction::Restore))
         .await
         .unwrap();
     let claims = store.claim_due(&claim_request("r1")).await.unwrap();
@@ -679,7 +703,11 @@ async fn move_volumes_get_trash_and_restore_work(db: TestDb) {
     );
     // A purge of trashed data is a removal, whatever the location.
     store
-        .set_status(&request(moving.id, Status::DeleteOngoing, "force-delete"))
+        .set_status(&request(
+            moving.id,
+            Status::DeleteOngoing,
+            AuditAction::ForceDelete,
+        ))
         .await
         .unwrap();
     let claims = store.claim_due(&claim_request("r1")).await.unwrap();
@@ -831,7 +859,7 @@ async fn retries_back_off_and_failures_go_to_delete_error(db: TestDb) {
     );
     // The operator's retry starts afresh.
     store
-        .set_status(&request(id, Status::DeleteOngoing, "retry"))
+        .set_status(&request(id, Status::DeleteOngoing, AuditAction::Retry))
         .await
         .unwrap();
     let claims = store.claim_due(&claim_request("r3")).await.unwrap();
@@ -877,14 +905,14 @@ async fn trash_timer_respects_default_retention_and_purge_after(db: TestDb) {
     };
     for id in [old, fresh] {
         store
-            .set_status(&request(id, Status::DeletePending, "trash"))
+            .set_status(&request(id, Status::DeletePending, AuditAction::Trash))
             .await
             .unwrap();
     }
-    let mut req = request(early, Status::DeletePending, "trash");
+    let mut req = request(early, Status::DeletePending, AuditAction::Trash);
     req.purge_after = Some(Utc::now() - chrono::Duration::seconds(1));
     store.set_status(&req).await.unwrap();
-    let mut req = request(late, Status::DeletePending, "trash");
+    let mut req = request(late, Status::DeletePending, AuditAction::Trash);
     req.purge_after = Some(Utc::now() + chrono::Duration::days(30));
     store.set_status(&req).await.unwrap();
     raw.age_status(old, chrono::Duration::days(8)).await;
@@ -939,7 +967,7 @@ async fn trash_timer_respects_default_retention_and_purge_after(db: TestDb) {
     );
     // A restore forgets the per-folder purge time.
     store
-        .set_status(&request(late, Status::Ready, "restore"))
+        .set_status(&request(late, Status::Ready, AuditAction::Restore))
         .await
         .unwrap();
     let state = store.get_folder(late).await.unwrap().state.unwrap();
@@ -947,7 +975,7 @@ async fn trash_timer_respects_default_retention_and_purge_after(db: TestDb) {
     // The limit bounds one pass.
     raw.age_status(fresh, chrono::Duration::days(8)).await;
     store
-        .set_status(&request(late, Status::DeletePending, "trash"))
+        .set_status(&request(late, Status::DeletePending, AuditAction::Trash))
         .await
         .unwrap();
     raw.age_status(late, chrono::Duration::days(8)).await;
@@ -1039,11 +1067,11 @@ async fn audit_filters_by_folder_time_and_limit(db: TestDb) {
         .await
         .unwrap();
     store
-        .set_status(&request(a.id, Status::DeletePending, "trash"))
+        .set_status(&request(a.id, Status::DeletePending, AuditAction::Trash))
         .await
         .unwrap();
     store
-        .set_status(&request(a.id, Status::Ready, "restore"))
+        .set_status(&request(a.id, Status::Ready, AuditAction::Restore))
         .await
         .unwrap();
     let all = store.audit(&AuditFilter::default()).await.unwrap();
@@ -1226,7 +1254,8 @@ async fn the_database_has_the_last_word_on_transitions(db: TestDb) {
     .await
     .unwrap();
     let err = store
-        .set_status(&request(folder.id, Status::Performing, "perform"))
+        // The audit label is irrelevant here: the trigger rejects the write first.
+        .set_status(&request(folder.id, Status::Performing, AuditAction::Trash))
         .await
         .unwrap_err();
     match err {
@@ -1349,7 +1378,11 @@ async fn an_unknown_trash_time_starts_when_the_controller_first_sees_the_row(db:
         .await
         .unwrap();
     store
-        .set_status(&request(folder.id, Status::DeletePending, "trash"))
+        .set_status(&request(
+            folder.id,
+            Status::DeletePending,
+            AuditAction::Trash,
+        ))
         .await
         .unwrap();
     raw.age_status(folder.id, chrono::Duration::days(400)).await;

@@ -19,8 +19,8 @@ use crate::controller::maintenance::{self, drain_batches};
 use crate::lifecycle::Status;
 use crate::storage::{FolderRef, Volumes};
 use crate::store::{
-    self, AuditEntry, AuditFilter, Folder, FolderDetail, HistoryShape, Location, NewFolder, Schema,
-    StatusChange, StatusRequest, Store,
+    self, AuditAction, AuditEntry, AuditFilter, Folder, FolderDetail, HistoryShape, Location,
+    NewFolder, Schema, StatusChange, StatusRequest, Store,
 };
 
 /// The owner of folders created without `--user`/`--project`: a fixed, documented user, so
@@ -98,7 +98,7 @@ async fn unadopt(config: &Config, args: &UnadoptArgs, json: bool) -> Result<(), 
 /// start from, and what to say when the folder is elsewhere.
 struct Transition {
     command: &'static str,
-    action: &'static str,
+    action: AuditAction,
     to: Status,
     from: &'static [Status],
     hint: &'static str,
@@ -106,35 +106,35 @@ struct Transition {
 
 const TRASH: Transition = Transition {
     command: "trash",
-    action: "trash",
+    action: AuditAction::Trash,
     to: Status::DeletePending,
     from: &[Status::Ready],
     hint: "only moves a live folder (ready) to the trash",
 };
 const RESTORE: Transition = Transition {
     command: "restore",
-    action: "restore",
+    action: AuditAction::Restore,
     to: Status::Ready,
     from: &[Status::DeletePending],
     hint: "only takes a folder out of the trash (delete-pending)",
 };
 const PURGE: Transition = Transition {
     command: "purge",
-    action: "purge",
+    action: AuditAction::Purge,
     to: Status::DeleteOngoing,
     from: &[Status::DeletePending],
     hint: "only deletes a folder in the trash (delete-pending); use force-delete for a live folder, retry for delete-error",
 };
 const FORCE_DELETE: Transition = Transition {
     command: "force-delete",
-    action: "force-delete",
+    action: AuditAction::ForceDelete,
     to: Status::DeleteOngoing,
     from: &[Status::Ready],
     hint: "only deletes a live folder (ready); use purge for a folder in the trash, retry for delete-error",
 };
 const RETRY: Transition = Transition {
     command: "retry",
-    action: "retry",
+    action: AuditAction::Retry,
     to: Status::DeleteOngoing,
     from: &[Status::DeleteError],
     hint: "only restarts a failed removal (delete-error); use purge for a folder in the trash, force-delete for a live folder",

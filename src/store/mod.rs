@@ -65,10 +65,10 @@ pub mod schema;
 pub mod sqlite;
 
 pub use crate::model::{
-    AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, ControllerState, Counts, Folder,
-    FolderDetail, HistoryEntry, HistoryShape, Location, NewFolder, NewSighting, ScanSummary,
-    Sighting, StatusChange, StatusEvent, StatusRequest, Tombstone, TombstoneClaim, TombstoneEnd,
-    TombstoneRemoval, VolumeState, WorkKind,
+    AuditAction, AuditEntry, AuditFilter, Claim, ClaimRequest, Completion, ControllerState, Counts,
+    Folder, FolderDetail, HistoryEntry, HistoryShape, Location, NewFolder, NewSighting,
+    ScanSummary, Sighting, StatusChange, StatusEvent, StatusRequest, Tombstone, TombstoneClaim,
+    TombstoneEnd, TombstoneRemoval, VolumeState, WorkKind,
 };
 pub use schema::{MigrationPlan, Schema, UnadoptPlan};
 
@@ -101,7 +101,7 @@ pub enum Error {
         /// Its current status.
         status: Status,
         /// The requested action.
-        action: &'static str,
+        action: AuditAction,
     },
     /// `forget` was asked for a folder that is not in `delete-error`.
     #[error(
@@ -702,12 +702,12 @@ pub(crate) fn decode_each<R, T>(
 }
 
 /// One audit row to write; shared by both backends so every action records the same fields.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct NewAudit<'a> {
     pub vfolder_id: Uuid,
     pub host: Option<&'a str>,
     pub name: Option<&'a str>,
-    pub action: &'a str,
+    pub action: AuditAction,
     pub from_status: Option<&'a str>,
     pub to_status: Option<&'a str>,
     pub actor: Option<&'a str>,
@@ -717,27 +717,40 @@ pub(crate) struct NewAudit<'a> {
     pub error: Option<&'a str>,
 }
 
+impl NewAudit<'_> {
+    /// An entry of `action` on the folder `vfolder_id`, every other field empty.
+    pub(crate) fn new(vfolder_id: Uuid, action: AuditAction) -> Self {
+        NewAudit {
+            vfolder_id,
+            host: None,
+            name: None,
+            action,
+            from_status: None,
+            to_status: None,
+            actor: None,
+            replica: None,
+            progress: None,
+            duration_ms: None,
+            error: None,
+        }
+    }
+}
+
 /// The audit entry of a tombstone's finished removal (both backends fill in the rest).
 pub(crate) fn tombstone_audit(id: Uuid, end: &TombstoneEnd) -> NewAudit<'_> {
     match end {
         TombstoneEnd::Removed(done) => NewAudit {
-            vfolder_id: id,
-            action: "removed-after-row-deleted",
             progress: Some(done.progress),
             duration_ms: Some(millis(done.duration)),
-            ..NewAudit::default()
+            ..NewAudit::new(id, AuditAction::RemovedAfterRowDeleted)
         },
         TombstoneEnd::Failed(error) => NewAudit {
-            vfolder_id: id,
-            action: "remove-failed",
             error: Some(error),
-            ..NewAudit::default()
+            ..NewAudit::new(id, AuditAction::RemoveFailed)
         },
         TombstoneEnd::Superseded => NewAudit {
-            vfolder_id: id,
-            action: "tombstone-superseded",
             error: Some("a row with this id exists again; its data is that row's, nothing removed"),
-            ..NewAudit::default()
+            ..NewAudit::new(id, AuditAction::TombstoneSuperseded)
         },
     }
 }
@@ -758,13 +771,11 @@ pub(crate) fn reclaim_audit<'a>(
     actor: &'a str,
 ) -> NewAudit<'a> {
     NewAudit {
-        vfolder_id: sighting.seen.vfolder_id,
         host: Some(&sighting.host),
-        action: "orphan-reclaimed",
         actor: Some(actor),
         progress: Some(done.progress),
         duration_ms: Some(millis(done.duration)),
-        ..NewAudit::default()
+        ..NewAudit::new(sighting.seen.vfolder_id, AuditAction::OrphanReclaimed)
     }
 }
 
@@ -774,10 +785,10 @@ pub(crate) fn millis(d: Duration) -> i64 {
 }
 
 /// The audit action of a finished trash move or restore.
-pub(crate) fn location_action(location: Location) -> &'static str {
+pub(crate) fn location_action(location: Location) -> AuditAction {
     match location {
-        Location::Trash => "moved-to-trash",
-        Location::Live => "restored-from-trash",
+        Location::Trash => AuditAction::MovedToTrash,
+        Location::Live => AuditAction::RestoredFromTrash,
     }
 }
 

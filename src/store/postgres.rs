@@ -390,7 +390,7 @@ async fn insert_audit(conn: &mut PgConnection, a: &NewAudit<'_>) -> Result<()> {
     .bind(a.vfolder_id)
     .bind(a.host)
     .bind(a.name)
-    .bind(a.action)
+    .bind(a.action.as_str())
     .bind(a.from_status)
     .bind(a.to_status)
     .bind(a.actor)

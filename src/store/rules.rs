@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    Completion, Counts, Error, Folder, Location, NewAudit, NewFolder, Result, Sighting,
-    StatusChange, StatusRequest, TombstoneEnd, TombstoneRemoval,
+    AuditAction, Completion, Counts, Error, Folder, Location, NewAudit, NewFolder, Result,
+    Sighting, StatusChange, StatusRequest, TombstoneEnd, TombstoneRemoval,
 };
 use crate::lifecycle::{SchemaMode, Status};
 
@@ -128,14 +128,12 @@ pub(crate) async fn set_status(mut tx: impl Tx, req: &StatusRequest) -> Result<S
     tx.note_status_change(req.id, row.status, req.to, req.purge_after)
         .await?;
     tx.insert_audit(&NewAudit {
-        vfolder_id: req.id,
         host: Some(&row.host),
         name: Some(&row.name),
-        action: req.action,
         from_status: Some(row.status.as_str()),
         to_status: Some(req.to.as_str()),
         actor: Some(&req.actor),
-        ..NewAudit::default()
+        ..NewAudit::new(req.id, req.action)
     })
     .await?;
     tx.commit("committing a status change").await?;
@@ -178,13 +176,11 @@ pub(crate) async fn forget(mut tx: impl Tx, id: Uuid, actor: &str) -> Result<()>
     }
     tx.delete_folder(id, actor, "forget").await?;
     tx.insert_audit(&NewAudit {
-        vfolder_id: id,
         host: Some(&row.host),
         name: Some(&row.name),
-        action: "forget",
         from_status: Some(row.status.as_str()),
         actor: Some(actor),
-        ..NewAudit::default()
+        ..NewAudit::new(id, AuditAction::Forget)
     })
     .await?;
     tx.commit("committing forget").await
@@ -237,11 +233,9 @@ pub(crate) async fn complete_removal(
     done: &Completion,
 ) -> Result<bool> {
     let audit = NewAudit {
-        vfolder_id: id,
-        action: "removed",
         progress: Some(done.progress),
         duration_ms: Some(i64::try_from(done.duration.as_millis()).unwrap_or(i64::MAX)),
-        ..NewAudit::default()
+        ..NewAudit::new(id, AuditAction::Removed)
     };
     finish_removal(tx, id, owner, Status::DeleteComplete, audit).await
 }
@@ -249,10 +243,8 @@ pub(crate) async fn complete_removal(
 /// `delete-ongoing → delete-error` with the error in the state and the audit entry.
 pub(crate) async fn fail_removal(tx: impl Tx, id: Uuid, owner: &str, error: &str) -> Result<bool> {
     let audit = NewAudit {
-        vfolder_id: id,
-        action: "remove-failed",
         error: Some(error),
-        ..NewAudit::default()
+        ..NewAudit::new(id, AuditAction::RemoveFailed)
     };
     finish_removal(tx, id, owner, Status::DeleteError, audit).await
 }
@@ -270,15 +262,13 @@ pub(crate) async fn record_location(
     };
     tx.set_location(id, location).await?;
     tx.insert_audit(&NewAudit {
-        vfolder_id: id,
         host: Some(&row.host),
         name: Some(&row.name),
-        action: super::location_action(location),
         from_status: Some(row.status.as_str()),
         to_status: Some(row.status.as_str()),
         actor: Some(owner),
         replica: Some(owner),
-        ..NewAudit::default()
+        ..NewAudit::new(id, super::location_action(location))
     })
     .await?;
     tx.commit("committing a location").await?;
@@ -300,13 +290,11 @@ pub(crate) async fn create_folder(
     }
     let folder = tx.insert_folder(new, actor).await?;
     tx.insert_audit(&NewAudit {
-        vfolder_id: new.id,
         host: Some(&new.host),
         name: Some(&new.name),
-        action: "create",
         to_status: Some(folder.status.as_str()),
         actor: Some(actor),
-        ..NewAudit::default()
+        ..NewAudit::new(new.id, AuditAction::Create)
     })
     .await?;
     tx.commit("committing a new vfolder").await?;

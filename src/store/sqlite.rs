@@ -183,7 +183,7 @@ async fn insert_audit(conn: &mut SqliteConnection, a: &NewAudit<'_>) -> Result<(
     .bind(a.vfolder_id.to_string())
     .bind(a.host)
     .bind(a.name)
-    .bind(a.action)
+    .bind(a.action.as_str())
     .bind(a.from_status)
     .bind(a.to_status)
     .bind(a.actor)
