@@ -6,7 +6,9 @@
 //!
 //! - [`lifecycle`]: status values and the one table of legal transitions.
 //! - [`config`]: the TOML file, environment and defaults.
-//! - [`store`]: database access (PostgreSQL and SQLite behind one trait).
+//! - [`model`]: the data the store, the controller and the CLI exchange.
+//! - [`store`]: database access: the rules once, PostgreSQL and SQLite dialects below them,
+//!   behind role traits (readiness, admin, the controller's work).
 //! - [`storage`]: volumes, path layout and the safe parallel remover (no database, no tokio).
 //! - [`controller`]: the reconcile loop: claims, workers, backoff, timers, shutdown.
 //! - [`observe`]: metrics, health and readiness endpoints, logging.

@@ -1,5 +1,12 @@
-//! Database access: everything the rest of the program needs from the database, behind one
-//! trait with a PostgreSQL and a SQLite implementation.
+//! Database access: everything the rest of the program needs from the database.
+//!
+//! Layout (River's drivers are the model): the role traits [`Readiness`] (the health
+//! endpoints), [`Admin`] (the CLI) and [`Work`] (the controller), which [`Store`] combines;
+//! the rules of every multi-statement change written once in `rules.rs` over a transaction
+//! with one method per statement; each row read once in `rows.rs`; and the two dialects,
+//! `postgres.rs` and `sqlite.rs`, holding what truly differs (SQL text, column types, row
+//! locking, LISTEN/NOTIFY, adoption). What a backend can do is asked of it
+//! ([`Readiness::capabilities`]), never inferred from its name.
 //!
 //! Guarantees every implementation gives (the conformance suite in `tests/store.rs` runs the
 //! same tests on both):
