@@ -244,7 +244,7 @@ pub struct Cli {
     )]
     pub actor: Option<String>,
 
-    /// Log line format of `run` (overrides [log] format).
+    /// Log line format of `run` (overrides `[log] format`).
     #[arg(
         long,
         global = true,

@@ -19,7 +19,7 @@
 //! of two batches, each batch is looked up in one query per table, and the rows of a volume
 //! are paged [`BATCH`] at a time for the missing-data check.
 //!
-//! A reclaim removes one sighted directory only when (one query, [`Store::due_orphans`]) it
+//! A reclaim removes one sighted directory only when (one query, [`Work::due_orphans`](crate::store::Work::due_orphans)) it
 //! was first seen at least the grace period ago, the latest complete scan and at least one
 //! earlier one saw it, no row has its id, no row with its id came and went since it was
 //! first seen (a tombstone newer than the sighting), and no tombstone of its id is still

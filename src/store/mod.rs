@@ -13,7 +13,7 @@
 //! - Status changes go through the database trigger, which rejects illegal transitions,
 //!   appends `{status, at, actor}` to `status_history` and sets `status_changed`; writing the
 //!   status a row already has is a no-op (no history entry, no audit entry, no event).
-//! - Every change made through this trait is written to the audit log in the same
+//! - Every change made through the store is written to the audit log in the same
 //!   transaction as the change itself.
 //! - Lease operations take the owner and are no-ops (returning `false`) when the lease is no
 //!   longer held by that owner, so a replica that lost its lease cannot complete or fail a
@@ -210,7 +210,7 @@ impl Error {
 /// What a backend can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Status changes are announced ([`Store::subscribe`] yields events), so the loop can
+    /// Status changes are announced ([`Work::subscribe`] yields events), so the loop can
     /// wait for them and poll rarely; without, it polls at `poll_interval`.
     pub notifications: bool,
     /// An embedded, single-process database that admin commands migrate on first use (zero

@@ -98,7 +98,7 @@ macro_rules! state_columns {
     };
 }
 
-/// The PostgreSQL implementation of [`Store`].
+/// The PostgreSQL implementation of [`Store`](super::Store).
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,

@@ -13,7 +13,7 @@
 //!
 //! The [`MigrationPlan`] is computed by the same code whether it is printed
 //! (`migrate --dry-run`) or carried out, so the preview is what happens. The objects an
-//! adoption adds ([`ADDED`]) are listed once: the plan prints them and `unadopt` drops them.
+//! adoption adds (`ADDED`) are listed once: the plan prints them and `unadopt` drops them.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
