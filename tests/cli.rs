@@ -732,7 +732,7 @@ fn example_config_loads_with_every_documented_key() {
     assert_eq!(config.volumes[0].host, "local:volume1");
     assert_eq!(
         config.controller.trash_retention,
-        Duration::from_secs(7 * 86_400)
+        vfolder_controller::config::Retention::After(Duration::from_secs(7 * 86_400))
     );
     // Every key of the serialized configuration appears in the example (commented or not).
     let text = std::fs::read_to_string(&path).unwrap();

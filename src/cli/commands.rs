@@ -578,9 +578,10 @@ impl Ctx<'_> {
         let purge_at = (f.status == Status::DeletePending)
             .then(|| {
                 state.and_then(|s| s.purge_after).or_else(|| {
+                    let retention = self.config.controller.trash_retention.duration()?;
                     schema
                         .clock_start(f.status_changed)
-                        .and_then(|t| later(t, self.config.controller.trash_retention))
+                        .and_then(|t| later(t, retention))
                 })
             })
             .flatten();

@@ -157,7 +157,13 @@ fn store_class(e: &store::Error) -> ExitClass {
         | E::NotAdopted(_)
         | E::NotAdoptable(_)
         | E::ControllerRunning(..) => ExitClass::Conflict,
-        E::UnsupportedUrl(_) => ExitClass::Config,
+        // A URL that does not parse is refused at load (config::check_database_url); this
+        // catches any option sqlx refuses only when connecting.
+        E::UnsupportedUrl(_)
+        | E::Database {
+            source: sqlx::Error::Configuration(_),
+            ..
+        } => ExitClass::Config,
         E::NotMigrated(_) => ExitClass::DatabaseUnavailable,
         E::Migrate(sqlx::migrate::MigrateError::Execute(source)) if is_unreachable(source) => {
             ExitClass::DatabaseUnavailable
@@ -465,8 +471,8 @@ pub struct TrashArgs {
     #[arg(value_name = "ID", required = true, value_parser = parse_id)]
     pub id: Option<Uuid>,
     /// Delete it after this long in the trash instead of the configured trash retention
-    /// (e.g. 1h, 2d).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// (e.g. 1h, 2d; at most 100y).
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_age)]
     pub purge_after: Option<Duration>,
 }
 
@@ -502,8 +508,8 @@ pub struct AuditArgs {
 /// Arguments of `clean-history`.
 #[derive(Debug, Args)]
 pub struct CleanHistoryArgs {
-    /// Remove delete-complete rows older than this (e.g. 30d).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Remove delete-complete rows older than this (e.g. 30d; at most 100y).
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_age)]
     pub older_than: Duration,
 }
 
@@ -511,10 +517,6 @@ fn parse_id(s: &str) -> Result<Uuid, String> {
     Uuid::parse_str(s).map_err(|e| {
         format!("not a vfolder id; expected a UUID like 7d3c9a52-0b8e-4c55-9a61-1f2e3d4c5b6a ({e})")
     })
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    config::humane::parse(s)
 }
 
 /// Parses `--since`: a duration ago, or an RFC 3339 time.
@@ -546,6 +548,7 @@ impl Cli {
     pub fn load_config(&self) -> Result<Config, Error> {
         let mut config = Config::load(self.config.as_deref(), std::env::vars())?;
         if let Some(url) = &self.database_url {
+            config::check_database_url("--database-url", url)?;
             config.database_url.clone_from(url);
         }
         if let Some(format) = self.log_format {

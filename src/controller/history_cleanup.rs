@@ -2,9 +2,9 @@
 //! their audit entries stay (the audit log has no foreign key to `vfolders`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::maintenance::{BATCH, MaintenanceJob, drain_batches};
+use crate::config::Retention;
 use crate::store::{self, Store};
 
 /// The actor recorded in the audit log for cleanups.
@@ -15,13 +15,17 @@ pub struct HistoryCleanup {
     /// The database.
     pub store: Arc<dyn Store>,
     /// How long a `delete-complete` row is kept.
-    pub retention: Duration,
+    pub retention: Retention,
 }
 
 impl MaintenanceJob for HistoryCleanup {
     const NAME: &'static str = "history-cleanup";
 
     async fn run_once(&self) -> Result<u64, store::Error> {
-        drain_batches(|| self.store.clean_history(self.retention, ACTOR, BATCH)).await
+        drain_batches(|| {
+            self.store
+                .clean_history(self.retention.horizon(), ACTOR, BATCH)
+        })
+        .await
     }
 }

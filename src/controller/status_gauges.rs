@@ -2,9 +2,9 @@
 //! query) and the age of the oldest unconverged row by kind (the SLO signal).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::maintenance::MaintenanceJob;
+use crate::config::Retention;
 use crate::observe::Metrics;
 use crate::store::{self, Store};
 
@@ -15,7 +15,7 @@ pub struct StatusGauges {
     /// Where the gauges live.
     pub metrics: Arc<Metrics>,
     /// The trash retention, to tell an overdue `delete-pending` row from a waiting one.
-    pub trash_retention: Duration,
+    pub trash_retention: Retention,
 }
 
 impl MaintenanceJob for StatusGauges {
@@ -24,7 +24,10 @@ impl MaintenanceJob for StatusGauges {
     async fn run_once(&self) -> Result<u64, store::Error> {
         let counts = self.store.status_counts().await?;
         self.metrics.set_folders_by_status(&counts);
-        let ages = self.store.oldest_unconverged(self.trash_retention).await?;
+        let ages = self
+            .store
+            .oldest_unconverged(self.trash_retention.horizon())
+            .await?;
         self.metrics.set_oldest_unconverged_all(&ages);
         Ok(0)
     }
