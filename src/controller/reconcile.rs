@@ -16,12 +16,20 @@
 //!   removal checks its volume every [`VOLUME_WATCH`] and stops the same way when the
 //!   volume disappears under it (a lazy unmount keeps the open descriptors working, so the
 //!   removal itself would not notice).
+//! - The process running out of descriptors or memory (`EMFILE`, `ENFILE`, `ENOMEM`) is
+//!   neither the folder's failure nor the volume's: the folder is handed back like on a
+//!   volume outage, the volume keeps its state, and claiming pauses ([`pressure`]).
+//! - Progress survives interruptions: a removal starts from the counts its earlier runs
+//!   saved, and a run that stops without completing (shutdown, volume outage, shortage,
+//!   transient failure) saves its counts before handing the folder back, so the final counts
+//!   and the completion's audit entry cover the whole removal.
 //! - Otherwise transient errors count an attempt and schedule the next one with backoff;
 //!   after `max_attempts`, and on any permanent error, the folder goes to `delete-error`
 //!   with the error text. Trash moves never go to `delete-error` (no such transition exists
 //!   from `ready`/`delete-pending`): they keep retrying with the capped backoff.
 //!
 //! [`volume_health`]: super::volume_health
+//! [`pressure`]: super::pressure
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +38,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use super::volume_health::{self, PendingCheck};
+use super::volume_health::{self, CheckFailed, PendingCheck};
 use crate::storage::{self, Counts, FolderRef, Outcome as RemoveOutcome, Progress};
 use crate::store::{self, Claim, Completion, Location, WorkKind};
 
@@ -94,6 +102,13 @@ pub enum Outcome {
         /// What was removed before the volume went away.
         counts: Counts,
     },
+    /// The process ran out of descriptors or memory: nobody's failure but its own.
+    Starved {
+        /// The error met.
+        reason: String,
+        /// What was removed before.
+        counts: Counts,
+    },
     /// The work failed.
     Failed {
         /// Why.
@@ -122,21 +137,45 @@ pub async fn reconcile(ctx: Arc<Context>, claim: Claim, cancel: CancellationToke
         ctx.metrics.lease_reclaimed();
         tracing::info!(previous_owner = %previous, "took over an expired lease");
     }
-    let outcome = match kind {
-        WorkKind::Remove => remove(&ctx, &claim, &cancel).await,
-        WorkKind::MoveToTrash | WorkKind::Restore => relocate(&ctx, &claim).await,
+    let (outcome, saved) = match kind {
+        WorkKind::Remove => {
+            let saved = saved_progress(&ctx, &claim).await;
+            (remove(&ctx, &claim, &cancel, saved).await, saved)
+        }
+        WorkKind::MoveToTrash | WorkKind::Restore => {
+            (relocate(&ctx, &claim).await, store::Progress::default())
+        }
     };
     let outcome = match outcome {
         Outcome::Failed { error, counts } => blame(&ctx, &claim.folder.host, error, counts).await,
         other => other,
     };
-    let result = record(&ctx, &claim, outcome).await;
+    let result = record(&ctx, &claim, outcome, saved).await;
     ctx.metrics
         .reconcile(action(kind), result, started.elapsed());
 }
 
-/// Runs the removal on a blocking thread while renewing the lease.
-async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -> Outcome {
+/// What earlier runs of this removal saved (a run that was cancelled, lost its volume or
+/// failed transiently). Unknown counts as nothing: the removal itself does not depend on it.
+async fn saved_progress(ctx: &Context, claim: &Claim) -> store::Progress {
+    match ctx.store.get_folder(claim.folder.id).await {
+        Ok(detail) => detail.state.map(|s| s.progress).unwrap_or_default(),
+        Err(error) => {
+            ctx.metrics.database_error("get_folder");
+            tracing::warn!(%error, "cannot read the saved progress; counting from zero");
+            store::Progress::default()
+        }
+    }
+}
+
+/// Runs the removal on a blocking thread while renewing the lease. Renewals store `saved`
+/// plus this run's counts.
+async fn remove(
+    ctx: &Arc<Context>,
+    claim: &Claim,
+    cancel: &CancellationToken,
+    saved: store::Progress,
+) -> Outcome {
     let host = claim.folder.host.clone();
     let progress = Arc::new(Progress::default());
     let removal_cancel = cancel.child_token();
@@ -165,7 +204,8 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
         tokio::select! {
             joined = &mut task => break joined,
             _ = watch.tick(), if volume_lost.is_none() => {
-                if let Err(reason) = volume_health::check(&ctx.volumes, &host, &mut watch_pending).await {
+                // A check the process could not run (out of descriptors) proves nothing.
+                if let Err(CheckFailed::Volume(reason)) = volume_health::check(&ctx.volumes, &host, &mut watch_pending).await {
                     tracing::debug!(%reason, "volume lost during the removal; stopping it");
                     volume_lost = Some(reason);
                     removal_cancel.cancel();
@@ -173,7 +213,7 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
             }
             _ = renew.tick() => {
                 let counts = progress.snapshot();
-                match ctx.store.renew_lease(claim.folder.id, &ctx.replica, ctx.config.lease_duration, to_store(counts)).await {
+                match ctx.store.renew_lease(claim.folder.id, &ctx.replica, ctx.config.lease_duration, total(saved, counts)).await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!("lease lost to another replica; stopping this removal");
@@ -214,24 +254,29 @@ async fn remove(ctx: &Arc<Context>, claim: &Claim, cancel: &CancellationToken) -
     }
 }
 
-/// Decides whose failure `error` is. The volume's when it is the volume guard's own error or
-/// the guard fails now: then nothing is counted against the folder. The folder's otherwise,
-/// so `EACCES`, an immutable file, a mount inside the tree or an `EIO` on one entry of a
-/// healthy volume keep their attempts, backoff and `delete-error`.
+/// Decides whose failure `error` is. The process's own when it ran out of descriptors or
+/// memory (or the guard cannot run for that reason). The volume's when it is the volume
+/// guard's own error or the guard fails now: then nothing is counted against the folder.
+/// The folder's otherwise, so `EACCES`, an immutable file, a mount inside the tree or an
+/// `EIO` on one entry of a healthy volume keep their attempts, backoff and `delete-error`.
 async fn blame(ctx: &Arc<Context>, host: &str, error: Failure, counts: Counts) -> Outcome {
-    let volume_failure = match &error {
-        Failure::Storage(storage::Error::VolumeUnavailable { reason, .. }) => Some(reason.clone()),
+    let verdict = match &error {
+        Failure::Storage(e) if e.is_resource_exhaustion() => {
+            Err(CheckFailed::Process(e.to_string()))
+        }
+        Failure::Storage(storage::Error::VolumeUnavailable { reason, .. }) => {
+            Err(CheckFailed::Volume(reason.clone()))
+        }
         // A configuration error: there is no volume to ask, and retrying cannot help.
-        Failure::Storage(storage::Error::UnknownVolume { .. }) => None,
+        Failure::Storage(storage::Error::UnknownVolume { .. }) => Ok(()),
         // A check that hangs past its timeout is abandoned here (its thread ends when the
         // kernel returns); the volume's probe keeps track of the volume from then on.
-        _ => volume_health::check(&ctx.volumes, host, &mut None)
-            .await
-            .err(),
+        _ => volume_health::check(&ctx.volumes, host, &mut None).await,
     };
-    match volume_failure {
-        Some(reason) => Outcome::VolumeUnavailable { reason, counts },
-        None => Outcome::Failed { error, counts },
+    match verdict {
+        Err(CheckFailed::Volume(reason)) => Outcome::VolumeUnavailable { reason, counts },
+        Err(CheckFailed::Process(reason)) => Outcome::Starved { reason, counts },
+        Ok(()) => Outcome::Failed { error, counts },
     }
 }
 
@@ -274,16 +319,26 @@ fn count_removal(ctx: &Context, host: &str, counts: Counts, elapsed: Duration, r
     );
 }
 
-/// Writes the outcome to the database; returns the result label for metrics.
-async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str {
+/// Writes the outcome to the database; returns the result label for metrics. `saved` is
+/// what earlier runs of a removal removed: the database gets totals, the metrics (per
+/// process) this run's counts.
+async fn record(
+    ctx: &Context,
+    claim: &Claim,
+    outcome: Outcome,
+    saved: store::Progress,
+) -> &'static str {
     let id = claim.folder.id;
     let host = claim.folder.host.as_str();
     let owner = ctx.replica.as_str();
+    // What a removal that stops short saves before handing the folder back.
+    let progress = |counts| (claim.kind == WorkKind::Remove).then(|| total(saved, counts));
     match outcome {
         Outcome::Removed { counts, elapsed } => {
+            ctx.pressure.relieve();
             count_removal(ctx, host, counts, elapsed, "ok");
             let done = Completion {
-                progress: to_store(counts),
+                progress: total(saved, counts),
                 duration: elapsed,
             };
             match retry_db(ctx, "complete_removal", || {
@@ -326,7 +381,7 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
         }
         Outcome::Cancelled(counts) => {
             count_removal(ctx, host, counts, Duration::ZERO, "cancelled");
-            match release(ctx, id).await {
+            match hand_back(ctx, id, progress(counts)).await {
                 Ok(()) => {
                     tracing::info!("removal cancelled; lease released, folder stays delete-ongoing")
                 }
@@ -342,7 +397,7 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
             }
             // Logged once per volume there; per folder only at debug level.
             ctx.volume_health.mark_unavailable(host, &reason).await;
-            match release(ctx, id).await {
+            match hand_back(ctx, id, progress(counts)).await {
                 Ok(()) => tracing::debug!(
                     %reason,
                     "volume unavailable; lease released, attempts unchanged"
@@ -353,11 +408,30 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
             }
             "volume-unavailable"
         }
+        Outcome::Starved { reason, counts } => {
+            if claim.kind == WorkKind::Remove {
+                count_removal(ctx, host, counts, Duration::ZERO, "resource-exhausted");
+            }
+            let pause = ctx.pressure.report();
+            tracing::warn!(
+                %reason,
+                pause_ms = pause.as_millis() as u64,
+                "the process is out of descriptors or memory; folder handed back with its attempts kept, claiming paused"
+            );
+            if let Err(error) = hand_back(ctx, id, progress(counts)).await {
+                tracing::warn!(%error, "the lease will expire instead");
+            }
+            "resource-exhausted"
+        }
         Outcome::LeaseLost(counts) => {
             count_removal(ctx, host, counts, Duration::ZERO, "lost-lease");
             "lost-lease"
         }
         Outcome::Failed { error, counts } => {
+            // Kept for the next attempt (a retry keeps the saved counts).
+            if let Some(p) = progress(counts) {
+                save_progress(ctx, id, p).await;
+            }
             let result = record_failure(ctx, claim, &error).await;
             if claim.kind == WorkKind::Remove {
                 count_removal(
@@ -373,8 +447,38 @@ async fn record(ctx: &Context, claim: &Claim, outcome: Outcome) -> &'static str 
     }
 }
 
-/// Hands the row back at once, leaving attempts and the next attempt time as they are.
-/// Has its own timeout: on shutdown the runner's token is already cancelled.
+/// Hands the row back at once, leaving attempts and the next attempt time as they are, after
+/// saving `progress` when given.
+async fn hand_back(
+    ctx: &Context,
+    id: uuid::Uuid,
+    progress: Option<store::Progress>,
+) -> Result<(), String> {
+    if let Some(p) = progress {
+        save_progress(ctx, id, p).await;
+    }
+    release(ctx, id).await
+}
+
+/// Stores a removal's progress (through the lease renewal, which writes the counters while
+/// the lease is ours). Best effort, with its own timeout: on shutdown the runner's token is
+/// already cancelled, and a failure only loses the counts, not the work.
+async fn save_progress(ctx: &Context, id: uuid::Uuid, progress: store::Progress) {
+    let write = ctx
+        .store
+        .renew_lease(id, &ctx.replica, ctx.config.lease_duration, progress);
+    match tokio::time::timeout(CLEANUP_TIMEOUT, write).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            ctx.metrics.database_error("renew_lease");
+            tracing::warn!(%error, "cannot save the removal's progress");
+        }
+        Err(_) => tracing::warn!("saving the removal's progress timed out"),
+    }
+}
+
+/// Releases the lease, with its own timeout: on shutdown the runner's token is already
+/// cancelled.
 async fn release(ctx: &Context, id: uuid::Uuid) -> Result<(), String> {
     match tokio::time::timeout(CLEANUP_TIMEOUT, ctx.store.release_lease(id, &ctx.replica)).await {
         Ok(Ok(())) => Ok(()),
@@ -447,12 +551,12 @@ where
     None
 }
 
-/// The store's copy of the engine's counters.
-fn to_store(c: Counts) -> store::Progress {
+/// The whole removal's counters: what earlier runs saved plus this run's.
+fn total(saved: store::Progress, c: Counts) -> store::Progress {
     store::Progress {
-        files: c.files,
-        dirs: c.dirs,
-        symlinks: c.symlinks,
-        bytes: c.bytes,
+        files: saved.files.saturating_add(c.files),
+        dirs: saved.dirs.saturating_add(c.dirs),
+        symlinks: saved.symlinks.saturating_add(c.symlinks),
+        bytes: saved.bytes.saturating_add(c.bytes),
     }
 }
