@@ -297,11 +297,13 @@ created.",
     )]
     Unadopt(UnadoptArgs),
 
-    /// Start the controller: migrate, then converge folders until SIGTERM/SIGINT.
+    /// Start the controller: migrate, then converge folders until SIGTERM/SIGINT/SIGHUP.
     #[command(
         long_about = "Start the controller: connect, migrate, then remove folders that are \
 delete-ongoing, purge the trash after its retention and clean up old delete-complete rows, \
-until SIGTERM or SIGINT (exit 0). Without configured volumes it serves the built-in volume \
+until SIGTERM, SIGINT or SIGHUP (graceful: removals stop between two entries, their \
+progress is saved and their leases released; exit 0; a second signal exits at once; SIGHUP \
+does not reload the configuration: restart the process). Without configured volumes it serves the built-in volume \
 local:volume1 under ./var/volumes/volume1 (created if missing).",
         after_help = "Example:\n  vfolder-controller run                       # embedded SQLite, built-in volume\n  vfolder-controller --config /etc/vfolder-controller.toml --log-format json run"
     )]
