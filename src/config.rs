@@ -51,6 +51,32 @@ pub enum Error {
     /// Two volumes have the same host, or a volume is otherwise unusable.
     #[error("invalid volume configuration: {0}")]
     Volume(String),
+    /// A `VFOLDER_CONTROLLER_*` variable's value does not fit the key it sets.
+    #[error("invalid value of environment variable {variable}: {message}")]
+    Env {
+        /// The variable.
+        variable: String,
+        /// What is wrong, from the key's point of view.
+        message: String,
+    },
+    /// A duration key is outside its documented range.
+    #[error("invalid configuration: {key} = {value} is out of range: {expected}")]
+    OutOfRange {
+        /// The key, e.g. `controller.poll_interval`.
+        key: &'static str,
+        /// The value as configured (humane).
+        value: String,
+        /// The valid range.
+        expected: String,
+    },
+    /// The database URL cannot be used (does not parse, names no file, unknown scheme).
+    #[error("invalid {key}: {message}")]
+    DatabaseUrl {
+        /// Where the URL came from: `database_url` or `--database-url`.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// The whole configuration.
@@ -123,12 +149,12 @@ pub struct ControllerConfig {
     /// Cap of the exponential retry delay. Default 10 min.
     #[serde(with = "humane")]
     pub backoff_max: Duration,
-    /// How long a folder stays in the trash before the timer purges it. Default 7 days.
-    #[serde(with = "humane")]
-    pub trash_retention: Duration,
-    /// How long a `delete-complete` row is kept before it is removed. Default 30 days.
-    #[serde(with = "humane")]
-    pub history_retention: Duration,
+    /// How long a folder stays in the trash before the timer purges it; `never` purges only
+    /// folders with their own purge time. Default 7 days.
+    pub trash_retention: Retention,
+    /// How long a `delete-complete` row is kept before it is removed; `never` keeps them.
+    /// Default 30 days.
+    pub history_retention: Retention,
     /// How long a graceful shutdown may take before the process exits anyway. Default 10 s.
     #[serde(with = "humane")]
     pub shutdown_grace: Duration,
@@ -143,6 +169,105 @@ pub struct ControllerConfig {
     /// Cap of the delay between probes of an unavailable volume. Default 1 min.
     #[serde(with = "humane")]
     pub volume_probe_max: Duration,
+}
+
+/// A retention period: a duration, or `never` (nothing is removed by age).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Removed by age once this long has passed (at most [`MAX_RETENTION`]).
+    After(Duration),
+    /// Never removed by age. For the trash, folders with their own purge time
+    /// (`trash --purge-after`) are still purged at that time.
+    Never,
+}
+
+/// The longest finite retention (and `clean-history --older-than`, `trash --purge-after`):
+/// 100 years. Longer values would reach beyond the timestamps the databases store, and the
+/// timer statements would fail on every run (silently stopping every purge), so they are
+/// refused at load; `never` says "not by age" instead.
+pub const MAX_RETENTION: Duration = Duration::from_secs(100 * YEAR_SECS);
+
+/// A year as humane durations count it (365.25 days), so `100y` is exactly the maximum.
+const YEAR_SECS: u64 = 31_557_600;
+
+/// What `never` means to the database statements, which take an age: 1000 years, far beyond
+/// any timestamp a row written by this program (or the platform) carries, yet well inside
+/// the range of both databases' date arithmetic. A fixed, finite horizon keeps the one
+/// statement per timer (and with it the per-folder purge times) instead of a second code path.
+pub const NEVER_HORIZON: Duration = Duration::from_secs(1000 * YEAR_SECS);
+
+impl Retention {
+    /// The finite duration; `None` for `never`.
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            Retention::After(d) => Some(d),
+            Retention::Never => None,
+        }
+    }
+
+    /// The age the timer statements compare with: the duration, or [`NEVER_HORIZON`].
+    pub fn horizon(self) -> Duration {
+        self.duration().unwrap_or(NEVER_HORIZON)
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Retention::After(d) => write!(f, "{}", humantime::format_duration(*d)),
+            Retention::Never => f.write_str("never"),
+        }
+    }
+}
+
+impl Serialize for Retention {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "never" {
+            return Ok(Retention::Never);
+        }
+        humane::parse(&s)
+            .map(Retention::After)
+            .map_err(|e| serde::de::Error::custom(format!("{e}, or never")))
+    }
+}
+
+/// The valid range of one duration key.
+struct Range {
+    key: &'static str,
+    min: Duration,
+    max: Duration,
+    /// Why the bounds are what they are, shown with the error.
+    why: &'static str,
+}
+
+const MS: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+impl Range {
+    fn check(&self, value: Duration) -> Result<(), Error> {
+        if (self.min..=self.max).contains(&value) {
+            return Ok(());
+        }
+        Err(Error::OutOfRange {
+            key: self.key,
+            value: humantime::format_duration(value).to_string(),
+            expected: format!(
+                "expected {} to {} ({})",
+                humantime::format_duration(self.min),
+                humantime::format_duration(self.max),
+                self.why
+            ),
+        })
+    }
 }
 
 /// Where a trashed folder's data lives while it is `delete-pending`.
@@ -258,8 +383,8 @@ impl Default for ControllerConfig {
             max_attempts: 10,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(600),
-            trash_retention: Duration::from_secs(7 * 86_400),
-            history_retention: Duration::from_secs(30 * 86_400),
+            trash_retention: Retention::After(Duration::from_secs(7 * 86_400)),
+            history_retention: Retention::After(Duration::from_secs(30 * 86_400)),
             shutdown_grace: Duration::from_secs(10),
             replica_id: None,
             only_volumes: Vec::new(),
@@ -298,7 +423,7 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, Error> {
-        let mut table = match file {
+        let table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
                     path: path.to_owned(),
@@ -311,14 +436,17 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        apply_env(&mut table, env)?;
-        let mut config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| Error::Invalid {
-                    origin: file.map(Path::to_owned),
-                    message: e.to_string(),
-                })?;
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        let mut merged = table.clone();
+        apply_env(&mut merged, env.iter().cloned())?;
+        let mut config: Config = match decode(merged) {
+            Ok(config) => config,
+            Err(e) => return Err(blame_decode_error(file, table, &env, e)),
+        };
+        config.check_configured_volumes()?;
         if config.volumes.is_empty() {
             config.volumes.push(VolumeConfig::builtin_default());
         }
@@ -326,8 +454,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what serde cannot: unique volume hosts, non-zero limits, known shard filter.
+    /// Checks what serde cannot: the database URL, unique volume hosts that neither nest
+    /// nor repeat a mount, non-zero limits, durations in range, a known shard filter.
     pub fn validate(&self) -> Result<(), Error> {
+        check_database_url("database_url", &self.database_url)?;
         let mut seen = BTreeSet::new();
         for v in &self.volumes {
             if !seen.insert(v.host.as_str()) {
@@ -355,6 +485,7 @@ impl Config {
                 )));
             }
         }
+        check_disjoint_mounts(&self.volumes)?;
         for host in &self.controller.only_volumes {
             if !seen.contains(host.as_str()) {
                 return Err(Error::Volume(format!(
@@ -369,19 +500,25 @@ impl Config {
                 message: "controller.max_concurrent_removals and controller.max_attempts must be at least 1".into(),
             });
         }
-        if c.lease_renew_interval >= c.lease_duration {
-            return Err(Error::Invalid {
-                origin: None,
-                message: format!(
-                    "controller.lease_renew_interval ({}) must be shorter than controller.lease_duration ({})",
-                    humantime::format_duration(c.lease_renew_interval),
-                    humantime::format_duration(c.lease_duration)
-                ),
-            });
+        c.check_durations()
+    }
+
+    /// Refuses a relative `mount` on a configured volume: it would be resolved against the
+    /// working directory of each process, so the controller and the CLI could see two
+    /// different volumes under one host. (The built-in default volume is relative on
+    /// purpose and documented so; it is added after this check.)
+    fn check_configured_volumes(&self) -> Result<(), Error> {
+        for (i, v) in self.volumes.iter().enumerate() {
+            if !v.mount.is_absolute() {
+                return Err(Error::Volume(format!(
+                    "volumes[{i}].mount of volume {:?} is the relative path {:?}; give an absolute path (a relative one depends on each process's working directory)",
+                    v.host,
+                    v.mount.display().to_string()
+                )));
+            }
         }
         Ok(())
     }
-
     /// The configured volume whose host is `host`.
     pub fn volume(&self, host: &str) -> Option<&VolumeConfig> {
         self.volumes.iter().find(|v| v.host == host)
@@ -397,6 +534,293 @@ impl Config {
             format!("{host}-{}", std::process::id())
         })
     }
+}
+
+impl ControllerConfig {
+    /// Every duration within its documented range (docs/configuration.md), and the pairs in
+    /// order: a zero interval spins or panics a timer, a huge one overflows the clock
+    /// arithmetic of the timers and the database.
+    fn check_durations(&self) -> Result<(), Error> {
+        let ranges = [
+            (
+                self.resync_interval,
+                Range {
+                    key: "controller.resync_interval",
+                    min: 100 * MS,
+                    max: DAY,
+                    why: "a shorter poll only loads the database",
+                },
+            ),
+            (
+                self.poll_interval,
+                Range {
+                    key: "controller.poll_interval",
+                    min: 10 * MS,
+                    max: DAY,
+                    why: "zero would spin",
+                },
+            ),
+            (
+                self.lease_duration,
+                Range {
+                    key: "controller.lease_duration",
+                    min: SECOND,
+                    max: DAY,
+                    why: "a crashed replica's folders wait this long",
+                },
+            ),
+            (
+                self.lease_renew_interval,
+                Range {
+                    key: "controller.lease_renew_interval",
+                    min: 10 * MS,
+                    max: DAY,
+                    why: "and shorter than controller.lease_duration",
+                },
+            ),
+            (
+                self.backoff_min,
+                Range {
+                    key: "controller.backoff_min",
+                    min: MS,
+                    max: DAY,
+                    why: "and at most controller.backoff_max",
+                },
+            ),
+            (
+                self.backoff_max,
+                Range {
+                    key: "controller.backoff_max",
+                    min: MS,
+                    max: 7 * DAY,
+                    why: "a longer wait is better spent in delete-error",
+                },
+            ),
+            (
+                self.shutdown_grace,
+                Range {
+                    key: "controller.shutdown_grace",
+                    min: Duration::ZERO,
+                    max: HOUR,
+                    why: "keep it below the supervisor's stop timeout",
+                },
+            ),
+            (
+                self.volume_probe_min,
+                Range {
+                    key: "controller.volume_probe_min",
+                    min: 10 * MS,
+                    max: HOUR,
+                    why: "and at most controller.volume_probe_max",
+                },
+            ),
+            (
+                self.volume_probe_max,
+                Range {
+                    key: "controller.volume_probe_max",
+                    min: 10 * MS,
+                    max: DAY,
+                    why: "a returned volume waits up to this long",
+                },
+            ),
+        ];
+        for (value, range) in &ranges {
+            range.check(*value)?;
+        }
+        for (value, key) in [
+            (self.trash_retention, "controller.trash_retention"),
+            (self.history_retention, "controller.history_retention"),
+        ] {
+            if let Some(d) = value.duration() {
+                Range {
+                    key,
+                    min: Duration::ZERO,
+                    max: MAX_RETENTION,
+                    why: "or never",
+                }
+                .check(d)?;
+            }
+        }
+        let ordered = [
+            (
+                "controller.lease_renew_interval",
+                self.lease_renew_interval,
+                "controller.lease_duration",
+                self.lease_duration,
+                true,
+            ),
+            (
+                "controller.backoff_min",
+                self.backoff_min,
+                "controller.backoff_max",
+                self.backoff_max,
+                false,
+            ),
+            (
+                "controller.volume_probe_min",
+                self.volume_probe_min,
+                "controller.volume_probe_max",
+                self.volume_probe_max,
+                false,
+            ),
+        ];
+        for (short, a, long, b, strict) in ordered {
+            let (fine, relation) = if strict {
+                (a < b, "shorter than")
+            } else {
+                (a <= b, "at most")
+            };
+            if !fine {
+                return Err(Error::Invalid {
+                    origin: None,
+                    message: format!(
+                        "{short} ({}) must be {relation} {long} ({})",
+                        humantime::format_duration(a),
+                        humantime::format_duration(b)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A duration given on the command line for an age (`clean-history --older-than`,
+/// `trash --purge-after`): a humane duration of at most [`MAX_RETENTION`].
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let d = humane::parse(s)?;
+    if d > MAX_RETENTION {
+        return Err(format!(
+            "{s:?} is out of range: at most {}",
+            humantime::format_duration(MAX_RETENTION)
+        ));
+    }
+    Ok(d)
+}
+
+/// Checks that `url` can be used as the database URL, without connecting: a PostgreSQL URL
+/// whose options parse, or a SQLite URL that names a file (`sqlite://` alone would open a
+/// fresh temporary database per connection). `key` names where it came from.
+pub fn check_database_url(key: &'static str, url: &str) -> Result<(), Error> {
+    use std::str::FromStr;
+    let bad = |message: String| Error::DatabaseUrl { key, message };
+    // sqlx wraps its configuration errors twice in the same words; say them once.
+    let refused = |e: sqlx::Error| {
+        let text = e.to_string();
+        bad(text.replace("error with configuration: ", ""))
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        sqlx::postgres::PgConnectOptions::from_str(url)
+            .map(drop)
+            .map_err(refused)
+    } else if url.starts_with("sqlite:") {
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(refused)?;
+        let in_memory = url.starts_with("sqlite::memory:");
+        if !in_memory && options.get_filename().as_os_str().is_empty() {
+            return Err(bad(format!(
+                "{url:?} names no database file; use sqlite://FILE (e.g. sqlite://vfolder-controller.db)"
+            )));
+        }
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "unsupported database URL {url:?} (expected postgres://... or sqlite://...)"
+        )))
+    }
+}
+
+/// Refuses two volumes whose mounts are the same directory or lie one inside the other
+/// (compared after resolving symlinks): removing a folder of the outer volume could then
+/// delete a live folder of the inner one.
+fn check_disjoint_mounts(volumes: &[VolumeConfig]) -> Result<(), Error> {
+    let resolved: Vec<PathBuf> = volumes.iter().map(|v| resolve(&v.mount)).collect();
+    for (i, a) in resolved.iter().enumerate() {
+        for (j, b) in resolved.iter().enumerate().skip(i + 1) {
+            let (outer, inner, relation) = if a == b {
+                (i, j, "is the same directory as")
+            } else if b.starts_with(a) {
+                (i, j, "lies inside")
+            } else if a.starts_with(b) {
+                (j, i, "lies inside")
+            } else {
+                continue;
+            };
+            return Err(Error::Volume(format!(
+                "volumes[{inner}].mount of volume {:?} ({}) {relation} volumes[{outer}].mount of volume {:?} ({}); volume mounts must not overlap",
+                volumes[inner].host,
+                resolved[inner].display(),
+                volumes[outer].host,
+                resolved[outer].display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute and resolved: symlinks in its longest existing prefix are followed
+/// (`canonicalize`), the rest is normalised lexically (a mount point may not exist yet).
+fn resolve(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut lexical = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    let mut missing = Vec::new();
+    let mut existing = lexical.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return missing.iter().rev().fold(real, |p, name| p.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return lexical,
+        }
+    }
+}
+
+/// Deserializes a merged table.
+fn decode(table: toml::Table) -> Result<Config, toml::de::Error> {
+    toml::Value::Table(table).try_into()
+}
+
+/// Says whose fault a failed decode is: the file's when the file alone does not decode,
+/// otherwise the first environment variable whose value does not fit its key.
+fn blame_decode_error(
+    file: Option<&Path>,
+    table: toml::Table,
+    env: &[(String, String)],
+    error: toml::de::Error,
+) -> Error {
+    let in_file = || Error::Invalid {
+        origin: file.map(Path::to_owned),
+        message: error.to_string(),
+    };
+    if decode(table.clone()).is_err() {
+        return in_file();
+    }
+    let mut merged = table;
+    for (name, value) in env {
+        if apply_env(&mut merged, [(name.clone(), value.clone())]).is_err() {
+            continue;
+        }
+        if let Err(e) = decode(merged.clone()) {
+            return Error::Env {
+                variable: name.clone(),
+                message: e.message().trim().to_owned(),
+            };
+        }
+    }
+    in_file()
 }
 
 /// Overlays `VFOLDER_CONTROLLER_*` variables onto the parsed file. A value that parses as a
@@ -511,7 +935,10 @@ mod tests {
         let c = Config::load(None, env(&[])).unwrap();
         assert_eq!(c.database_url, "sqlite://vfolder-controller.db");
         assert_eq!(c.volumes, vec![VolumeConfig::builtin_default()]);
-        assert_eq!(c.controller.trash_retention, Duration::from_secs(604_800));
+        assert_eq!(
+            c.controller.trash_retention,
+            Retention::After(Duration::from_secs(604_800))
+        );
     }
 
     #[test]
@@ -546,7 +973,10 @@ mount = "/mnt/v"
         assert_eq!(c.database_url, "postgres://x@y/z");
         assert_eq!(c.controller.max_attempts, 7);
         assert_eq!(c.controller.lease_duration, Duration::from_secs(45));
-        assert_eq!(c.controller.trash_retention, Duration::from_secs(172_800));
+        assert_eq!(
+            c.controller.trash_retention,
+            Retention::After(Duration::from_secs(172_800))
+        );
         assert_eq!(c.http.listen.port(), 1234);
         assert_eq!(c.volumes.len(), 1);
         assert!(

@@ -182,6 +182,9 @@ both_backends!(
     audit_filters_by_id_and_since,
     clean_history_removes_old_complete_rows_and_keeps_audit,
     run_logs_that_it_is_running_and_exits_0_on_sigterm,
+    too_long_name_exits_2_before_anything_is_written,
+    stored_names_are_escaped_for_humans_and_exact_in_json,
+    show_names_an_invalid_owner_scope,
 );
 
 fn create_makes_the_directory_at_the_layout_path(b: Backend) {
@@ -459,6 +462,107 @@ fn taken_name_exits_4_and_leaves_no_directory(b: Backend) {
     env.create("datasets");
 }
 
+fn too_long_name_exits_2_before_anything_is_written(b: Backend) {
+    let env = Env::new(b);
+    let longest = "n".repeat(64);
+    env.create(&longest);
+    let before = std::fs::read_dir(env.mount()).unwrap().count();
+    for (name, says) in [
+        (
+            "n".repeat(65),
+            "65 characters long; a folder name has at most 64",
+        ),
+        ("x".repeat(10_000), "10000 characters long"),
+        (String::new(), "cannot be empty"),
+        ("two\nlines".to_owned(), "control characters"),
+    ] {
+        let out = env.run(&["create", &name, "--user", &Uuid::new_v4().to_string()]);
+        assert_fails(&out, 2, says);
+        assert!(
+            out.stderr.len() < 400,
+            "the name is not repeated in full: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(env.mount()).unwrap().count(),
+        before,
+        "no directory was made for a refused name"
+    );
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 1);
+}
+
+/// SQL for a name with a newline, a tab and a terminal escape sequence in it.
+fn hostile_name_sql(b: Backend) -> &'static str {
+    match b {
+        Backend::Postgres => "'evil' || chr(10) || 'row' || chr(9) || chr(27) || '[31mred'",
+        Backend::Sqlite => "'evil' || char(10) || 'row' || char(9) || char(27) || '[31mred'",
+    }
+}
+
+fn is_terminal_safe(text: &str) -> bool {
+    !text.contains('\u{1b}') && !text.contains('\t')
+}
+
+fn stored_names_are_escaped_for_humans_and_exact_in_json(b: Backend) {
+    let env = Env::new(b);
+    let id = env.create("plain");
+    env.sql(&format!(
+        "UPDATE vfolders SET name = {} WHERE id = '{id}'",
+        hostile_name_sql(b)
+    ));
+    let raw = "evil\nrow\t\u{1b}[31mred";
+    let escaped = r"evil\nrow\t\u{1b}[31mred";
+    let list = env.ok(&["list"]);
+    assert_eq!(list.lines().count(), 2, "one header, one row: {list}");
+    assert!(list.contains(escaped), "{list}");
+    assert!(is_terminal_safe(&list), "{list:?}");
+    let show = env.ok(&["show", &id]);
+    assert!(show.contains("name:") && show.contains(escaped), "{show}");
+    assert!(is_terminal_safe(&show), "{show:?}");
+    let out = env.ok(&["trash", &id]);
+    assert!(out.contains(escaped) && is_terminal_safe(&out), "{out:?}");
+    let trash = env.ok(&["trash", "list"]);
+    assert_eq!(trash.lines().count(), 2, "{trash}");
+    assert!(is_terminal_safe(&trash), "{trash:?}");
+    let audit = env.ok(&["audit", "--id", &id]);
+    assert!(is_terminal_safe(&audit), "{audit:?}");
+    // JSON carries the stored name exactly.
+    assert_eq!(env.json(&["show", &id])["folder"]["name"], raw);
+    assert_eq!(env.json(&["trash", "list"])[0]["folder"]["name"], raw);
+}
+
+fn show_names_an_invalid_owner_scope(b: Backend) {
+    let env = Env::new(b);
+    let id = env.create("scoped");
+    env.sql(&format!(
+        "UPDATE vfolders SET quota_scope_id = 'user:not-a-uuid' WHERE id = '{id}'"
+    ));
+    let show = env.ok(&["show", &id]);
+    assert!(
+        show.contains("invalid quota_scope_id \"user:not-a-uuid\""),
+        "{show}"
+    );
+    assert!(!show.contains("is not configured"), "{show}");
+    let json = env.json(&["show", &id]);
+    assert!(json["path"].is_null());
+    assert!(
+        json["path_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid quota_scope_id")),
+        "{json}"
+    );
+    // A volume that really is not configured here still says so.
+    env.sql(&format!(
+        "UPDATE vfolders SET host = 'elsewhere:v9', quota_scope_id = 'user:{OWNER}' WHERE id = '{id}'"
+    ));
+    let show = env.ok(&["show", &id]);
+    assert!(
+        show.contains("volume elsewhere:v9 is not configured here"),
+        "{show}"
+    );
+}
+
 fn json_output_parses(b: Backend) {
     let env = Env::new(b);
     let id = env.create("datasets");
@@ -732,7 +836,7 @@ fn example_config_loads_with_every_documented_key() {
     assert_eq!(config.volumes[0].host, "local:volume1");
     assert_eq!(
         config.controller.trash_retention,
-        Duration::from_secs(7 * 86_400)
+        vfolder_controller::config::Retention::After(Duration::from_secs(7 * 86_400))
     );
     // Every key of the serialized configuration appears in the example (commented or not).
     let text = std::fs::read_to_string(&path).unwrap();

@@ -35,7 +35,253 @@ conformance!(
     trash_timer_purges_after_retention_and_purge_after_wins,
     history_cleanup_removes_old_rows_and_keeps_the_audit,
     trash_move_mode_restores_data_byte_for_byte,
+    sighup_stops_gracefully_and_releases_the_lease,
+    a_cancelled_removal_saves_its_progress_and_the_final_counts_cover_it,
+    trash_retention_never_keeps_old_trash_but_honours_purge_after,
+    giving_up_shows_as_many_attempts_as_the_error_says,
+    a_row_on_a_volume_no_replica_serves_waits_visibly,
 );
+
+/// Files and symlinks still under `path`.
+fn remaining(path: &std::path::Path) -> (u64, u64) {
+    let (mut files, mut links) = (0, 0);
+    let mut stack = vec![path.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_symlink() => links += 1,
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) => files += 1,
+                Err(_) => {}
+            }
+        }
+    }
+    (files, links)
+}
+
+/// A site whose removals run at a known, slow pace (so a signal lands mid-removal) and
+/// whose leases are not renewed during the test (so only a flush can save progress).
+async fn slow_site(db: TestDb) -> Site {
+    Site::new(
+        db,
+        "",
+        "removal_threads = 1\nmax_ops_per_second = 400\ncount_bytes = true",
+    )
+    .await
+}
+
+const NO_RENEWAL: [(&str, &str); 2] = [
+    ("VFOLDER_CONTROLLER_CONTROLLER_LEASE_DURATION", "120s"),
+    ("VFOLDER_CONTROLLER_CONTROLLER_LEASE_RENEW_INTERVAL", "60s"),
+];
+
+/// Starts a removal of `folder` under replica `replica` and waits until part of it is gone.
+async fn removal_under_way(
+    site: &Site,
+    folder: &vfolder_controller::store::Folder,
+    replica: &str,
+) -> harness::Proc {
+    let proc = site.start_with(replica, &NO_RENEWAL);
+    proc.wait_log("controller running", LONG);
+    assert_eq!(site.cli(&["force-delete", &folder.id.to_string()]).0, 0);
+    let path = site.folder_path(folder);
+    let deadline = Instant::now() + LONG;
+    while remaining(&path).0 > 1500 {
+        assert!(
+            Instant::now() < deadline,
+            "removal never started:\n{}",
+            site.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proc
+}
+
+async fn sighup_stops_gracefully_and_releases_the_lease(db: TestDb) {
+    let site = slow_site(db).await;
+    let folder = site.folder_with_tree("hup", 20, 100).await;
+    let mut proc = removal_under_way(&site, &folder, "first").await;
+    proc.signal(Signal::HUP);
+    let status = proc
+        .wait_timeout(Duration::from_secs(12))
+        .expect("exits within the grace period");
+    assert!(
+        status.success(),
+        "exit 0 on SIGHUP: {status:?}\n{}",
+        proc.log_text()
+    );
+    assert!(proc.log_text().contains("SIGHUP"), "{}", proc.log_text());
+    let d = site.detail(folder.id).await;
+    assert_eq!(d.folder.status, Status::DeleteOngoing);
+    let state = d.state.expect("state");
+    assert_eq!(state.lease_owner, None, "lease released");
+    assert_eq!(state.attempts, 0);
+}
+
+async fn a_cancelled_removal_saves_its_progress_and_the_final_counts_cover_it(db: TestDb) {
+    let site = slow_site(db).await;
+    let folder = site.folder_with_tree("partial", 20, 100).await;
+    let path = site.folder_path(&folder);
+    let mut first = removal_under_way(&site, &folder, "first").await;
+    first.signal(Signal::TERM);
+    let status = first
+        .wait_timeout(Duration::from_secs(12))
+        .expect("exits within the grace period");
+    assert!(status.success(), "{status:?}");
+    let (files_left, links_left) = remaining(&path);
+    assert!(files_left > 0, "the removal was interrupted");
+    let saved = site.detail(folder.id).await.state.expect("state").progress;
+    assert_eq!(
+        (saved.files, saved.symlinks),
+        (2000 - files_left, 20 - links_left),
+        "what was removed before the signal is saved"
+    );
+    let _second = site.start_with("second", &NO_RENEWAL);
+    site.wait_for(folder.id, LONG, "delete-complete", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+    let audit = site.audit(Some(folder.id)).await;
+    let removed: Vec<_> = audit.iter().filter(|e| e.action == "removed").collect();
+    assert_eq!(removed.len(), 1, "{audit:#?}");
+    let p = removed[0].progress.expect("counts");
+    assert_eq!(
+        (p.files, p.symlinks),
+        (2000, 20),
+        "the whole removal is counted"
+    );
+    let final_counts = site.detail(folder.id).await.state.expect("state").progress;
+    assert_eq!((final_counts.files, final_counts.symlinks), (2000, 20));
+}
+
+async fn trash_retention_never_keeps_old_trash_but_honours_purge_after(db: TestDb) {
+    let site = Site::new(db, "trash_retention = \"never\"", "").await;
+    let old = site.folder_with_tree("old", 1, 2).await;
+    let timed = site.folder_with_tree("timed", 1, 2).await;
+    assert_eq!(site.cli(&["trash", &old.id.to_string()]).0, 0);
+    // In the trash for 99 years, as far as the row says.
+    site.raw_sql(&format!(
+        "UPDATE vfolders SET status_changed = '1927-01-01T00:00:00.000Z' WHERE id = '{}'",
+        old.id
+    ))
+    .await;
+    let (code, show, _) = site.cli(&["show", &old.id.to_string()]);
+    assert_eq!(code, 0);
+    assert!(show.contains("never (trash_retention = never)"), "{show}");
+    let proc = site.start("r1");
+    proc.wait_log("controller running", LONG);
+    assert_eq!(
+        site.cli(&["trash", &timed.id.to_string(), "--purge-after", "300ms"])
+            .0,
+        0
+    );
+    site.wait_for(timed.id, LONG, "purge-after honoured", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+    // The run of the timer that purged `timed` looked at `old` too.
+    assert_eq!(
+        site.detail(old.id).await.folder.status,
+        Status::DeletePending
+    );
+    assert!(site.folder_path(&old).join("d0000/f0000").is_file());
+    assert!(
+        !proc.log_text().contains("maintenance job failed"),
+        "{}",
+        proc.log_text()
+    );
+}
+
+async fn giving_up_shows_as_many_attempts_as_the_error_says(db: TestDb) {
+    let site = Site::new(db, "max_attempts = 3", "").await;
+    let folder = site.folder_with_tree("busy", 1, 2).await;
+    // A file bind-mounted over a file of the folder: unlinking it fails with EBUSY, a
+    // transient error of the folder (the volume is fine), on every attempt.
+    let target = site.folder_path(&folder).join("d0000/f0000");
+    let source = site.dir.path().join("outside-file");
+    std::fs::write(&source, b"x").expect("write");
+    let st = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&source)
+        .arg(&target)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "bind-mount a file (tests run as root)");
+    let _proc = site.start("r1");
+    assert_eq!(site.cli(&["force-delete", &folder.id.to_string()]).0, 0);
+    let d = site
+        .wait_for(folder.id, LONG, "delete-error", |d| {
+            d.folder.status == Status::DeleteError
+        })
+        .await;
+    harness::lazy_unmount(&target);
+    let error = d.state.and_then(|s| s.last_error).expect("error");
+    assert!(error.starts_with("gave up after 3 attempts"), "{error}");
+    let (code, show, _) = site.cli(&["show", &folder.id.to_string()]);
+    assert_eq!(code, 0);
+    let attempts = show
+        .lines()
+        .find_map(|l| l.strip_prefix("attempts:"))
+        .map(str::trim);
+    assert_eq!(attempts, Some("3"), "{show}");
+}
+
+async fn a_row_on_a_volume_no_replica_serves_waits_visibly(db: TestDb) {
+    let site = Site::new(db, "", "").await;
+    let served = site.folder_with_tree("served", 1, 2).await;
+    let orphan = site.folder_with_tree("orphan", 1, 2).await;
+    site.raw_sql(&format!(
+        "UPDATE vfolders SET host = 'elsewhere:v9' WHERE id = '{}'",
+        orphan.id
+    ))
+    .await;
+    site.raw_sql("UPDATE vfolders SET status = 'delete-ongoing'")
+        .await;
+    let port = harness::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let proc = site.start_with("r1", &[("VFOLDER_CONTROLLER_HTTP_LISTEN", &listen)]);
+    site.wait_for(served.id, LONG, "the served folder is removed", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+    // The unserved row is the oldest unconverged removal: the gauge behind the
+    // VfolderRemovalBacklog alert shows it.
+    let gauge = "vfolder_controller_oldest_unconverged_seconds{kind=\"remove\"}";
+    let deadline = Instant::now() + LONG;
+    while harness::metric(port, gauge).is_none_or(|age| age <= 0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "gauge never showed the row:\n{}",
+            proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let d = site.detail(orphan.id).await;
+    assert_eq!(
+        d.folder.status,
+        Status::DeleteOngoing,
+        "it waits, never delete-error"
+    );
+    assert!(
+        d.state
+            .is_none_or(|s| s.attempts == 0 && s.last_error.is_none()),
+        "never claimed"
+    );
+    assert!(
+        site.audit(Some(orphan.id))
+            .await
+            .iter()
+            .all(|e| e.error.is_none())
+    );
+    let (_, show, _) = site.cli(&["show", &orphan.id.to_string()]);
+    assert!(
+        show.contains("volume elsewhere:v9 is not configured here"),
+        "{show}"
+    );
+}
 
 async fn raw_sql_delete_ongoing_removes_the_tree_and_completes(db: TestDb) {
     let backend = db.backend;

@@ -171,3 +171,21 @@ fn the_diagram_parser_sees_a_wrong_edge() {
         BTreeSet::from([(Status::Ready, Status::DeleteComplete)])
     );
 }
+
+#[test]
+fn docs_say_a_row_on_a_volume_no_replica_serves_waits_visibly() {
+    // The code never claims such a row, so it cannot fail: it waits, and the backlog gauge
+    // and alert show it (tests/controller.rs proves the behaviour).
+    for name in ["lifecycle.md", "operations.md"] {
+        let text = doc(name).split_whitespace().collect::<Vec<_>>().join(" ");
+        for wrong in [
+            "an unknown volume, `controller.max_attempts` exhausted) writes",
+            "a volume host that is not configured) or a transient",
+        ] {
+            assert!(!text.contains(wrong), "{name} still says {wrong:?}");
+        }
+        for right in ["no running replica serves", "VfolderRemovalBacklog"] {
+            assert!(text.contains(right), "{name} does not say {right:?}");
+        }
+    }
+}

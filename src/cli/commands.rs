@@ -14,10 +14,10 @@ use super::{
     Admin, AuditArgs, Cli, Command, CreateArgs, Error, ListArgs, MigrateArgs, OrphansCommand,
     TrashArgs, TrashCommand, UnadoptArgs, run,
 };
-use crate::config::Config;
+use crate::config::{Config, Retention};
 use crate::controller::maintenance::{self, drain_batches};
 use crate::lifecycle::Status;
-use crate::storage::{FolderRef, Volumes};
+use crate::storage::{self, FolderRef, Volumes};
 use crate::store::{
     self, AuditAction, AuditEntry, AuditFilter, Folder, FolderDetail, HistoryShape, Location,
     NewFolder, Schema, StatusChange, StatusRequest, Store,
@@ -26,6 +26,13 @@ use crate::store::{
 /// The owner of folders created without `--user`/`--project`: a fixed, documented user, so
 /// repeated `create` calls share one namespace (a name is taken until trashed and purged).
 pub const DEFAULT_USER: Uuid = Uuid::from_u128(1);
+
+/// The longest name `create` accepts, in characters: the width of the `name` column
+/// (`varchar(64)`) of a table the controller created. PostgreSQL would refuse a longer one
+/// only after the directory exists, and SQLite would store it; checking here gives both
+/// backends the same answer before anything is written. (A Backend.AI table allows 128,
+/// but `create` is refused on an adopted table anyway.)
+pub const MAX_NAME_CHARS: usize = 64;
 
 /// Runs the parsed command with the loaded configuration.
 pub async fn execute(cli: Cli, config: Config) -> Result<(), Error> {
@@ -147,6 +154,13 @@ struct Shown {
     detail: FolderDetail,
     /// Where the data is on this machine, when its volume is configured here.
     path: Option<PathBuf>,
+    /// Why `path` is missing, when the volume is configured but the path cannot be computed
+    /// (an invalid quota scope), or the volume is not configured here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_error: Option<String>,
+    /// Attempts made: the stored count of retried failures, plus the final attempt when
+    /// the controller gave up (see [`attempts_made`]).
+    attempts_made: u32,
     /// When the trash timer deletes it (delete-pending only).
     purge_at: Option<DateTime<Utc>>,
     /// The folder's volume, while the controller has work for the folder and reports the
@@ -218,6 +232,7 @@ impl Ctx<'_> {
     }
 
     async fn create(&self, args: CreateArgs) -> Result<(), Error> {
+        check_name(&args.name)?;
         let host = match args.host {
             Some(h) => h,
             None => self
@@ -435,15 +450,20 @@ impl Ctx<'_> {
             ),
             (
                 "path",
-                match &shown.path {
-                    Some(p) => format!("{} ({})", p.display(), location_name(location)),
-                    None => format!("- (volume {} is not configured here)", f.host),
+                match (&shown.path, &shown.path_error) {
+                    (Some(p), _) => format!("{} ({})", p.display(), location_name(location)),
+                    (None, Some(why)) => format!("- ({why})"),
+                    (None, None) => "-".to_owned(),
                 },
             ),
             ("created", opt_time(f.created_at)),
         ];
         if f.status == Status::DeletePending {
-            pairs.push(("purge at", opt_time(shown.purge_at)));
+            let purge_at = match (shown.purge_at, self.config.controller.trash_retention) {
+                (None, Retention::Never) => "never (trash_retention = never)".to_owned(),
+                (t, _) => opt_time(t),
+            };
+            pairs.push(("purge at", purge_at));
         }
         if let Some(v) = &shown.waiting_on_volume {
             pairs.push((
@@ -458,7 +478,7 @@ impl Ctx<'_> {
             ));
         }
         pairs.extend([
-            ("attempts", state.map_or(0, |s| s.attempts).to_string()),
+            ("attempts", shown.attempts_made.to_string()),
             (
                 "next attempt",
                 opt_time(state.and_then(|s| s.next_attempt_at)),
@@ -576,25 +596,28 @@ impl Ctx<'_> {
         let purge_at = (f.status == Status::DeletePending)
             .then(|| {
                 state.and_then(|s| s.purge_after).or_else(|| {
+                    let retention = self.config.controller.trash_retention.duration()?;
                     schema
                         .clock_start(f.status_changed)
-                        .and_then(|t| later(t, self.config.controller.trash_retention))
+                        .and_then(|t| later(t, retention))
                 })
             })
             .flatten();
-        let path = volumes.and_then(|vs| {
-            let r = FolderRef::from(f);
-            let v = vs.get(&f.host).ok()?;
-            let relative = match state.map_or(Location::Live, |s| s.location) {
-                Location::Live => v.folder_path(&r),
-                Location::Trash => v.trash_path(&r),
+        let location = state.map_or(Location::Live, |s| s.location);
+        let (path, path_error) = match volumes.map(|vs| data_path(vs, f, location)) {
+            None => (None, None),
+            Some(Ok(path)) => (Some(path), None),
+            Some(Err(storage::Error::UnknownVolume { host })) => {
+                (None, Some(format!("volume {host} is not configured here")))
             }
-            .ok()?;
-            Some(absolute(&v.config().mount.join(relative)))
-        });
+            Some(Err(e)) => (None, Some(e.to_string())),
+        };
+        let attempts_made = attempts_made(f, state);
         Shown {
             detail,
             path,
+            path_error,
+            attempts_made,
             purge_at,
             waiting_on_volume: None,
         }
@@ -615,12 +638,61 @@ impl Ctx<'_> {
     }
 }
 
+/// Where the folder's data is on this machine (absolute), or why that cannot be said.
+fn data_path(volumes: &Volumes, f: &Folder, location: Location) -> Result<PathBuf, storage::Error> {
+    let r = FolderRef::from(f);
+    let v = volumes.get(&f.host)?;
+    let relative = match location {
+        Location::Live => v.folder_path(&r),
+        Location::Trash => v.trash_path(&r),
+    }?;
+    Ok(absolute(&v.config().mount.join(relative)))
+}
+
+/// Attempts made on a folder's removal. The store counts an attempt when it schedules a
+/// retry; the attempt after which the controller gives up is recorded as the status change
+/// to `delete-error` (with its error) instead, so there it is one more than the stored count
+/// and agrees with the error's "gave up after N attempts".
+fn attempts_made(f: &Folder, state: Option<&store::ControllerState>) -> u32 {
+    let Some(state) = state else {
+        return 0;
+    };
+    let gave_up = f.status == Status::DeleteError && state.last_error.is_some();
+    state.attempts.saturating_add(u32::from(gave_up))
+}
+
+/// Refuses a name `create` could not store the same way on both backends: empty, longer
+/// than [`MAX_NAME_CHARS`], or holding control characters.
+fn check_name(name: &str) -> Result<(), Error> {
+    let chars = name.chars().count();
+    let reason = if name.is_empty() {
+        "a folder name cannot be empty".to_owned()
+    } else if chars > MAX_NAME_CHARS {
+        format!("is {chars} characters long; a folder name has at most {MAX_NAME_CHARS}")
+    } else if name.chars().any(char::is_control) {
+        "a folder name cannot hold control characters (newline, tab, escape, ...)".to_owned()
+    } else {
+        return Ok(());
+    };
+    // A 10,000-character name is not worth repeating in full.
+    let shown: String = name.chars().take(MAX_NAME_CHARS).collect();
+    Err(Error::BadInput {
+        flag: "NAME",
+        value: if chars > MAX_NAME_CHARS {
+            format!("{shown}...")
+        } else {
+            shown
+        },
+        reason,
+    })
+}
+
 fn describe_change(
     folder: &Folder,
     change: &StatusChange,
     purge_after: Option<DateTime<Utc>>,
 ) -> String {
-    let who = format!("vfolder {} ({})", change.id, folder.name);
+    let who = format!("vfolder {} ({})", change.id, output::escape(&folder.name));
     if !change.changed {
         return format!("{who} is already {}; nothing changed\n", change.to);
     }

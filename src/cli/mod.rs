@@ -158,7 +158,13 @@ fn store_class(e: &store::Error) -> ExitClass {
         | E::NotAdopted(_)
         | E::NotAdoptable(_)
         | E::ControllerRunning(..) => ExitClass::Conflict,
-        E::UnsupportedUrl(_) => ExitClass::Config,
+        // A URL that does not parse is refused at load (config::check_database_url); this
+        // catches any option sqlx refuses only when connecting.
+        E::UnsupportedUrl(_)
+        | E::Database {
+            source: sqlx::Error::Configuration(_),
+            ..
+        } => ExitClass::Config,
         E::NotMigrated(_) => ExitClass::DatabaseUnavailable,
         E::Migrate(sqlx::migrate::MigrateError::Execute(source)) if is_unreachable(source) => {
             ExitClass::DatabaseUnavailable
@@ -292,11 +298,13 @@ created.",
     )]
     Unadopt(UnadoptArgs),
 
-    /// Start the controller: migrate, then converge folders until SIGTERM/SIGINT.
+    /// Start the controller: migrate, then converge folders until SIGTERM/SIGINT/SIGHUP.
     #[command(
         long_about = "Start the controller: connect, migrate, then remove folders that are \
 delete-ongoing, purge the trash after its retention and clean up old delete-complete rows, \
-until SIGTERM or SIGINT (exit 0). Without configured volumes it serves the built-in volume \
+until SIGTERM, SIGINT or SIGHUP (graceful: removals stop between two entries, their \
+progress is saved and their leases released; exit 0; a second signal exits at once; SIGHUP \
+does not reload the configuration: restart the process). Without configured volumes it serves the built-in volume \
 local:volume1 under ./var/volumes/volume1 (created if missing).",
         after_help = "Example:\n  vfolder-controller run                       # embedded SQLite, built-in volume\n  vfolder-controller --config /etc/vfolder-controller.toml --log-format json run"
     )]
@@ -511,8 +519,8 @@ pub struct TrashArgs {
     #[arg(value_name = "ID", required = true, value_parser = parse_id)]
     pub id: Option<Uuid>,
     /// Delete it after this long in the trash instead of the configured trash retention
-    /// (e.g. 1h, 2d).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// (e.g. 1h, 2d; at most 100y).
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_age)]
     pub purge_after: Option<Duration>,
 }
 
@@ -548,8 +556,8 @@ pub struct AuditArgs {
 /// Arguments of `clean-history`.
 #[derive(Debug, Args)]
 pub struct CleanHistoryArgs {
-    /// Remove delete-complete rows older than this (e.g. 30d).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Remove delete-complete rows older than this (e.g. 30d; at most 100y).
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_age)]
     pub older_than: Duration,
 }
 
@@ -557,10 +565,6 @@ fn parse_id(s: &str) -> Result<Uuid, String> {
     Uuid::parse_str(s).map_err(|e| {
         format!("not a vfolder id; expected a UUID like 7d3c9a52-0b8e-4c55-9a61-1f2e3d4c5b6a ({e})")
     })
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    config::humane::parse(s)
 }
 
 /// Parses `--since`: a duration ago, or an RFC 3339 time.
@@ -592,6 +596,7 @@ impl Cli {
     pub fn load_config(&self) -> Result<Config, Error> {
         let mut config = Config::load(self.config.as_deref(), std::env::vars())?;
         if let Some(url) = &self.database_url {
+            config::check_database_url("--database-url", url)?;
             config.database_url.clone_from(url);
         }
         if let Some(format) = self.log_format {

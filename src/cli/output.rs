@@ -2,7 +2,12 @@
 //!
 //! Writing stops quietly when the reader went away (`vfolder-controller list | head`):
 //! a broken pipe is not an error of the command.
+//!
+//! Human output shows text from the database (names, hosts, errors, actors) through
+//! [`escape`], so a name holding a newline, a tab or a terminal escape sequence cannot
+//! break a table or reach the terminal; JSON output stays exact.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 
 use chrono::{DateTime, Utc};
@@ -27,9 +32,11 @@ impl Table {
         }
     }
 
-    /// Appends a row (missing cells are empty, extra cells are kept).
+    /// Appends a row (missing cells are empty, extra cells are kept); cells are
+    /// [`escape`]d.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.into_iter().map(|c| escape(&c).into_owned()).collect());
     }
 
     /// The table as text, one line per row, two spaces between columns, no trailing spaces.
@@ -60,12 +67,12 @@ impl Table {
     }
 }
 
-/// Key/value lines with the keys aligned (`key:   value`).
+/// Key/value lines with the keys aligned (`key:   value`); values are [`escape`]d.
 pub fn fields(pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     pairs
         .iter()
-        .map(|(k, v)| format!("{k}:{:pad$} {v}\n", "", pad = width - k.len()))
+        .map(|(k, v)| format!("{k}:{:pad$} {}\n", "", escape(v), pad = width - k.len()))
         .collect()
 }
 
@@ -238,13 +245,30 @@ pub fn unadopt_plan(plan: &UnadoptPlan, dry_run: bool) -> String {
     out
 }
 
-/// A stored text made safe for a terminal: control characters are escaped.
-fn escape(text: &str) -> String {
-    if text.chars().any(char::is_control) {
-        text.escape_default().to_string()
-    } else {
-        text.to_owned()
+/// A stored text made safe for a terminal and a table: control characters (newline, tab,
+/// ESC, ...) and the Unicode bidirectional controls, which reorder what a terminal shows, are
+/// written as Rust escapes (`\n`, `\t`, `\u{1b}`). When anything is escaped, backslashes
+/// are doubled too, so the result reads back unambiguously. Other text, non-ASCII letters
+/// included, is returned as it is.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
     }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Characters a terminal would act on instead of showing.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -260,6 +284,18 @@ mod tests {
             t.render(),
             "ID  NAME      STATUS\n1   datasets  ready\n22  é         delete-pending\n"
         );
+    }
+
+    #[test]
+    fn stored_text_cannot_break_a_table_or_reach_the_terminal() {
+        assert_eq!(escape("datasets é"), "datasets é");
+        assert_eq!(escape(r"a\b"), r"a\b", "nothing to escape: left alone");
+        assert_eq!(escape("a\nb\tc\u{1b}[31m\\"), r"a\nb\tc\u{1b}[31m\\");
+        assert_eq!(escape("x\u{202e}y"), r"x\u{202e}y");
+        let mut t = Table::new(&["NAME", "STATUS"]);
+        t.row(vec!["two\nlines".into(), "ready".into()]);
+        assert_eq!(t.render(), "NAME        STATUS\ntwo\\nlines  ready\n");
+        assert_eq!(fields(&[("name", "a\tb".into())]), "name: a\\tb\n");
     }
 
     #[test]

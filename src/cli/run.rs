@@ -1,4 +1,5 @@
-//! `vfolder-controller run`: start the controller and keep it running until SIGTERM/SIGINT.
+//! `vfolder-controller run`: start the controller and keep it running until SIGTERM, SIGINT
+//! or SIGHUP.
 //!
 //! [`run`] is the one place that wires configuration, logging, database and controller
 //! together, so the body can grow into the full controller without touching the CLI.
@@ -17,10 +18,11 @@ use crate::observe::{self, Health, HttpState, Metrics};
 use crate::store::{self, Store};
 
 /// Runs the controller: logging, database connection and migrations, the built-in volume
-/// directory, the HTTP endpoint, then the reconcile loop until SIGTERM/SIGINT (a second
-/// signal exits at once). Returns `Ok` (exit 0) after a graceful stop.
+/// directory, the HTTP endpoint, then the reconcile loop until SIGTERM, SIGINT or SIGHUP (a
+/// second signal exits at once). Returns `Ok` (exit 0) after a graceful stop.
 pub async fn run(config: Config) -> Result<(), Error> {
     observe::init_logging(config.log.format, &config.log.filter)?;
+    raise_descriptor_limit();
     let store: Arc<dyn Store> = store::connect(&config.database_url).await?;
     store.migrate(false).await?;
     ensure_builtin_volume(&config)?;
@@ -28,7 +30,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     shutdown_on_signal(shutdown.clone()).map_err(|source| Error::Io {
         what: "cannot install signal handlers for",
-        path: "SIGTERM/SIGINT".into(),
+        path: "SIGTERM/SIGINT/SIGHUP".into(),
         source,
     })?;
 
@@ -66,6 +68,34 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Err(error) => tracing::warn!(%error, "HTTP endpoint task failed"),
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit. Parallel removals hold a
+/// descriptor per open directory and thread, on top of database and HTTP connections; the
+/// soft limit many systems start processes with (1024) is meant for programs that do not
+/// know their needs. Failing to raise it is logged, not fatal: the controller treats running
+/// out as its own transient condition (see `controller::pressure`).
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none() || limit.current == limit.maximum {
+        tracing::debug!(soft = ?limit.current, hard = ?limit.maximum, "open files limit");
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = ?limit.current,
+            to = ?limit.maximum,
+            "raised the open files limit to the hard limit"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, soft = ?limit.current, hard = ?limit.maximum, "cannot raise the open files limit")
+        }
+    }
 }
 
 /// Creates the built-in volume's directory (`./var/volumes/volume1`) when it is the volume

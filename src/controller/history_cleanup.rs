@@ -4,9 +4,9 @@
 //! controller has still to finish.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::maintenance::{BATCH, MaintenanceJob, drain_batches};
+use crate::config::Retention;
 use crate::store::{self, Store};
 
 /// The actor recorded in the audit log for cleanups.
@@ -17,16 +17,16 @@ pub struct HistoryCleanup {
     /// The database.
     pub store: Arc<dyn Store>,
     /// How long a `delete-complete` row is kept.
-    pub retention: Duration,
+    pub retention: Retention,
 }
 
 impl MaintenanceJob for HistoryCleanup {
     const NAME: &'static str = "history-cleanup";
 
     async fn run_once(&self) -> Result<u64, store::Error> {
-        let rows = drain_batches(|| self.store.clean_history(self.retention, ACTOR, BATCH)).await?;
-        let tombstones =
-            drain_batches(|| self.store.clean_tombstones(self.retention, BATCH)).await?;
+        let horizon = self.retention.horizon();
+        let rows = drain_batches(|| self.store.clean_history(horizon, ACTOR, BATCH)).await?;
+        let tombstones = drain_batches(|| self.store.clean_tombstones(horizon, BATCH)).await?;
         Ok(rows + tombstones)
     }
 }

@@ -14,7 +14,9 @@
 //! - rows deleted while `delete-ongoing` are finished from their tombstones, claimed with
 //!   the slots the rows leave free ([`reconcile::finish_tombstone`]);
 //! - *which volumes*: a volume that is unavailable is skipped until its own probe
-//!   ([`volume_health`]) sees it again, which wakes the loop.
+//!   ([`volume_health`]) sees it again, which wakes the loop;
+//! - *whether at all*: while the process is short of descriptors or memory ([`pressure`]),
+//!   nothing new is claimed.
 //!
 //! Shutdown: when the token is cancelled the loop stops claiming, cancels running removals
 //! (they release their leases), waits up to `shutdown_grace`, then releases whatever
@@ -24,6 +26,7 @@ pub mod backoff;
 pub mod history_cleanup;
 pub mod maintenance;
 pub mod orphans;
+pub mod pressure;
 pub mod reconcile;
 pub mod shutdown;
 pub mod status_gauges;
@@ -46,6 +49,7 @@ use crate::observe::{Health, Metrics};
 use crate::storage::Volumes;
 use crate::store::{ClaimRequest, Store, WorkKind};
 use backoff::{RetrySchedule, jittered};
+use pressure::Pressure;
 use volume_health::VolumeHealth;
 
 /// Everything a worker needs, shared by all of them.
@@ -66,6 +70,8 @@ pub struct Context {
     pub retry: RetrySchedule,
     /// Which volumes are available in this replica.
     pub volume_health: Arc<VolumeHealth>,
+    /// Whether the process is short of descriptors or memory (claiming pauses).
+    pub pressure: Pressure,
 }
 
 impl Context {
@@ -83,16 +89,18 @@ impl Context {
             metrics.clone(),
             replica.clone(),
         ));
+        let retry = RetrySchedule {
+            min: config.controller.backoff_min,
+            max: config.controller.backoff_max,
+        };
         Context {
             volume_health,
             store,
             volumes: Arc::new(Volumes::new(&config.volumes)),
             metrics,
             health,
-            retry: RetrySchedule {
-                min: config.controller.backoff_min,
-                max: config.controller.backoff_max,
-            },
+            retry,
+            pressure: Pressure::new(retry),
             config: config.controller.clone(),
             replica,
         }
@@ -329,6 +337,10 @@ impl Runner {
     /// One pass: for every served volume with free slots, claim due rows and start them.
     /// Unless `eager`, a volume is skipped until `refill_batch` of its slots are free.
     async fn pass(&mut self, eager: bool) -> Result<(), crate::store::Error> {
+        // Out of descriptors or memory: more claims would only meet the same shortage.
+        if self.ctx.pressure.paused() {
+            return Ok(());
+        }
         for i in 0..self.served.len() {
             let free = self
                 .global

@@ -24,12 +24,20 @@
 //!   removal checks its volume every [`VOLUME_WATCH`] and stops the same way when the
 //!   volume disappears under it (a lazy unmount keeps the open descriptors working, so the
 //!   removal itself would not notice).
+//! - The process running out of descriptors or memory (`EMFILE`, `ENFILE`, `ENOMEM`) is
+//!   neither the folder's failure nor the volume's: the folder is handed back like on a
+//!   volume outage, the volume keeps its state, and claiming pauses ([`pressure`]).
+//! - Progress survives interruptions: a removal starts from the counts its earlier runs
+//!   saved, and a run that stops without completing (shutdown, volume outage, shortage,
+//!   transient failure) saves its counts before handing the folder back, so the final counts
+//!   and the completion's audit entry cover the whole removal.
 //! - Otherwise transient errors count an attempt and schedule the next one with backoff;
 //!   after `max_attempts`, and on any permanent error, the folder goes to `delete-error`
 //!   with the error text. Trash moves never go to `delete-error` (no such transition exists
 //!   from `ready`/`delete-pending`): they keep retrying with the capped backoff.
 //!
 //! [`volume_health`]: super::volume_health
+//! [`pressure`]: super::pressure
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Context;
-use super::volume_health::{self, PendingCheck};
+use super::volume_health::{self, CheckFailed, PendingCheck};
 use crate::storage::{self, Counts, FolderRef, Outcome as RemoveOutcome, Progress};
 use crate::store::{self, Claim, Completion, Location, TombstoneClaim, TombstoneEnd, WorkKind};
 
@@ -159,6 +167,13 @@ pub enum Outcome {
         /// What was removed before the volume went away.
         counts: Counts,
     },
+    /// The process ran out of descriptors or memory: nobody's failure but its own.
+    Starved {
+        /// The error met.
+        reason: String,
+        /// What was removed before.
+        counts: Counts,
+    },
     /// The work failed.
     Failed {
         /// Why.
@@ -218,18 +233,47 @@ async fn run(ctx: Arc<Context>, work: Work, cancel: CancellationToken) {
         ctx.metrics.lease_reclaimed();
         tracing::info!(previous_owner = %previous, "took over an expired lease");
     }
-    let (outcome, lease) = match kind {
-        WorkKind::Remove => remove(&ctx, &work, &cancel).await,
-        WorkKind::MoveToTrash => (relocate(&ctx, &work, Location::Trash).await, work.lease),
-        WorkKind::Restore => (relocate(&ctx, &work, Location::Live).await, work.lease),
+    let (outcome, lease, saved) = match kind {
+        WorkKind::Remove => {
+            let saved = saved_progress(&ctx, &work).await;
+            let (outcome, lease) = remove(&ctx, &work, &cancel, saved).await;
+            (outcome, lease, saved)
+        }
+        WorkKind::MoveToTrash => (
+            relocate(&ctx, &work, Location::Trash).await,
+            work.lease,
+            Counts::default(),
+        ),
+        WorkKind::Restore => (
+            relocate(&ctx, &work, Location::Live).await,
+            work.lease,
+            Counts::default(),
+        ),
     };
     let outcome = match outcome {
         Outcome::Failed { error, counts } => blame(&ctx, &work.host, error, counts).await,
         other => other,
     };
-    let result = record(&ctx, &work, lease, outcome).await;
+    let result = record(&ctx, &work, lease, outcome, saved).await;
     ctx.metrics
         .reconcile(kind.as_str(), result, started.elapsed());
+}
+
+/// What earlier runs of this removal saved (a run that was cancelled, lost its volume or
+/// failed transiently). Unknown counts as nothing: the removal itself does not depend on it.
+/// A tombstone's removal counts from zero.
+async fn saved_progress(ctx: &Context, work: &Work) -> Counts {
+    let Lease::Row(id) = work.lease else {
+        return Counts::default();
+    };
+    match ctx.store.get_folder(id).await {
+        Ok(detail) => detail.state.map(|s| s.progress).unwrap_or_default(),
+        Err(error) => {
+            ctx.metrics.database_error("get_folder");
+            tracing::warn!(%error, "cannot read the saved progress; counting from zero");
+            Counts::default()
+        }
+    }
 }
 
 /// Renews whichever lease the worker holds.
@@ -266,7 +310,13 @@ async fn row_deleted(ctx: &Context, id: Uuid) -> Option<Option<i64>> {
 
 /// Runs the removal on a blocking thread while renewing the lease; returns the lease it
 /// ends with (a row's lease becomes its tombstone's when the row is deleted meanwhile).
-async fn remove(ctx: &Arc<Context>, work: &Work, cancel: &CancellationToken) -> (Outcome, Lease) {
+/// Renewals store `saved` plus this run's counts.
+async fn remove(
+    ctx: &Arc<Context>,
+    work: &Work,
+    cancel: &CancellationToken,
+    saved: Counts,
+) -> (Outcome, Lease) {
     let host = work.host.clone();
     let progress = Arc::new(Progress::default());
     let removal_cancel = cancel.child_token();
@@ -303,14 +353,15 @@ async fn remove(ctx: &Arc<Context>, work: &Work, cancel: &CancellationToken) -> 
         tokio::select! {
             joined = &mut task => break joined,
             _ = watch.tick(), if volume_lost.is_none() => {
-                if let Err(reason) = volume_health::check(&ctx.volumes, &host, &mut watch_pending).await {
+                // A check the process could not run (out of descriptors) proves nothing.
+                if let Err(CheckFailed::Volume(reason)) = volume_health::check(&ctx.volumes, &host, &mut watch_pending).await {
                     tracing::debug!(%reason, "volume lost during the removal; stopping it");
                     volume_lost = Some(reason);
                     removal_cancel.cancel();
                 }
             }
             _ = renew_tick.tick(), if !lease_lost && !deleted => {
-                match renew(ctx, lease, progress.snapshot()).await {
+                match renew(ctx, lease, total(saved, progress.snapshot())).await {
                     Ok(true) => {}
                     Ok(false) => match (lease, row_deleted(ctx, work.id).await) {
                         (Lease::Row(_), Some(Some(seq))) => {
@@ -369,24 +420,29 @@ async fn remove(ctx: &Arc<Context>, work: &Work, cancel: &CancellationToken) -> 
     (outcome, lease)
 }
 
-/// Decides whose failure `error` is. The volume's when it is the volume guard's own error or
-/// the guard fails now: then nothing is counted against the folder. The folder's otherwise,
-/// so `EACCES`, an immutable file, a mount inside the tree or an `EIO` on one entry of a
-/// healthy volume keep their attempts, backoff and `delete-error`.
+/// Decides whose failure `error` is. The process's own when it ran out of descriptors or
+/// memory (or the guard cannot run for that reason). The volume's when it is the volume
+/// guard's own error or the guard fails now: then nothing is counted against the folder.
+/// The folder's otherwise, so `EACCES`, an immutable file, a mount inside the tree or an
+/// `EIO` on one entry of a healthy volume keep their attempts, backoff and `delete-error`.
 async fn blame(ctx: &Arc<Context>, host: &str, error: Failure, counts: Counts) -> Outcome {
-    let volume_failure = match &error {
-        Failure::Storage(storage::Error::VolumeUnavailable { reason, .. }) => Some(reason.clone()),
+    let verdict = match &error {
+        Failure::Storage(e) if e.is_resource_exhaustion() => {
+            Err(CheckFailed::Process(e.to_string()))
+        }
+        Failure::Storage(storage::Error::VolumeUnavailable { reason, .. }) => {
+            Err(CheckFailed::Volume(reason.clone()))
+        }
         // A configuration error: there is no volume to ask, and retrying cannot help.
-        Failure::Storage(storage::Error::UnknownVolume { .. }) => None,
+        Failure::Storage(storage::Error::UnknownVolume { .. }) => Ok(()),
         // A check that hangs past its timeout is abandoned here (its thread ends when the
         // kernel returns); the volume's probe keeps track of the volume from then on.
-        _ => volume_health::check(&ctx.volumes, host, &mut None)
-            .await
-            .err(),
+        _ => volume_health::check(&ctx.volumes, host, &mut None).await,
     };
-    match volume_failure {
-        Some(reason) => Outcome::VolumeUnavailable { reason, counts },
-        None => Outcome::Failed { error, counts },
+    match verdict {
+        Err(CheckFailed::Volume(reason)) => Outcome::VolumeUnavailable { reason, counts },
+        Err(CheckFailed::Process(reason)) => Outcome::Starved { reason, counts },
+        Ok(()) => Outcome::Failed { error, counts },
     }
 }
 
@@ -430,15 +486,25 @@ fn count_removal(ctx: &Context, host: &str, counts: Counts, elapsed: Duration, r
 }
 
 /// Writes the outcome to the database, on the row or the tombstone whose `lease` the worker
-/// holds; returns the result label for metrics.
-async fn record(ctx: &Context, work: &Work, lease: Lease, outcome: Outcome) -> &'static str {
+/// holds; returns the result label for metrics. `saved` is what earlier runs of a removal
+/// removed: the database gets totals, the metrics (per process) this run's counts.
+async fn record(
+    ctx: &Context,
+    work: &Work,
+    lease: Lease,
+    outcome: Outcome,
+    saved: Counts,
+) -> &'static str {
     let host = work.host.as_str();
     let owner = ctx.replica.as_str();
+    // What a removal that stops short saves before handing the folder back.
+    let progress = |counts| (work.kind == WorkKind::Remove).then(|| total(saved, counts));
     match outcome {
         Outcome::Removed { counts, elapsed } => {
+            ctx.pressure.relieve();
             count_removal(ctx, host, counts, elapsed, "ok");
             let done = Completion {
-                progress: counts,
+                progress: total(saved, counts),
                 duration: elapsed,
             };
             let completed = match lease {
@@ -518,7 +584,7 @@ async fn record(ctx: &Context, work: &Work, lease: Lease, outcome: Outcome) -> &
         }
         Outcome::Cancelled(counts) => {
             count_removal(ctx, host, counts, Duration::ZERO, "cancelled");
-            match release(ctx, lease).await {
+            match hand_back(ctx, lease, progress(counts)).await {
                 Ok(()) => {
                     tracing::info!("removal cancelled; lease released, folder stays delete-ongoing")
                 }
@@ -534,7 +600,7 @@ async fn record(ctx: &Context, work: &Work, lease: Lease, outcome: Outcome) -> &
             }
             // Logged once per volume there; per folder only at debug level.
             ctx.volume_health.mark_unavailable(host, &reason).await;
-            match release(ctx, lease).await {
+            match hand_back(ctx, lease, progress(counts)).await {
                 Ok(()) => tracing::debug!(
                     %reason,
                     "volume unavailable; lease released, attempts unchanged"
@@ -545,6 +611,21 @@ async fn record(ctx: &Context, work: &Work, lease: Lease, outcome: Outcome) -> &
             }
             "volume-unavailable"
         }
+        Outcome::Starved { reason, counts } => {
+            if work.kind == WorkKind::Remove {
+                count_removal(ctx, host, counts, Duration::ZERO, "resource-exhausted");
+            }
+            let pause = ctx.pressure.report();
+            tracing::warn!(
+                %reason,
+                pause_ms = pause.as_millis() as u64,
+                "the process is out of descriptors or memory; folder handed back with its attempts kept, claiming paused"
+            );
+            if let Err(error) = hand_back(ctx, lease, progress(counts)).await {
+                tracing::warn!(%error, "the lease will expire instead");
+            }
+            "resource-exhausted"
+        }
         Outcome::LeaseLost(counts) => {
             count_removal(ctx, host, counts, Duration::ZERO, "lost-lease");
             "lost-lease"
@@ -554,6 +635,10 @@ async fn record(ctx: &Context, work: &Work, lease: Lease, outcome: Outcome) -> &
             "row-deleted"
         }
         Outcome::Failed { error, counts } => {
+            // Kept for the next attempt (a retry keeps the saved counts).
+            if let Some(p) = progress(counts) {
+                save_progress(ctx, lease, p).await;
+            }
             let result = record_failure(ctx, work, lease, &error).await;
             if work.kind == WorkKind::Remove {
                 count_removal(
@@ -570,7 +655,30 @@ async fn record(ctx: &Context, work: &Work, lease: Lease, outcome: Outcome) -> &
 }
 
 /// Hands the row (or tombstone) back at once, leaving attempts and the next attempt time as
-/// they are. Has its own timeout: on shutdown the runner's token is already cancelled.
+/// they are, after saving `progress` when given.
+async fn hand_back(ctx: &Context, lease: Lease, progress: Option<Counts>) -> Result<(), String> {
+    if let Some(p) = progress {
+        save_progress(ctx, lease, p).await;
+    }
+    release(ctx, lease).await
+}
+
+/// Stores a removal's progress (through the lease renewal, which writes the counters while
+/// the lease is ours). Best effort, with its own timeout: on shutdown the runner's token is
+/// already cancelled, and a failure only loses the counts, not the work.
+async fn save_progress(ctx: &Context, lease: Lease, progress: Counts) {
+    match tokio::time::timeout(CLEANUP_TIMEOUT, renew(ctx, lease, progress)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            ctx.metrics.database_error("renew_lease");
+            tracing::warn!(%error, "cannot save the removal's progress");
+        }
+        Err(_) => tracing::warn!("saving the removal's progress timed out"),
+    }
+}
+
+/// Releases the lease (row or tombstone), with its own timeout: on shutdown the runner's
+/// token is already cancelled.
 async fn release(ctx: &Context, lease: Lease) -> Result<(), String> {
     let owner = &ctx.replica;
     let released = tokio::time::timeout(CLEANUP_TIMEOUT, async {
@@ -669,4 +777,14 @@ where
         }
     }
     None
+}
+
+/// The whole removal's counters: what earlier runs saved plus this run's.
+fn total(saved: Counts, c: Counts) -> Counts {
+    Counts {
+        files: saved.files.saturating_add(c.files),
+        dirs: saved.dirs.saturating_add(c.dirs),
+        symlinks: saved.symlinks.saturating_add(c.symlinks),
+        bytes: saved.bytes.saturating_add(c.bytes),
+    }
 }

@@ -1,6 +1,12 @@
-//! Two-stage shutdown on SIGTERM/SIGINT: the first signal cancels the token (stop claiming,
-//! cancel running removals, release leases, exit within the grace period); a second signal
-//! exits the process at once.
+//! Two-stage shutdown on SIGTERM, SIGINT or SIGHUP: the first signal cancels the token (stop
+//! claiming, cancel running removals, save their progress, release leases, exit within the
+//! grace period); a second signal exits the process at once.
+//!
+//! SIGHUP is a graceful stop, not a configuration reload: its default action would kill the
+//! process on the spot with its leases held (a closed terminal or SSH session, or a
+//! supervisor's "reload"), leaving the folders for the lease to expire. A supervisor that
+//! restarts the process then gives the effect of a reload, with the configuration checked
+//! again at start-up.
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -8,17 +14,20 @@ use tokio_util::sync::CancellationToken;
 /// Exit code of the immediate exit on a second signal.
 pub const FORCED_EXIT_CODE: i32 = 130;
 
-/// Cancels `token` on the first SIGTERM or SIGINT and exits the process on the second.
+/// Cancels `token` on the first SIGTERM, SIGINT or SIGHUP and exits the process on the
+/// second.
 /// Returns an error only when the signal handlers cannot be installed.
 pub fn shutdown_on_signal(token: CancellationToken) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         let mut seen = 0;
         loop {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
+                _ = hup.recv() => "SIGHUP",
             };
             seen += 1;
             if seen == 1 {

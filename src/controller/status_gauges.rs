@@ -4,9 +4,9 @@
 //! complete orphan scan found them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::maintenance::MaintenanceJob;
+use crate::config::Retention;
 use crate::observe::Metrics;
 use crate::store::{self, Store};
 
@@ -17,7 +17,7 @@ pub struct StatusGauges {
     /// Where the gauges live.
     pub metrics: Arc<Metrics>,
     /// The trash retention, to tell an overdue `delete-pending` row from a waiting one.
-    pub trash_retention: Duration,
+    pub trash_retention: Retention,
 }
 
 impl MaintenanceJob for StatusGauges {
@@ -28,7 +28,10 @@ impl MaintenanceJob for StatusGauges {
         self.metrics.set_folders_by_status(&counts);
         self.metrics
             .set_unreadable_rows(self.store.unreadable_rows().await?);
-        let ages = self.store.oldest_unconverged(self.trash_retention).await?;
+        let ages = self
+            .store
+            .oldest_unconverged(self.trash_retention.horizon())
+            .await?;
         self.metrics.set_oldest_unconverged_all(&ages);
         // Whoever scanned (the CLI, any replica), the totals are in the database.
         for scan in self.store.scan_summaries().await? {

@@ -5,9 +5,9 @@
 //! removal itself is then ordinary `delete-ongoing` work for the loop.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::maintenance::{BATCH, MaintenanceJob, drain_batches};
+use crate::config::Retention;
 use crate::store::{self, Store};
 
 /// The actor recorded in history and audit for timer purges.
@@ -18,13 +18,17 @@ pub struct TrashTimer {
     /// The database.
     pub store: Arc<dyn Store>,
     /// Default time a folder stays in the trash.
-    pub retention: Duration,
+    pub retention: Retention,
 }
 
 impl MaintenanceJob for TrashTimer {
     const NAME: &'static str = "trash-timer";
 
     async fn run_once(&self) -> Result<u64, store::Error> {
-        drain_batches(|| self.store.purge_expired_trash(self.retention, ACTOR, BATCH)).await
+        drain_batches(|| {
+            self.store
+                .purge_expired_trash(self.retention.horizon(), ACTOR, BATCH)
+        })
+        .await
     }
 }

@@ -258,10 +258,15 @@ pub async fn probe(
                 }
                 delay = jittered(interval);
             }
-            Err(reason) => {
+            Err(CheckFailed::Volume(reason)) => {
                 failures = failures.saturating_add(1);
                 ctx.volume_health.mark_unavailable(&host, &reason).await;
                 delay = outage.delay(failures);
+            }
+            // The probe could not look: the volume keeps the state it had; look again soon.
+            Err(CheckFailed::Process(reason)) => {
+                tracing::debug!(volume = %host, %reason, "volume probe skipped: the process is out of resources");
+                delay = outage.delay(1);
             }
         }
     }
@@ -270,15 +275,25 @@ pub async fn probe(
 /// A run of the volume guard still going after [`PROBE_TIMEOUT`].
 pub type PendingCheck = Option<JoinHandle<Result<(), storage::Error>>>;
 
-/// Runs the volume guard of `host` on a blocking thread; `Err` carries the reason it is
-/// unavailable. A run that does not answer within [`PROBE_TIMEOUT`] counts as unavailable
-/// and is parked in `pending`: the next call waits for it instead of starting another, so a
-/// hung server ties up one blocking thread per caller, not one per probe.
+/// Why a run of the volume guard did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckFailed {
+    /// The volume is unavailable, for this reason.
+    Volume(String),
+    /// The process is out of descriptors or memory: the guard could not look, so nothing
+    /// is known about the volume (see [`super::pressure`]).
+    Process(String),
+}
+
+/// Runs the volume guard of `host` on a blocking thread. A run that does not answer within
+/// [`PROBE_TIMEOUT`] counts as unavailable and is parked in `pending`: the next call waits
+/// for it instead of starting another, so a hung server ties up one blocking thread per
+/// caller, not one per probe.
 pub async fn check(
     volumes: &Arc<Volumes>,
     host: &str,
     pending: &mut PendingCheck,
-) -> Result<(), String> {
+) -> Result<(), CheckFailed> {
     let mut run = pending.take().unwrap_or_else(|| {
         let volumes = volumes.clone();
         let host = host.to_owned();
@@ -286,15 +301,22 @@ pub async fn check(
     });
     match tokio::time::timeout(PROBE_TIMEOUT, &mut run).await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(storage::Error::VolumeUnavailable { reason, .. }))) => Err(reason),
-        Ok(Ok(Err(error))) => Err(error.to_string()),
-        Ok(Err(join)) => Err(format!("the volume check failed: {join}")),
+        Ok(Ok(Err(storage::Error::VolumeUnavailable { reason, .. }))) => {
+            Err(CheckFailed::Volume(reason))
+        }
+        Ok(Ok(Err(error))) if error.is_resource_exhaustion() => {
+            Err(CheckFailed::Process(error.to_string()))
+        }
+        Ok(Ok(Err(error))) => Err(CheckFailed::Volume(error.to_string())),
+        Ok(Err(join)) => Err(CheckFailed::Volume(format!(
+            "the volume check failed: {join}"
+        ))),
         Err(_) => {
             *pending = Some(run);
-            Err(format!(
+            Err(CheckFailed::Volume(format!(
                 "the volume did not answer within {} s",
                 PROBE_TIMEOUT.as_secs()
-            ))
+            )))
         }
     }
 }

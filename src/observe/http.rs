@@ -7,9 +7,23 @@
 //!   make Kubernetes restart every replica.
 //! - `/readyz`: 200 `ok` when [`Readiness::check_ready`] succeeds within [`READY_TIMEOUT`]
 //!   (database reachable and migrated), else 503 with the reason.
+//!
+//! The endpoint protects the process it reports on: it serves at most [`MAX_CONNECTIONS`]
+//! connections at once (more wait in the kernel's backlog, costing no descriptor of ours),
+//! closes a connection whose request headers do not arrive within [`HEADER_READ_TIMEOUT`]
+//! (a half-sent request, or an idle keep-alive connection) and any connection older than
+//! [`CONNECTION_MAX_AGE`] (a client that never reads its response). Without that, enough
+//! half-open requests used up the descriptors removals need. A failed `accept` (out of
+//! descriptors, for one) pauses accepting briefly instead of ending the endpoint.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use axum::Router;
 use axum::extract::State;
@@ -24,6 +38,23 @@ use crate::store::Readiness;
 /// How long `/readyz` waits for the database before answering 503. Shorter than the
 /// Kubernetes probe timeout in `deploy/`, so the probe sees our reason rather than a timeout.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a client may take to send a request's headers, counted from the connection's
+/// start or the end of its previous response.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one connection may stay open; a scraper simply connects again.
+pub const CONNECTION_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a connection being closed (too old, or on shutdown) may take to finish the
+/// response in flight.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The pause after a failed `accept` that is not the client's doing (e.g. `EMFILE`).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
 /// What the endpoints read. Cloned per request (three `Arc`s).
 #[derive(Clone)]
@@ -45,16 +76,78 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves the endpoints on `listener` until `shutdown` is cancelled, then finishes the
-/// requests in progress and returns. An error is an I/O error of the listener.
+/// Serves the endpoints on `listener` until `shutdown` is cancelled, then lets the requests
+/// in progress finish (for [`CLOSE_GRACE`]) and returns. Failed `accept`s are logged and
+/// retried, never fatal: the endpoint outlives a descriptor shortage.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let app = router(state);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = TaskTracker::new();
+    let mut accept_failing = false;
+    loop {
+        // A slot first: at the cap, new connections stay in the backlog, unaccepted.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    accept_failing = false;
+                    stream
+                }
+                Err(error) if is_connection_error(&error) => continue,
+                Err(error) => {
+                    // Once per streak: a descriptor shortage fails every accept.
+                    if !accept_failing {
+                        tracing::warn!(%error, "cannot accept HTTP connections; retrying");
+                        accept_failing = true;
+                    }
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let closing = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = tokio::time::sleep(CONNECTION_MAX_AGE) => {}
+                _ = closing.cancelled() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            // A client that does not read its response is not waited for.
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(CLOSE_GRACE, connections.wait()).await;
+    Ok(())
+}
+
+/// `accept` errors that concern one connection only (it was reset before we took it).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {

@@ -10,7 +10,10 @@ mod logging;
 mod metrics;
 
 pub use health::Health;
-pub use http::{HttpState, READY_TIMEOUT, router, serve};
+pub use http::{
+    CONNECTION_MAX_AGE, HEADER_READ_TIMEOUT, HttpState, MAX_CONNECTIONS, READY_TIMEOUT, router,
+    serve,
+};
 pub use logging::{FILTER_ENV, build_filter, init_logging, subscriber};
 pub use metrics::{
     Metrics, OPENMETRICS_CONTENT_TYPE, PREFIX, PROMETHEUS_CONTENT_TYPE, openmetrics_to_prometheus,

@@ -5,6 +5,10 @@
 //! with backoff (the volume may come back, the network filesystem may recover), a permanent
 //! one sends the folder to `delete-error` for a human. When in doubt an errno is transient,
 //! because the controller caps attempts anyway and a wrongly permanent error strands a folder.
+//!
+//! A third class is neither the folder's nor the volume's: the process itself ran out of
+//! descriptors or memory (`EMFILE`, `ENFILE`, `ENOMEM`; see
+//! [`Error::is_resource_exhaustion`]). The controller hands such a folder back untouched.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -121,9 +125,17 @@ impl Error {
         }
     }
 
+    /// Whether the process (or the system) is out of descriptors or memory: `EMFILE`,
+    /// `ENFILE` or `ENOMEM` from any system call. That is the process's own transient
+    /// condition; it says nothing about the folder or the volume, so it must count neither
+    /// as a folder's attempt nor as a volume outage.
+    pub fn is_resource_exhaustion(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if is_exhaustion_errno(*source))
+    }
+
     /// A short, bounded label for metrics: one of `unknown-volume`, `volume-unavailable`,
     /// `bad-scope`, `unsafe-path`, `mount-inside-tree`, `tree-changed`, `conflict`,
-    /// `permission`, `read-only`, `stale`, `io`.
+    /// `permission`, `read-only`, `stale`, `resource-exhausted`, `io`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::UnknownVolume { .. } => "unknown-volume",
@@ -137,6 +149,7 @@ impl Error {
                 Errno::PERM | Errno::ACCESS => "permission",
                 Errno::ROFS => "read-only",
                 Errno::STALE => "stale",
+                e if is_exhaustion_errno(e) => "resource-exhausted",
                 _ => "io",
             },
         }
@@ -153,6 +166,11 @@ impl Error {
             | Error::Io { folder, .. } => *folder,
         }
     }
+}
+
+/// Errnos that mean the process or the system ran short of descriptors or memory.
+pub(crate) fn is_exhaustion_errno(errno: Errno) -> bool {
+    matches!(errno, Errno::MFILE | Errno::NFILE | Errno::NOMEM)
 }
 
 /// Errnos that retrying cannot fix: permissions (immutable files), read-only filesystems,
@@ -202,6 +220,23 @@ mod tests {
         assert_eq!(io(Errno::ROFS).kind(), "read-only");
         assert_eq!(io(Errno::STALE).kind(), "stale");
         assert_eq!(io(Errno::IO).kind(), "io");
+    }
+
+    #[test]
+    fn running_out_of_descriptors_or_memory_is_the_process_own_condition() {
+        for e in [Errno::MFILE, Errno::NFILE, Errno::NOMEM] {
+            assert!(io(e).is_resource_exhaustion(), "{e:?}");
+            assert!(io(e).is_transient(), "{e:?}");
+            assert_eq!(io(e).kind(), "resource-exhausted");
+        }
+        for e in [Errno::IO, Errno::STALE, Errno::ACCESS] {
+            assert!(!io(e).is_resource_exhaustion(), "{e:?}");
+        }
+        let volume = Error::VolumeUnavailable {
+            host: "h".into(),
+            reason: "gone".into(),
+        };
+        assert!(!volume.is_resource_exhaustion());
     }
 
     #[test]

@@ -95,10 +95,15 @@ impl Volume {
         // open its root from the dentry cache; statfs asks the filesystem itself, so it
         // surfaces ENOTCONN, ESTALE and EIO on the volume root.
         rustix::fs::fstatvfs(root.as_fd()).map_err(|e| {
-            self.unavailable(format!(
-                "cannot stat the filesystem of {}: {e}",
-                self.config.mount.display()
-            ))
+            self.guard_failed(
+                "statfs",
+                ".",
+                e,
+                format!(
+                    "cannot stat the filesystem of {}: {e}",
+                    self.config.mount.display()
+                ),
+            )
         })?;
         Ok(())
     }
@@ -238,6 +243,21 @@ impl Volume {
         }
     }
 
+    /// A failed system call of the volume guard: the volume's failure, unless the process
+    /// itself is out of descriptors or memory (then the plain errno, which the controller
+    /// treats as its own condition: the guard learned nothing about the volume).
+    fn guard_failed(&self, op: &'static str, path: &str, errno: Errno, reason: String) -> Error {
+        if super::error::is_exhaustion_errno(errno) {
+            return Error::Io {
+                folder: None,
+                op,
+                path: PathBuf::from(path),
+                source: errno,
+            };
+        }
+        self.unavailable(reason)
+    }
+
     /// Opens the volume root and proves its identity (see [`Volume::check_available`]).
     pub(super) fn open_root(&self) -> Result<OwnedFd, Error> {
         let mount = &self.config.mount;
@@ -249,18 +269,31 @@ impl Volume {
         .map_err(|e| match e {
             Errno::NOENT => self.unavailable(format!("{} does not exist", mount.display())),
             Errno::NOTDIR => self.unavailable(format!("{} is not a directory", mount.display())),
-            e => self.unavailable(format!("cannot open {}: {e}", mount.display())),
+            e => self.guard_failed(
+                "open",
+                ".",
+                e,
+                format!("cannot open {}: {e}", mount.display()),
+            ),
         })?;
         if self.config.require_mount_point {
-            let id = ident(root.as_fd())
-                .map_err(|e| self.unavailable(format!("cannot stat {}: {e}", mount.display())))?;
+            let id = ident(root.as_fd()).map_err(|e| {
+                self.guard_failed(
+                    "stat",
+                    ".",
+                    e,
+                    format!("cannot stat {}: {e}", mount.display()),
+                )
+            })?;
             let parent = rustix::fs::openat(root.as_fd(), c"..", DIR_FLAGS, Mode::empty())
                 .and_then(|p| ident(p.as_fd()))
                 .map_err(|e| {
-                    self.unavailable(format!(
-                        "cannot stat the parent of {}: {e}",
-                        mount.display()
-                    ))
+                    self.guard_failed(
+                        "open",
+                        "..",
+                        e,
+                        format!("cannot stat the parent of {}: {e}", mount.display()),
+                    )
                 })?;
             if !id.mount_root && id.dev == parent.dev {
                 return Err(self.unavailable(format!("{} is not a mount point", mount.display())));
@@ -276,10 +309,15 @@ impl Volume {
                     )));
                 }
                 Err(e) => {
-                    return Err(self.unavailable(format!(
-                        "cannot stat marker file {}: {e}",
-                        mount.join(marker).display()
-                    )));
+                    return Err(self.guard_failed(
+                        "stat",
+                        &marker.display().to_string(),
+                        e,
+                        format!(
+                            "cannot stat marker file {}: {e}",
+                            mount.join(marker).display()
+                        ),
+                    ));
                 }
             }
         }

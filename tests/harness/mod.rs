@@ -164,13 +164,26 @@ mount = "{}"
 
     /// Starts `vfolder-controller run` with extra environment variables.
     pub fn start_with(&self, replica: &str, env: &[(&str, &str)]) -> Proc {
+        self.start_wrapped(replica, env, &[])
+    }
+
+    /// Starts `vfolder-controller run` through `wrapper` (a command that execs the rest of
+    /// its arguments, such as `prlimit --nofile=256:256 --`), so the pid is the controller's.
+    pub fn start_wrapped(&self, replica: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Proc {
         let log = self.dir.path().join("logs").join(format!("{replica}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("--config")
             .arg(self.config_path())
             .arg("run")
