@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Context;
+use super::backoff::RetrySchedule;
 use super::volume_health::{self, CheckFailed, PendingCheck};
 use crate::storage::{self, Counts, FolderRef, Outcome as RemoveOutcome, Progress};
 use crate::store::{self, Claim, Completion, Location, TombstoneClaim, TombstoneEnd, WorkKind};
@@ -85,6 +86,46 @@ impl Failure {
         match self {
             Failure::Storage(e) => e.kind(),
             Failure::Panicked(_) => "panic",
+        }
+    }
+}
+
+/// How one reconcile ended: the `result` label of the reconcile and removal metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconcileResult {
+    /// Done (removed, moved, or completed by the tombstone).
+    Ok,
+    /// A transient failure; retried with backoff.
+    Retry,
+    /// Failed for good: `delete-error`.
+    Error,
+    /// Stopped by shutdown; the folder stays `delete-ongoing`.
+    Cancelled,
+    /// Another replica holds the lease now.
+    LostLease,
+    /// The row was deleted under the removal.
+    RowDeleted,
+    /// The volume is unavailable; the folder keeps its attempts.
+    VolumeUnavailable,
+    /// The process ran out of descriptors or memory; the folder keeps its attempts.
+    ResourceExhausted,
+    /// The outcome could not be written; the lease expires and the work is redone.
+    DatabaseError,
+}
+
+impl ReconcileResult {
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReconcileResult::Ok => "ok",
+            ReconcileResult::Retry => "retry",
+            ReconcileResult::Error => "error",
+            ReconcileResult::Cancelled => "cancelled",
+            ReconcileResult::LostLease => "lost-lease",
+            ReconcileResult::RowDeleted => "row-deleted",
+            ReconcileResult::VolumeUnavailable => "volume-unavailable",
+            ReconcileResult::ResourceExhausted => "resource-exhausted",
+            ReconcileResult::DatabaseError => "database-error",
         }
     }
 }
@@ -256,7 +297,7 @@ async fn run(ctx: Arc<Context>, work: Work, cancel: CancellationToken) {
     };
     let result = record(&ctx, &work, lease, outcome, saved).await;
     ctx.metrics
-        .reconcile(kind.as_str(), result, started.elapsed());
+        .reconcile(kind.as_str(), result.as_str(), started.elapsed());
 }
 
 /// What earlier runs of this removal saved (a run that was cancelled, lost its volume or
@@ -474,14 +515,20 @@ async fn relocate(ctx: &Arc<Context>, work: &Work, to: Location) -> Outcome {
 }
 
 /// Counts a finished (or abandoned) removal on the volume's metrics.
-fn count_removal(ctx: &Context, host: &str, counts: Counts, elapsed: Duration, result: &str) {
+fn count_removal(
+    ctx: &Context,
+    host: &str,
+    counts: Counts,
+    elapsed: Duration,
+    result: ReconcileResult,
+) {
     ctx.metrics.removal_finished(
         host,
         counts.files,
         counts.dirs,
         counts.bytes,
         elapsed,
-        result,
+        result.as_str(),
     );
 }
 
@@ -494,7 +541,7 @@ async fn record(
     lease: Lease,
     outcome: Outcome,
     saved: Counts,
-) -> &'static str {
+) -> ReconcileResult {
     let host = work.host.as_str();
     let owner = ctx.replica.as_str();
     // What a removal that stops short saves before handing the folder back.
@@ -502,7 +549,7 @@ async fn record(
     match outcome {
         Outcome::Removed { counts, elapsed } => {
             ctx.pressure.relieve();
-            count_removal(ctx, host, counts, elapsed, "ok");
+            count_removal(ctx, host, counts, elapsed, ReconcileResult::Ok);
             let done = Completion {
                 progress: total(saved, counts),
                 duration: elapsed,
@@ -539,13 +586,13 @@ async fn record(
                             elapsed_ms = elapsed.as_millis() as u64,
                             "folder removed after its row was deleted"
                         );
-                        "ok"
+                        ReconcileResult::Ok
                     }
                     Some(false) => {
                         tracing::warn!("folder removed, but the tombstone's lease was lost");
-                        "lost-lease"
+                        ReconcileResult::LostLease
                     }
-                    None => "database-error",
+                    None => ReconcileResult::DatabaseError,
                 };
             }
             match completed {
@@ -558,15 +605,15 @@ async fn record(
                         elapsed_ms = elapsed.as_millis() as u64,
                         "folder removed: delete-ongoing -> delete-complete"
                     );
-                    "ok"
+                    ReconcileResult::Ok
                 }
                 Some(false) => {
                     tracing::warn!(
                         "folder removed, but the lease was lost before completion; the new owner completes it"
                     );
-                    "lost-lease"
+                    ReconcileResult::LostLease
                 }
-                None => "database-error",
+                None => ReconcileResult::DatabaseError,
             }
         }
         Outcome::Moved(location) => {
@@ -577,13 +624,19 @@ async fn record(
             {
                 Some(_) => {
                     tracing::info!(?location, "folder data moved");
-                    "ok"
+                    ReconcileResult::Ok
                 }
-                None => "database-error",
+                None => ReconcileResult::DatabaseError,
             }
         }
         Outcome::Cancelled(counts) => {
-            count_removal(ctx, host, counts, Duration::ZERO, "cancelled");
+            count_removal(
+                ctx,
+                host,
+                counts,
+                Duration::ZERO,
+                ReconcileResult::Cancelled,
+            );
             match hand_back(ctx, lease, progress(counts)).await {
                 Ok(()) => {
                     tracing::info!("removal cancelled; lease released, folder stays delete-ongoing")
@@ -592,11 +645,17 @@ async fn record(
                     tracing::warn!(%error, "removal cancelled; the lease will expire instead")
                 }
             }
-            "cancelled"
+            ReconcileResult::Cancelled
         }
         Outcome::VolumeUnavailable { reason, counts } => {
             if work.kind == WorkKind::Remove {
-                count_removal(ctx, host, counts, Duration::ZERO, "volume-unavailable");
+                count_removal(
+                    ctx,
+                    host,
+                    counts,
+                    Duration::ZERO,
+                    ReconcileResult::VolumeUnavailable,
+                );
             }
             // Logged once per volume there; per folder only at debug level.
             ctx.volume_health.mark_unavailable(host, &reason).await;
@@ -609,11 +668,17 @@ async fn record(
                     tracing::warn!(%error, "volume unavailable; the lease will expire instead")
                 }
             }
-            "volume-unavailable"
+            ReconcileResult::VolumeUnavailable
         }
         Outcome::Starved { reason, counts } => {
             if work.kind == WorkKind::Remove {
-                count_removal(ctx, host, counts, Duration::ZERO, "resource-exhausted");
+                count_removal(
+                    ctx,
+                    host,
+                    counts,
+                    Duration::ZERO,
+                    ReconcileResult::ResourceExhausted,
+                );
             }
             let pause = ctx.pressure.report();
             tracing::warn!(
@@ -624,15 +689,27 @@ async fn record(
             if let Err(error) = hand_back(ctx, lease, progress(counts)).await {
                 tracing::warn!(%error, "the lease will expire instead");
             }
-            "resource-exhausted"
+            ReconcileResult::ResourceExhausted
         }
         Outcome::LeaseLost(counts) => {
-            count_removal(ctx, host, counts, Duration::ZERO, "lost-lease");
-            "lost-lease"
+            count_removal(
+                ctx,
+                host,
+                counts,
+                Duration::ZERO,
+                ReconcileResult::LostLease,
+            );
+            ReconcileResult::LostLease
         }
         Outcome::RowDeleted(counts) => {
-            count_removal(ctx, host, counts, Duration::ZERO, "row-deleted");
-            "row-deleted"
+            count_removal(
+                ctx,
+                host,
+                counts,
+                Duration::ZERO,
+                ReconcileResult::RowDeleted,
+            );
+            ReconcileResult::RowDeleted
         }
         Outcome::Failed { error, counts } => {
             // Kept for the next attempt (a retry keeps the saved counts).
@@ -646,7 +723,11 @@ async fn record(
                     host,
                     counts,
                     Duration::ZERO,
-                    if result == "retry" { "retry" } else { "error" },
+                    if result == ReconcileResult::Retry {
+                        ReconcileResult::Retry
+                    } else {
+                        ReconcileResult::Error
+                    },
                 );
             }
             result
@@ -697,61 +778,108 @@ async fn release(ctx: &Context, lease: Lease) -> Result<(), String> {
 
 /// A transient failure schedules a retry; a permanent one (or the last attempt) ends in
 /// `delete-error` (a tombstone: removal `failed`). Trash moves always retry.
-async fn record_failure(ctx: &Context, work: &Work, lease: Lease, error: &Failure) -> &'static str {
+async fn record_failure(
+    ctx: &Context,
+    work: &Work,
+    lease: Lease,
+    error: &Failure,
+) -> ReconcileResult {
     let owner = ctx.replica.as_str();
+    match decide(work, error, ctx.config.max_attempts, &ctx.retry) {
+        Decision::Fail { message } => {
+            ctx.metrics.terminal_error(error.kind());
+            tracing::error!(error = %message, kind = error.kind(), "removal failed: delete-ongoing -> delete-error");
+            let end = TombstoneEnd::Failed(message.clone());
+            let written = match lease {
+                Lease::Row(id) => {
+                    retry_db(ctx, "fail_removal", || {
+                        ctx.store.fail_removal(id, owner, &message)
+                    })
+                    .await
+                }
+                Lease::Tombstone(seq) => {
+                    retry_db(ctx, "finish_tombstone", || {
+                        ctx.store.finish_tombstone(seq, owner, &end)
+                    })
+                    .await
+                }
+            };
+            match written {
+                Some(_) => ReconcileResult::Error,
+                None => ReconcileResult::DatabaseError,
+            }
+        }
+        Decision::Retry {
+            attempt,
+            delay,
+            message,
+        } => {
+            let next =
+                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            ctx.metrics.retry(error.kind());
+            tracing::warn!(error = %message, kind = error.kind(), attempt, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
+            let written = match lease {
+                Lease::Row(id) => {
+                    retry_db(ctx, "record_retry", || {
+                        ctx.store.record_retry(id, owner, &message, next)
+                    })
+                    .await
+                }
+                Lease::Tombstone(seq) => {
+                    retry_db(ctx, "retry_tombstone", || {
+                        ctx.store.retry_tombstone(seq, owner, &message, next)
+                    })
+                    .await
+                }
+            };
+            match written {
+                Some(_) => ReconcileResult::Retry,
+                None => ReconcileResult::DatabaseError,
+            }
+        }
+    }
+}
+
+/// What to do about a failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Try again after `delay` (jittered, capped); `attempt` is the attempt that failed.
+    Retry {
+        /// The attempt that failed (1-based).
+        attempt: u32,
+        /// How long to wait.
+        delay: Duration,
+        /// The error, for the state row and the log.
+        message: String,
+    },
+    /// Give up: the folder goes to `delete-error` (a tombstone's removal to `failed`).
+    Fail {
+        /// Why, as the state row, the audit log and `show` say it.
+        message: String,
+    },
+}
+
+/// Retry or fail, from the work, the failure and the configuration alone: a removal fails
+/// on a permanent error or when the failed attempt was the last allowed; a transient error
+/// before that is retried with the capped backoff. Trash moves always retry (no transition
+/// to `delete-error` exists from `ready` or `delete-pending`).
+pub fn decide(work: &Work, error: &Failure, max_attempts: u32, retry: &RetrySchedule) -> Decision {
     let attempt = work.attempts.saturating_add(1);
-    let exhausted = attempt >= ctx.config.max_attempts;
-    let terminal = work.kind == WorkKind::Remove && (!error.is_transient() || exhausted);
-    if terminal {
-        let message = if error.is_transient() {
-            format!("gave up after {attempt} attempts: {error}")
-        } else {
-            error.to_string()
-        };
-        ctx.metrics.terminal_error(error.kind());
-        tracing::error!(error = %message, kind = error.kind(), "removal failed: delete-ongoing -> delete-error");
-        let end = TombstoneEnd::Failed(message.clone());
-        let written = match lease {
-            Lease::Row(id) => {
-                retry_db(ctx, "fail_removal", || {
-                    ctx.store.fail_removal(id, owner, &message)
-                })
-                .await
-            }
-            Lease::Tombstone(seq) => {
-                retry_db(ctx, "finish_tombstone", || {
-                    ctx.store.finish_tombstone(seq, owner, &end)
-                })
-                .await
-            }
-        };
-        return match written {
-            Some(_) => "error",
-            None => "database-error",
+    let removal = work.kind == WorkKind::Remove;
+    if removal && !error.is_transient() {
+        return Decision::Fail {
+            message: error.to_string(),
         };
     }
-    let delay = ctx.retry.delay(attempt);
-    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-    let message = error.to_string();
-    ctx.metrics.retry(error.kind());
-    tracing::warn!(error = %message, kind = error.kind(), attempt, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
-    let written = match lease {
-        Lease::Row(id) => {
-            retry_db(ctx, "record_retry", || {
-                ctx.store.record_retry(id, owner, &message, next)
-            })
-            .await
-        }
-        Lease::Tombstone(seq) => {
-            retry_db(ctx, "retry_tombstone", || {
-                ctx.store.retry_tombstone(seq, owner, &message, next)
-            })
-            .await
-        }
-    };
-    match written {
-        Some(_) => "retry",
-        None => "database-error",
+    if removal && attempt >= max_attempts {
+        return Decision::Fail {
+            message: format!("gave up after {attempt} attempts: {error}"),
+        };
+    }
+    Decision::Retry {
+        attempt,
+        delay: retry.delay(attempt),
+        message: error.to_string(),
     }
 }
 
@@ -786,5 +914,95 @@ fn total(saved: Counts, c: Counts) -> Counts {
         dirs: saved.dirs.saturating_add(c.dirs),
         symlinks: saved.symlinks.saturating_add(c.symlinks),
         bytes: saved.bytes.saturating_add(c.bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEDULE: RetrySchedule = RetrySchedule {
+        min: Duration::from_secs(1),
+        max: Duration::from_secs(8),
+    };
+
+    fn work(kind: WorkKind, attempts: u32) -> Work {
+        Work {
+            id: Uuid::nil(),
+            host: "local:volume1".to_owned(),
+            quota_scope_id: None,
+            kind,
+            attempts,
+            reclaimed_from: None,
+            lease: Lease::Row(Uuid::nil()),
+        }
+    }
+
+    fn transient() -> Failure {
+        Failure::Panicked("boom".to_owned())
+    }
+
+    fn permanent() -> Failure {
+        Failure::Storage(storage::Error::UnknownVolume {
+            host: "nowhere:volume".to_owned(),
+        })
+    }
+
+    #[test]
+    fn a_transient_failure_before_the_last_attempt_is_retried_with_capped_backoff() {
+        for attempts in 0..2 {
+            match decide(
+                &work(WorkKind::Remove, attempts),
+                &transient(),
+                3,
+                &SCHEDULE,
+            ) {
+                Decision::Retry {
+                    attempt,
+                    delay,
+                    message,
+                } => {
+                    assert_eq!(attempt, attempts + 1);
+                    assert!(delay <= SCHEDULE.max, "{delay:?}");
+                    assert_eq!(message, "removal task panicked: boom");
+                }
+                other => panic!("attempt {attempts}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_last_attempt_gives_up_and_says_how_many_were_made() {
+        assert_eq!(
+            decide(&work(WorkKind::Remove, 2), &transient(), 3, &SCHEDULE),
+            Decision::Fail {
+                message: "gave up after 3 attempts: removal task panicked: boom".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn a_permanent_failure_gives_up_at_once_with_the_error_alone() {
+        let error = permanent();
+        assert!(!error.is_transient());
+        assert_eq!(
+            decide(&work(WorkKind::Remove, 0), &error, 10, &SCHEDULE),
+            Decision::Fail {
+                message: error.to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn trash_moves_never_give_up() {
+        for kind in [WorkKind::MoveToTrash, WorkKind::Restore] {
+            for error in [transient(), permanent()] {
+                let decision = decide(&work(kind, 50), &error, 3, &SCHEDULE);
+                assert!(
+                    matches!(decision, Decision::Retry { attempt: 51, .. }),
+                    "{decision:?}"
+                );
+            }
+        }
     }
 }
