@@ -8,7 +8,7 @@
 //! locking, LISTEN/NOTIFY, adoption). What a backend can do is asked of it
 //! ([`Readiness::capabilities`]), never inferred from its name.
 //!
-//! Guarantees every implementation gives (the conformance suite in `tests/store.rs` runs the
+//! Guarantees every implementation gives (the conformance suite in `tests/it/store.rs` runs the
 //! same tests on both):
 //! - Status changes go through the database trigger, which rejects illegal transitions,
 //!   appends `{status, at, actor}` to `status_history` and sets `status_changed`; writing the

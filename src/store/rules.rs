@@ -6,7 +6,7 @@
 //! statement, which each backend implements in its own dialect (`postgres.rs`, `sqlite.rs`).
 //! The backends hold only what truly differs: SQL text, types, locking, LISTEN.
 //!
-//! Guarantees (the conformance suite in `tests/store.rs` runs them on both backends):
+//! Guarantees (the conformance suite in `tests/it/store.rs` runs them on both backends):
 //! - The row is locked (PostgreSQL `FOR UPDATE`; SQLite's write transaction) before it is
 //!   checked, so the check and the write are one decision.
 //! - Every change writes exactly one audit entry, in the same transaction as the change.

@@ -4,7 +4,6 @@
 //!
 //! PostgreSQL comes from `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
 //! when it is unreachable the test fails with a message saying so — it never skips.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 

@@ -3,10 +3,9 @@
 //! enforces for a raw SQL writer (no store code involved); the second group covers the
 //! `Store` trait.
 //!
-//! Run with `cargo test --test store -- --test-threads 2` (PostgreSQL from `DATABASE_URL`).
+//! Run with `cargo test --test it store:: -- --test-threads 2` (PostgreSQL from `DATABASE_URL`).
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -1,9 +1,9 @@
 //! End-to-end tests of `vfolder-controller run`: real processes, real PostgreSQL and SQLite,
 //! real directories and mounts, real signals.
 
-mod common;
-mod harness;
-mod storage_support;
+use crate::common;
+use crate::harness;
+use crate::storage_support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,8 +1,6 @@
 //! Shared fixtures for the storage tests: a sandbox with a volume and an outside tree,
 //! snapshots that compare trees byte for byte, and guards that undo mounts and `chattr +i`.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

@@ -1,8 +1,8 @@
 //! The real binary's `/metrics` after a real removal, checked by value, by `promtool`, and by
 //! a real Prometheus server scraping it over loopback.
 
-mod common;
-mod harness;
+use crate::common;
+use crate::harness;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,9 +2,9 @@
 //! was deleted under it, `orphans scan` and `orphans reclaim`. Real processes, real
 //! databases (both backends), real directories.
 
-mod common;
-mod harness;
-mod storage_support;
+use crate::common;
+use crate::harness;
+use crate::storage_support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,8 @@
 //! and running out of descriptors is the process's own transient condition, never a
 //! folder's attempt nor a volume outage. Real processes under real `prlimit` limits.
 
-mod common;
-mod harness;
+use crate::common;
+use crate::harness;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

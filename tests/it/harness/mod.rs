@@ -1,6 +1,5 @@
 //! Test harness for end-to-end controller tests (include `mod common;` beside it): real `vfolder-controller run` processes,
 //! real databases, real directories.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

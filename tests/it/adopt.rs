@@ -4,8 +4,8 @@
 //! platform holds, each with a real directory tree, then previewed, adopted, driven by the
 //! platform's own writes while the real controller runs, and given back.
 
-mod common;
-mod harness;
+use crate::common;
+use crate::harness;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,8 +19,8 @@ use vfolder_controller::storage::FolderRef;
 
 use common::TestDb;
 
-const UPGRADED: &str = include_str!("fixtures/backendai/upgraded.sql");
-const ONESHOT: &str = include_str!("fixtures/backendai/oneshot.sql");
+const UPGRADED: &str = include_str!("../fixtures/backendai/upgraded.sql");
+const ONESHOT: &str = include_str!("../fixtures/backendai/oneshot.sql");
 
 /// A row of the fixture: what it is, and what must become of it.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 //! unmounted volumes, mounts inside the tree, immutable files and unreadable directories.
 //! Every test compares the rest of the sandbox byte for byte before and after.
 
-mod storage_support;
+use crate::storage_support;
 
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;

@@ -175,7 +175,7 @@ fn the_diagram_parser_sees_a_wrong_edge() {
 #[test]
 fn docs_say_a_row_on_a_volume_no_replica_serves_waits_visibly() {
     // The code never claims such a row, so it cannot fail: it waits, and the backlog gauge
-    // and alert show it (tests/controller.rs proves the behaviour).
+    // and alert show it (tests/it/controller.rs proves the behaviour).
     for name in ["lifecycle.md", "operations.md"] {
         let text = doc(name).split_whitespace().collect::<Vec<_>>().join(" ");
         for wrong in [

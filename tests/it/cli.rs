@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
-mod common;
+use crate::common;
 use common::{Backend, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vfolder-controller");

@@ -2,8 +2,7 @@
 //! shared server and other tests are never disturbed) is stopped and restarted under a
 //! running controller.
 
-mod common;
-mod harness;
+use crate::harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The remover on real directories: counts, shapes, concurrency, cancellation, fan-out
 //! pruning, trash moves and an oracle check against a sequential walk.
 
-mod storage_support;
+use crate::storage_support;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;

@@ -5,8 +5,8 @@
 //! 400ms`) with `max_attempts = 3`: a folder's whole retry budget is under a second, so an
 //! outage of [`OUTAGE`] is more than 30 times longer than it.
 
-mod common;
-mod harness;
+use crate::common;
+use crate::harness;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
