@@ -253,3 +253,25 @@ pub(crate) fn pending(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ADDED;
+
+    #[test]
+    fn the_adoption_guide_lists_everything_an_adoption_adds() {
+        let guide = include_str!("../../docs/adopting.md");
+        for added in ADDED {
+            let drop = added.drop_sql();
+            let name = drop
+                .split_whitespace()
+                .find(|w| w.starts_with("vfolder") || w.starts_with("_sqlx"))
+                .map(|w| w.trim_end_matches("()"))
+                .unwrap_or_default();
+            assert!(
+                guide.contains(&format!("`{name}")),
+                "docs/adopting.md does not name {name}"
+            );
+        }
+    }
+}
