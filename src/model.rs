@@ -341,6 +341,9 @@ pub struct Claim {
     pub attempts: u32,
     /// Where the data is.
     pub location: Location,
+    /// What earlier runs of this removal removed (saved with the lease), so that the final
+    /// counts cover the whole removal.
+    pub progress: Counts,
     /// The previous owner, when this claim took over an expired lease.
     pub reclaimed_from: Option<String>,
 }

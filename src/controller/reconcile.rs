@@ -156,6 +156,8 @@ pub struct Work {
     pub reclaimed_from: Option<String>,
     /// The lease the claim holds.
     pub lease: Lease,
+    /// What earlier runs of the removal saved (a tombstone's removal counts from zero).
+    pub saved: Counts,
 }
 
 impl Work {
@@ -178,6 +180,7 @@ impl From<Claim> for Work {
             attempts: c.attempts,
             reclaimed_from: c.reclaimed_from,
             lease: Lease::Row(c.folder.id),
+            saved: c.progress,
         }
     }
 }
@@ -263,6 +266,7 @@ pub async fn finish_tombstone(ctx: Arc<Context>, claim: TombstoneClaim, cancel: 
         attempts: t.attempts,
         reclaimed_from: claim.reclaimed_from,
         lease: Lease::Tombstone(seq),
+        saved: Counts::default(),
     };
     run(ctx, work, cancel).await;
 }
@@ -276,7 +280,8 @@ async fn run(ctx: Arc<Context>, work: Work, cancel: CancellationToken) {
     }
     let (outcome, lease, saved) = match kind {
         WorkKind::Remove => {
-            let saved = saved_progress(&ctx, &work).await;
+            // Read with the claim: no query of its own per removal.
+            let saved = work.saved;
             let (outcome, lease) = remove(&ctx, &work, &cancel, saved).await;
             (outcome, lease, saved)
         }
@@ -298,23 +303,6 @@ async fn run(ctx: Arc<Context>, work: Work, cancel: CancellationToken) {
     let result = record(&ctx, &work, lease, outcome, saved).await;
     ctx.metrics
         .reconcile(kind.as_str(), result.as_str(), started.elapsed());
-}
-
-/// What earlier runs of this removal saved (a run that was cancelled, lost its volume or
-/// failed transiently). Unknown counts as nothing: the removal itself does not depend on it.
-/// A tombstone's removal counts from zero.
-async fn saved_progress(ctx: &Context, work: &Work) -> Counts {
-    let Lease::Row(id) = work.lease else {
-        return Counts::default();
-    };
-    match ctx.store.get_folder(id).await {
-        Ok(detail) => detail.state.map(|s| s.progress).unwrap_or_default(),
-        Err(error) => {
-            ctx.metrics.database_error("get_folder");
-            tracing::warn!(%error, "cannot read the saved progress; counting from zero");
-            Counts::default()
-        }
-    }
 }
 
 /// Renews whichever lease the worker holds.
@@ -935,6 +923,7 @@ mod tests {
             attempts,
             reclaimed_from: None,
             lease: Lease::Row(Uuid::nil()),
+            saved: Counts::default(),
         }
     }
 

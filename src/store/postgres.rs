@@ -933,11 +933,13 @@ impl Work for PgStore {
                        updated_at = now()
                    WHERE (s.lease_owner IS NULL OR s.lease_expires_at < now())
                      AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
-                   RETURNING s.vfolder_id, s.attempts, s.location
+                   RETURNING s.vfolder_id, s.attempts, s.location, s.files, s.dirs, s.symlinks,
+                             s.bytes
                )
                SELECT "#,
             folder_columns!(),
-            r#", c.attempts::int8 AS attempts, c.location, d.kind, d.prev_owner
+            r#", c.attempts::int8 AS attempts, c.location, d.kind, d.prev_owner,
+                 c.files, c.dirs, c.symlinks, c.bytes
                FROM claimed c JOIN due d ON d.id = c.vfolder_id JOIN vfolders v ON v.id = c.vfolder_id
                ORDER BY v.status_changed NULLS FIRST, v.id"#
         ))

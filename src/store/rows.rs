@@ -143,6 +143,8 @@ pub(crate) struct ClaimRow<Id, Time, Name> {
     location: String,
     kind: String,
     prev_owner: Option<String>,
+    #[sqlx(flatten)]
+    counts: CountsRow,
 }
 
 impl<Id, Time, Name> ClaimRow<Id, Time, Name>
@@ -158,6 +160,7 @@ where
             kind: WorkKind::parse(&self.kind)?,
             attempts: u32::try_from(self.attempts).unwrap_or(0),
             location: parse_location(&self.location)?,
+            progress: self.counts.into_counts(),
             reclaimed_from: self.prev_owner,
         })
     }

@@ -647,7 +647,7 @@ impl Work for SqliteStore {
                  CASE WHEN v.status = 'delete-ongoing' THEN 'remove'
                       WHEN v.status = 'delete-pending' THEN 'move-to-trash'
                       ELSE 'restore' END AS kind,
-                 s.lease_owner AS prev_owner
+                 s.lease_owner AS prev_owner, s.files, s.dirs, s.symlinks, s.bytes
                FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
                WHERE v.host IN (SELECT value FROM json_each($1))
                  AND v.id NOT IN (SELECT value FROM json_each($3))
