@@ -3,7 +3,8 @@
 //!
 //! Each job is one idempotent statement per batch, safe when every replica runs it at the
 //! same time, so no leader election is needed. A failed run is logged and counted, never
-//! fatal: the next tick tries again. Cancellation ends the job quietly.
+//! fatal: the next tick tries again. Cancellation ends the job quietly, after the run under
+//! way (if any) finishes or [`FINISH_AT_SHUTDOWN`] passes.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +19,9 @@ use crate::store;
 /// Rows one statement of a batched job touches at most; a job repeats the statement until
 /// a batch comes back short.
 pub const BATCH: u32 = 500;
+
+/// How long a run under way at shutdown may take to finish.
+const FINISH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// One periodic job.
 pub trait MaintenanceJob: Send + Sync + 'static {
@@ -48,20 +52,30 @@ impl Schedule {
             cancel,
         } = self;
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                result = job.run_once() => match result {
-                    Ok(rows) => {
-                        if rows > 0 {
-                            tracing::info!(job = J::NAME, rows, "maintenance job changed rows");
-                        }
-                        metrics.timer_run(J::NAME, rows);
-                    }
-                    Err(error) => {
-                        metrics.database_error(J::NAME);
-                        tracing::warn!(job = J::NAME, %error, "maintenance job failed; retrying at the next tick");
-                    }
+            let run = job.run_once();
+            tokio::pin!(run);
+            let result = tokio::select! {
+                result = &mut run => result,
+                // A run is a few short transactions: it may finish them, within a bound.
+                // Dropping one mid-transaction was seen to keep SQLite's write lock past the
+                // removals' last writes at shutdown (their saved progress and released
+                // leases then waited out the busy timeout and were lost).
+                _ = cancel.cancelled() => match tokio::time::timeout(FINISH_AT_SHUTDOWN, run).await {
+                    Ok(result) => result,
+                    Err(_) => return,
                 },
+            };
+            match result {
+                Ok(rows) => {
+                    if rows > 0 {
+                        tracing::info!(job = J::NAME, rows, "maintenance job changed rows");
+                    }
+                    metrics.timer_run(J::NAME, rows);
+                }
+                Err(error) => {
+                    metrics.database_error(J::NAME);
+                    tracing::warn!(job = J::NAME, %error, "maintenance job failed; retrying at the next tick");
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,

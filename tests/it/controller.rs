@@ -137,7 +137,8 @@ async fn a_cancelled_removal_saves_its_progress_and_the_final_counts_cover_it(db
     assert_eq!(
         (saved.files, saved.symlinks),
         (2000 - files_left, 20 - links_left),
-        "what was removed before the signal is saved"
+        "what was removed before the signal is saved\n{}",
+        first.log_text()
     );
     let _second = site.start_with("second", &NO_RENEWAL);
     site.wait_for(folder.id, LONG, "delete-complete", |d| {
