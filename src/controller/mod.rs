@@ -6,6 +6,8 @@
 //! - *what is due*: `Store::claim_due` (lease, backoff time, work kind) — one statement;
 //! - *how many*: a global semaphore and one per volume bound simultaneous removals;
 //! - *what to do*: [`reconcile::reconcile`] for one folder;
+//! - *how results are written*: finished removals share transactions ([`completions`]:
+//!   group commit, so a backlog of small folders is not bound by one commit each);
 //! - *when*: a LISTEN/NOTIFY wake-up ([`wakeup`]), a finished worker, or the jittered
 //!   resync poll, whichever comes first;
 //! - periodic maintenance ([`trash_timer`], [`history_cleanup`], [`status_gauges`], and
@@ -23,6 +25,7 @@
 //! leases remain. Rows stay `delete-ongoing` and are resumed by whichever replica runs next.
 
 pub mod backoff;
+pub mod completions;
 pub mod history_cleanup;
 pub mod maintenance;
 pub mod orphans;
@@ -49,6 +52,7 @@ use crate::observe::{Health, Metrics};
 use crate::storage::Volumes;
 use crate::store::{ClaimRequest, Store, WorkKind};
 use backoff::{RetrySchedule, jittered};
+use completions::Completions;
 use pressure::Pressure;
 use volume_health::VolumeHealth;
 
@@ -72,6 +76,8 @@ pub struct Context {
     pub volume_health: Arc<VolumeHealth>,
     /// Whether the process is short of descriptors or memory (claiming pauses).
     pub pressure: Pressure,
+    /// Writes finished removals in batches (group commit).
+    pub completions: Completions,
 }
 
 impl Context {
@@ -95,6 +101,7 @@ impl Context {
         };
         Context {
             volume_health,
+            completions: Completions::new(store.clone(), replica.clone()),
             store,
             volumes: Arc::new(Volumes::new(&config.volumes)),
             metrics,

@@ -545,7 +545,7 @@ async fn record(
             let completed = match lease {
                 Lease::Row(id) => {
                     retry_db(ctx, "complete_removal", || {
-                        ctx.store.complete_removal(id, owner, &done)
+                        ctx.completions.complete(id, done)
                     })
                     .await
                 }

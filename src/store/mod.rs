@@ -321,7 +321,21 @@ pub trait Work: Readiness {
 
     /// `delete-ongoing → delete-complete` with the audit entry, in one transaction; clears
     /// attempts and the lease. `false` when `owner` lost the lease or the row moved on.
-    async fn complete_removal(&self, id: Uuid, owner: &str, done: &Completion) -> Result<bool>;
+    async fn complete_removal(&self, id: Uuid, owner: &str, done: &Completion) -> Result<bool> {
+        let done = self.complete_removals(owner, &[(id, *done)]).await?;
+        Ok(done.first().copied().unwrap_or(false))
+    }
+
+    /// [`Work::complete_removal`] for many folders in one transaction of a few statements
+    /// that each cover the whole batch (the database round trips, not the removals, bound
+    /// how fast small folders converge). Returns one flag per folder, in order; a folder's
+    /// flag, history entry, audit entry and event depend on its own row alone: a lost lease
+    /// is `false` for that folder only. An error fails the whole batch (nothing is written).
+    async fn complete_removals(
+        &self,
+        owner: &str,
+        done: &[(Uuid, Completion)],
+    ) -> Result<Vec<bool>>;
 
     /// Records a transient failure: attempts + 1, `next_attempt_at`, the error text, lease
     /// released. Returns the new attempt count (`None` if `owner` lost the lease).

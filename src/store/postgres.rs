@@ -20,7 +20,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::rows;
-use super::rules::{self, Locked, LockedTombstone, Tx};
+use super::rules::{self, Ended, Locked, LockedTombstone, Tx};
 use super::schema::{self, ADDED, DuplicateName, MigrationPlan, Remap, Schema, UnadoptPlan};
 use super::{
     Admin, AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
@@ -380,27 +380,38 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-async fn insert_audit(conn: &mut PgConnection, a: &NewAudit<'_>) -> Result<()> {
-    let p = a.progress;
+async fn insert_audits<'a>(conn: &mut PgConnection, audits: &[NewAudit<'a>]) -> Result<()> {
+    // One statement for any number of entries: the columns go as arrays, zipped by unnest.
+    let column = |f: fn(&NewAudit<'a>) -> Option<&'a str>| -> Vec<Option<&'a str>> {
+        audits.iter().map(f).collect()
+    };
+    let count = |f: fn(Counts) -> u64| -> Vec<Option<i64>> {
+        audits
+            .iter()
+            .map(|a| a.progress.map(|p| to_i64(f(p))))
+            .collect()
+    };
     sqlx::query(
         "INSERT INTO vfolder_audit (vfolder_id, host, name, action, from_status, to_status, actor,
              replica, files, dirs, symlinks, bytes, duration_ms, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+             $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[],
+             $12::int8[], $13::int8[], $14::text[])",
     )
-    .bind(a.vfolder_id)
-    .bind(a.host)
-    .bind(a.name)
-    .bind(a.action.as_str())
-    .bind(a.from_status)
-    .bind(a.to_status)
-    .bind(a.actor)
-    .bind(a.replica)
-    .bind(p.map(|p| to_i64(p.files)))
-    .bind(p.map(|p| to_i64(p.dirs)))
-    .bind(p.map(|p| to_i64(p.symlinks)))
-    .bind(p.map(|p| to_i64(p.bytes)))
-    .bind(a.duration_ms)
-    .bind(a.error)
+    .bind(audits.iter().map(|a| a.vfolder_id).collect::<Vec<_>>())
+    .bind(column(|a| a.host))
+    .bind(column(|a| a.name))
+    .bind(column(|a| Some(a.action.as_str())))
+    .bind(column(|a| a.from_status))
+    .bind(column(|a| a.to_status))
+    .bind(column(|a| a.actor))
+    .bind(column(|a| a.replica))
+    .bind(count(|p| p.files))
+    .bind(count(|p| p.dirs))
+    .bind(count(|p| p.symlinks))
+    .bind(count(|p| p.bytes))
+    .bind(audits.iter().map(|a| a.duration_ms).collect::<Vec<_>>())
+    .bind(column(|a| a.error))
     .execute(conn)
     .await
     .map_err(db("writing the audit log"))?;
@@ -433,28 +444,37 @@ impl Tx for PgTx {
         locked(id, &row)
     }
 
-    async fn lock_leased(&mut self, id: Uuid, owner: &str) -> Result<Option<Locked>> {
-        let row = sqlx::query(
-            "SELECT v.status, v.host, v.name FROM vfolders v
+    async fn lock_leased(&mut self, ids: &[Uuid], owner: &str) -> Result<Vec<(Uuid, Locked)>> {
+        let rows = sqlx::query(
+            "SELECT v.id, v.status, v.host, v.name FROM vfolders v
              JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-             WHERE v.id = $1 AND s.lease_owner = $2 FOR UPDATE OF v, s",
+             WHERE v.id = ANY($1) AND s.lease_owner = $2
+             ORDER BY v.id FOR UPDATE OF v, s",
         )
-        .bind(id)
+        .bind(ids)
         .bind(owner)
-        .fetch_optional(&mut *self.0)
+        .fetch_all(&mut *self.0)
         .await
-        .map_err(db("locking a leased vfolder row"))?;
-        row.map(|row| locked(id, &row)).transpose()
+        .map_err(db("locking leased vfolder rows"))?;
+        rows.iter()
+            .map(|row| {
+                let id: Uuid = row.try_get("id").map_err(db("reading a vfolder row"))?;
+                Ok((id, locked(id, row)?))
+            })
+            .collect()
     }
 
-    async fn write_status(&mut self, id: Uuid, name: &str, to: Status, actor: &str) -> Result<()> {
+    async fn write_status(&mut self, rows: &[(Uuid, &str)], to: Status, actor: &str) -> Result<()> {
+        let Some(&(first, name)) = rows.first() else {
+            return Ok(());
+        };
         set_actor(&mut self.0, actor).await?;
-        sqlx::query("UPDATE vfolders SET status = $2 WHERE id = $1")
-            .bind(id)
+        sqlx::query("UPDATE vfolders SET status = $2 WHERE id = ANY($1)")
+            .bind(rows.iter().map(|(id, _)| *id).collect::<Vec<_>>())
             .bind(to.as_str())
             .execute(&mut *self.0)
             .await
-            .map_err(write_err(id, name, "writing a vfolder status"))?;
+            .map_err(write_err(first, name, "writing a vfolder status"))?;
         Ok(())
     }
 
@@ -519,27 +539,27 @@ impl Tx for PgTx {
         Ok(())
     }
 
-    async fn finish_state(
-        &mut self,
-        id: Uuid,
-        complete: bool,
-        error: Option<&str>,
-        progress: Counts,
-    ) -> Result<()> {
+    async fn finish_state(&mut self, ended: &[Ended<'_>], complete: bool) -> Result<()> {
+        let count = |f: fn(Counts) -> u64| -> Vec<i64> {
+            ended.iter().map(|e| to_i64(f(e.progress))).collect()
+        };
         sqlx::query(
-            "UPDATE vfolder_controller_state SET lease_owner = NULL, lease_expires_at = NULL,
-                 attempts = CASE WHEN $2 THEN 0 ELSE attempts END,
-                 next_attempt_at = NULL, last_error = $3,
-                 files = $4, dirs = $5, symlinks = $6, bytes = $7, updated_at = now()
-             WHERE vfolder_id = $1",
+            "UPDATE vfolder_controller_state s SET lease_owner = NULL, lease_expires_at = NULL,
+                 attempts = CASE WHEN $2 THEN 0 ELSE s.attempts END,
+                 next_attempt_at = NULL, last_error = e.error,
+                 files = e.files, dirs = e.dirs, symlinks = e.symlinks, bytes = e.bytes,
+                 updated_at = now()
+             FROM unnest($1::uuid[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+                 AS e(id, error, files, dirs, symlinks, bytes)
+             WHERE s.vfolder_id = e.id",
         )
-        .bind(id)
+        .bind(ended.iter().map(|e| e.id).collect::<Vec<_>>())
         .bind(complete)
-        .bind(error)
-        .bind(to_i64(progress.files))
-        .bind(to_i64(progress.dirs))
-        .bind(to_i64(progress.symlinks))
-        .bind(to_i64(progress.bytes))
+        .bind(ended.iter().map(|e| e.error).collect::<Vec<_>>())
+        .bind(count(|p| p.files))
+        .bind(count(|p| p.dirs))
+        .bind(count(|p| p.symlinks))
+        .bind(count(|p| p.bytes))
         .execute(&mut *self.0)
         .await
         .map_err(db("updating controller state"))?;
@@ -615,8 +635,8 @@ impl Tx for PgTx {
         Ok(())
     }
 
-    async fn insert_audit(&mut self, audit: &NewAudit<'_>) -> Result<()> {
-        insert_audit(&mut self.0, audit).await
+    async fn insert_audits(&mut self, audits: &[NewAudit<'_>]) -> Result<()> {
+        insert_audits(&mut self.0, audits).await
     }
 
     async fn commit(self, context: &'static str) -> Result<()> {
@@ -1034,8 +1054,12 @@ impl Work for PgStore {
         Ok(done.rows_affected() + tombstones.rows_affected())
     }
 
-    async fn complete_removal(&self, id: Uuid, owner: &str, done: &Completion) -> Result<bool> {
-        rules::complete_removal(self.begin_tx().await?, id, owner, done).await
+    async fn complete_removals(
+        &self,
+        owner: &str,
+        done: &[(Uuid, Completion)],
+    ) -> Result<Vec<bool>> {
+        rules::complete_removals(self.begin_tx().await?, owner, done).await
     }
 
     async fn record_retry(

@@ -14,6 +14,8 @@
 //!   these are no-ops that return `false`.
 //! - Writing the status a row already has is a no-op: no history, no audit, no event.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -55,12 +57,16 @@ pub(crate) trait Tx: Send + Sized {
     /// Locks the row; [`Error::NotFound`] when there is none.
     async fn lock_folder(&mut self, id: Uuid) -> Result<Locked>;
 
-    /// Locks the row and its controller state when `owner` holds the lease; `None` otherwise.
-    async fn lock_leased(&mut self, id: Uuid, owner: &str) -> Result<Option<Locked>>;
+    /// Locks those of the rows `ids` whose lease `owner` holds, with their controller state,
+    /// in id order (so two lockers of overlapping sets cannot deadlock); the others are
+    /// left out.
+    async fn lock_leased(&mut self, ids: &[Uuid], owner: &str) -> Result<Vec<(Uuid, Locked)>>;
 
-    /// Writes the status, with `actor` for the trigger's history entry. The trigger's
-    /// rejection maps to [`Error::IllegalTransition`], the name index to [`Error::NameTaken`].
-    async fn write_status(&mut self, id: Uuid, name: &str, to: Status, actor: &str) -> Result<()>;
+    /// Writes status `to` on every row of `rows` (id, name), with `actor` for the trigger's
+    /// history entry. The trigger's rejection maps to [`Error::IllegalTransition`], the name
+    /// index to [`Error::NameTaken`], both naming the first row: only single-row writes can
+    /// be refused (a batch is the end of removals, which the lifecycle always allows).
+    async fn write_status(&mut self, rows: &[(Uuid, &str)], to: Status, actor: &str) -> Result<()>;
 
     /// Inserts a new row as `actor` and reads it back.
     async fn insert_folder(&mut self, new: &NewFolder, actor: &str) -> Result<Folder>;
@@ -80,15 +86,9 @@ pub(crate) trait Tx: Send + Sized {
         purge_after: Option<DateTime<Utc>>,
     ) -> Result<()>;
 
-    /// The controller state at the end of a removal: lease released, next attempt cleared,
-    /// attempts reset when `complete`, the error text and the final counts stored.
-    async fn finish_state(
-        &mut self,
-        id: Uuid,
-        complete: bool,
-        error: Option<&str>,
-        progress: Counts,
-    ) -> Result<()>;
+    /// The controller state at the end of removals: leases released, next attempts cleared,
+    /// attempts reset when `complete`, each folder's error text and final counts stored.
+    async fn finish_state(&mut self, ended: &[Ended<'_>], complete: bool) -> Result<()>;
 
     /// The controller state after a trash move or restore: the data's place, lease released.
     async fn set_location(&mut self, id: Uuid, location: Location) -> Result<()>;
@@ -109,11 +109,22 @@ pub(crate) trait Tx: Send + Sized {
     /// Ends the sighting of a reclaimed orphan.
     async fn end_sighting(&mut self, host: &str, path: &str) -> Result<()>;
 
-    /// Appends an audit entry.
-    async fn insert_audit(&mut self, audit: &NewAudit<'_>) -> Result<()>;
+    /// Appends audit entries, in order.
+    async fn insert_audits(&mut self, audits: &[NewAudit<'_>]) -> Result<()>;
 
     /// Commits; `context` names the change in an error.
     async fn commit(self, context: &'static str) -> Result<()>;
+}
+
+/// One folder's end of a removal, for its controller state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ended<'a> {
+    /// The folder.
+    pub id: Uuid,
+    /// Why it failed; `None` when it completed.
+    pub error: Option<&'a str>,
+    /// What was removed in all.
+    pub progress: Counts,
 }
 
 /// A requested status change ([`StatusRequest::check`] decides under the row lock).
@@ -123,18 +134,18 @@ pub(crate) async fn set_status(mut tx: impl Tx, req: &StatusRequest) -> Result<S
     if !change.changed {
         return Ok(change);
     }
-    tx.write_status(req.id, &row.name, req.to, &req.actor)
+    tx.write_status(&[(req.id, &row.name)], req.to, &req.actor)
         .await?;
     tx.note_status_change(req.id, row.status, req.to, req.purge_after)
         .await?;
-    tx.insert_audit(&NewAudit {
+    tx.insert_audits(&[NewAudit {
         host: Some(&row.host),
         name: Some(&row.name),
         from_status: Some(row.status.as_str()),
         to_status: Some(req.to.as_str()),
         actor: Some(&req.actor),
         ..NewAudit::new(req.id, req.action)
-    })
+    }])
     .await?;
     tx.commit("committing a status change").await?;
     Ok(change)
@@ -175,69 +186,93 @@ pub(crate) async fn forget(mut tx: impl Tx, id: Uuid, actor: &str) -> Result<()>
         });
     }
     tx.delete_folder(id, actor, "forget").await?;
-    tx.insert_audit(&NewAudit {
+    tx.insert_audits(&[NewAudit {
         host: Some(&row.host),
         name: Some(&row.name),
         from_status: Some(row.status.as_str()),
         actor: Some(actor),
         ..NewAudit::new(id, AuditAction::Forget)
-    })
+    }])
     .await?;
     tx.commit("committing forget").await
 }
 
-/// The lease-guarded end of a removal: `delete-ongoing → to` with the state and one audit
-/// entry (`audit` names the action and carries the counts or the error). `false` when
-/// `owner` lost the lease or the row moved on.
-async fn finish_removal(
+/// The lease-guarded end of removals: `delete-ongoing → to` for every folder of `audits`
+/// (one entry each, naming the action and carrying the counts or the error), with its state
+/// and its audit entry, all in one transaction whose statements each cover the whole batch.
+/// Returns one flag per entry, in order: `false` where `owner` lost the lease, the row moved
+/// on or is gone, or the id came earlier in the batch. A folder's flag and writes depend on
+/// its own row alone, never on the others in the batch.
+async fn finish_removals(
     mut tx: impl Tx,
-    id: Uuid,
     owner: &str,
     to: Status,
-    audit: NewAudit<'_>,
-) -> Result<bool> {
-    let Some(row) = tx.lock_leased(id, owner).await? else {
-        return Ok(false);
-    };
-    if row.status != Status::DeleteOngoing {
-        return Ok(false);
+    audits: &[NewAudit<'_>],
+) -> Result<Vec<bool>> {
+    let ids: Vec<Uuid> = audits.iter().map(|a| a.vfolder_id).collect();
+    let mut ongoing: HashMap<Uuid, Locked> = tx
+        .lock_leased(&ids, owner)
+        .await?
+        .into_iter()
+        .filter(|(_, row)| row.status == Status::DeleteOngoing)
+        .collect();
+    // Each entry takes its row out of the map, so a repeated id ends its folder only once.
+    let taken: Vec<Option<(&NewAudit<'_>, Locked)>> = audits
+        .iter()
+        .map(|a| ongoing.remove(&a.vfolder_id).map(|row| (a, row)))
+        .collect();
+    let ended: Vec<&(&NewAudit<'_>, Locked)> = taken.iter().flatten().collect();
+    if ended.is_empty() {
+        return Ok(vec![false; audits.len()]);
     }
-    tx.write_status(id, &row.name, to, owner).await?;
-    tx.finish_state(
-        id,
-        to == Status::DeleteComplete,
-        audit.error,
-        audit.progress.unwrap_or_default(),
-    )
-    .await?;
-    tx.insert_audit(&NewAudit {
-        vfolder_id: id,
-        host: Some(&row.host),
-        name: Some(&row.name),
-        from_status: Some(Status::DeleteOngoing.as_str()),
-        to_status: Some(to.as_str()),
-        actor: Some(owner),
-        replica: Some(owner),
-        ..audit
-    })
-    .await?;
-    tx.commit("committing a removal result").await?;
-    Ok(true)
+    let rows: Vec<(Uuid, &str)> = ended
+        .iter()
+        .map(|(a, row)| (a.vfolder_id, row.name.as_str()))
+        .collect();
+    tx.write_status(&rows, to, owner).await?;
+    let states: Vec<Ended<'_>> = ended
+        .iter()
+        .map(|(a, _)| Ended {
+            id: a.vfolder_id,
+            error: a.error,
+            progress: a.progress.unwrap_or_default(),
+        })
+        .collect();
+    tx.finish_state(&states, to == Status::DeleteComplete)
+        .await?;
+    let entries: Vec<NewAudit<'_>> = ended
+        .iter()
+        .map(|(a, row)| NewAudit {
+            host: Some(&row.host),
+            name: Some(&row.name),
+            from_status: Some(Status::DeleteOngoing.as_str()),
+            to_status: Some(to.as_str()),
+            actor: Some(owner),
+            replica: Some(owner),
+            ..(*a).clone()
+        })
+        .collect();
+    tx.insert_audits(&entries).await?;
+    tx.commit("committing removal results").await?;
+    Ok(taken.iter().map(Option::is_some).collect())
 }
 
-/// `delete-ongoing → delete-complete` with the counts and the duration in the audit entry.
-pub(crate) async fn complete_removal(
+/// `delete-ongoing → delete-complete` for each folder of `done`, with its counts and
+/// duration in its audit entry (see [`finish_removals`] for the batch's guarantees).
+pub(crate) async fn complete_removals(
     tx: impl Tx,
-    id: Uuid,
     owner: &str,
-    done: &Completion,
-) -> Result<bool> {
-    let audit = NewAudit {
-        progress: Some(done.progress),
-        duration_ms: Some(i64::try_from(done.duration.as_millis()).unwrap_or(i64::MAX)),
-        ..NewAudit::new(id, AuditAction::Removed)
-    };
-    finish_removal(tx, id, owner, Status::DeleteComplete, audit).await
+    done: &[(Uuid, Completion)],
+) -> Result<Vec<bool>> {
+    let audits: Vec<NewAudit<'_>> = done
+        .iter()
+        .map(|(id, done)| NewAudit {
+            progress: Some(done.progress),
+            duration_ms: Some(i64::try_from(done.duration.as_millis()).unwrap_or(i64::MAX)),
+            ..NewAudit::new(*id, AuditAction::Removed)
+        })
+        .collect();
+    finish_removals(tx, owner, Status::DeleteComplete, &audits).await
 }
 
 /// `delete-ongoing → delete-error` with the error in the state and the audit entry.
@@ -246,7 +281,8 @@ pub(crate) async fn fail_removal(tx: impl Tx, id: Uuid, owner: &str, error: &str
         error: Some(error),
         ..NewAudit::new(id, AuditAction::RemoveFailed)
     };
-    finish_removal(tx, id, owner, Status::DeleteError, audit).await
+    let done = finish_removals(tx, owner, Status::DeleteError, &[audit]).await?;
+    Ok(done.first().copied().unwrap_or(false))
 }
 
 /// Records that the data now is at `location`, audits it and releases the lease. `false`
@@ -257,11 +293,11 @@ pub(crate) async fn record_location(
     owner: &str,
     location: Location,
 ) -> Result<bool> {
-    let Some(row) = tx.lock_leased(id, owner).await? else {
+    let Some((_, row)) = tx.lock_leased(&[id], owner).await?.pop() else {
         return Ok(false);
     };
     tx.set_location(id, location).await?;
-    tx.insert_audit(&NewAudit {
+    tx.insert_audits(&[NewAudit {
         host: Some(&row.host),
         name: Some(&row.name),
         from_status: Some(row.status.as_str()),
@@ -269,7 +305,7 @@ pub(crate) async fn record_location(
         actor: Some(owner),
         replica: Some(owner),
         ..NewAudit::new(id, super::location_action(location))
-    })
+    }])
     .await?;
     tx.commit("committing a location").await?;
     Ok(true)
@@ -289,13 +325,13 @@ pub(crate) async fn create_folder(
         ));
     }
     let folder = tx.insert_folder(new, actor).await?;
-    tx.insert_audit(&NewAudit {
+    tx.insert_audits(&[NewAudit {
         host: Some(&new.host),
         name: Some(&new.name),
         to_status: Some(folder.status.as_str()),
         actor: Some(actor),
         ..NewAudit::new(new.id, AuditAction::Create)
-    })
+    }])
     .await?;
     tx.commit("committing a new vfolder").await?;
     Ok(folder)
@@ -320,14 +356,14 @@ pub(crate) async fn finish_tombstone(
         audit.progress.unwrap_or_default(),
     )
     .await?;
-    tx.insert_audit(&NewAudit {
+    tx.insert_audits(&[NewAudit {
         host: row.host.as_deref(),
         name: row.name.as_deref(),
         from_status: row.status.as_deref(),
         actor: Some(owner),
         replica: Some(owner),
         ..audit
-    })
+    }])
     .await?;
     tx.commit("committing a tombstone result").await?;
     Ok(true)
@@ -340,7 +376,7 @@ pub(crate) async fn record_reclaim(
     done: &Completion,
     actor: &str,
 ) -> Result<()> {
-    tx.insert_audit(&super::reclaim_audit(sighting, done, actor))
+    tx.insert_audits(&[super::reclaim_audit(sighting, done, actor)])
         .await?;
     tx.end_sighting(&sighting.host, &sighting.seen.path).await?;
     tx.commit("committing a reclaim").await

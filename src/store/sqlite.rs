@@ -19,7 +19,7 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::rows::{self, Decoded};
-use super::rules::{self, Locked, LockedTombstone, Tx};
+use super::rules::{self, Ended, Locked, LockedTombstone, Tx};
 use super::schema::{self, MigrationPlan, Schema, UnadoptPlan};
 use super::{
     Admin, AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
@@ -173,30 +173,34 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditEntry> {
         .into_entry()
 }
 
-async fn insert_audit(conn: &mut SqliteConnection, a: &NewAudit<'_>) -> Result<()> {
-    let p = a.progress;
-    sqlx::query(
-        "INSERT INTO vfolder_audit (vfolder_id, host, name, action, from_status, to_status, actor,
-             replica, files, dirs, symlinks, bytes, duration_ms, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-    )
-    .bind(a.vfolder_id.to_string())
-    .bind(a.host)
-    .bind(a.name)
-    .bind(a.action.as_str())
-    .bind(a.from_status)
-    .bind(a.to_status)
-    .bind(a.actor)
-    .bind(a.replica)
-    .bind(p.map(|p| to_i64(p.files)))
-    .bind(p.map(|p| to_i64(p.dirs)))
-    .bind(p.map(|p| to_i64(p.symlinks)))
-    .bind(p.map(|p| to_i64(p.bytes)))
-    .bind(a.duration_ms)
-    .bind(a.error)
-    .execute(conn)
-    .await
-    .map_err(db("writing the audit log"))?;
+/// Appends audit entries one statement each: SQLite runs in this process, so a statement
+/// costs no round trip and a batch gains nothing from arrays.
+async fn insert_audits(conn: &mut SqliteConnection, audits: &[NewAudit<'_>]) -> Result<()> {
+    for a in audits {
+        let p = a.progress;
+        sqlx::query(
+            "INSERT INTO vfolder_audit (vfolder_id, host, name, action, from_status, to_status, actor,
+                 replica, files, dirs, symlinks, bytes, duration_ms, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(a.vfolder_id.to_string())
+        .bind(a.host)
+        .bind(a.name)
+        .bind(a.action.as_str())
+        .bind(a.from_status)
+        .bind(a.to_status)
+        .bind(a.actor)
+        .bind(a.replica)
+        .bind(p.map(|p| to_i64(p.files)))
+        .bind(p.map(|p| to_i64(p.dirs)))
+        .bind(p.map(|p| to_i64(p.symlinks)))
+        .bind(p.map(|p| to_i64(p.bytes)))
+        .bind(a.duration_ms)
+        .bind(a.error)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("writing the audit log"))?;
+    }
     Ok(())
 }
 
@@ -280,28 +284,40 @@ impl Tx for SqliteTx {
         locked(id, &row)
     }
 
-    async fn lock_leased(&mut self, id: Uuid, owner: &str) -> Result<Option<Locked>> {
-        let row = sqlx::query(
-            "SELECT v.status, v.host, v.name FROM vfolders v
-             JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-             WHERE v.id = $1 AND s.lease_owner = $2",
-        )
-        .bind(id.to_string())
-        .bind(owner)
-        .fetch_optional(&mut *self.0)
-        .await
-        .map_err(db("reading a leased vfolder row"))?;
-        row.map(|row| locked(id, &row)).transpose()
+    async fn lock_leased(&mut self, ids: &[Uuid], owner: &str) -> Result<Vec<(Uuid, Locked)>> {
+        // The write transaction already excludes every other writer: no row locks to order.
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut found = Vec::with_capacity(sorted.len());
+        for id in sorted {
+            let row = sqlx::query(
+                "SELECT v.status, v.host, v.name FROM vfolders v
+                 JOIN vfolder_controller_state s ON s.vfolder_id = v.id
+                 WHERE v.id = $1 AND s.lease_owner = $2",
+            )
+            .bind(id.to_string())
+            .bind(owner)
+            .fetch_optional(&mut *self.0)
+            .await
+            .map_err(db("reading a leased vfolder row"))?;
+            if let Some(row) = row {
+                found.push((id, locked(id, &row)?));
+            }
+        }
+        Ok(found)
     }
 
-    async fn write_status(&mut self, id: Uuid, name: &str, to: Status, actor: &str) -> Result<()> {
+    async fn write_status(&mut self, rows: &[(Uuid, &str)], to: Status, actor: &str) -> Result<()> {
         set_actor(&mut self.0, actor).await?;
-        sqlx::query("UPDATE vfolders SET status = $2 WHERE id = $1")
-            .bind(id.to_string())
-            .bind(to.as_str())
-            .execute(&mut *self.0)
-            .await
-            .map_err(write_err(id, name, "writing a vfolder status"))?;
+        for &(id, name) in rows {
+            sqlx::query("UPDATE vfolders SET status = $2 WHERE id = $1")
+                .bind(id.to_string())
+                .bind(to.as_str())
+                .execute(&mut *self.0)
+                .await
+                .map_err(write_err(id, name, "writing a vfolder status"))?;
+        }
         clear_actor(&mut self.0).await
     }
 
@@ -375,31 +391,28 @@ impl Tx for SqliteTx {
         Ok(())
     }
 
-    async fn finish_state(
-        &mut self,
-        id: Uuid,
-        complete: bool,
-        error: Option<&str>,
-        progress: Counts,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE vfolder_controller_state SET lease_owner = NULL, lease_expires_at = NULL,
-                 attempts = CASE WHEN $2 THEN 0 ELSE attempts END,
-                 next_attempt_at = NULL, last_error = $3,
-                 files = $4, dirs = $5, symlinks = $6, bytes = $7, updated_at = $8
-             WHERE vfolder_id = $1",
-        )
-        .bind(id.to_string())
-        .bind(complete)
-        .bind(error)
-        .bind(to_i64(progress.files))
-        .bind(to_i64(progress.dirs))
-        .bind(to_i64(progress.symlinks))
-        .bind(to_i64(progress.bytes))
-        .bind(ts(Utc::now()))
-        .execute(&mut *self.0)
-        .await
-        .map_err(db("updating controller state"))?;
+    async fn finish_state(&mut self, ended: &[Ended<'_>], complete: bool) -> Result<()> {
+        for e in ended {
+            let (id, error, progress) = (e.id, e.error, e.progress);
+            sqlx::query(
+                "UPDATE vfolder_controller_state SET lease_owner = NULL, lease_expires_at = NULL,
+                     attempts = CASE WHEN $2 THEN 0 ELSE attempts END,
+                     next_attempt_at = NULL, last_error = $3,
+                     files = $4, dirs = $5, symlinks = $6, bytes = $7, updated_at = $8
+                 WHERE vfolder_id = $1",
+            )
+            .bind(id.to_string())
+            .bind(complete)
+            .bind(error)
+            .bind(to_i64(progress.files))
+            .bind(to_i64(progress.dirs))
+            .bind(to_i64(progress.symlinks))
+            .bind(to_i64(progress.bytes))
+            .bind(ts(Utc::now()))
+            .execute(&mut *self.0)
+            .await
+            .map_err(db("updating controller state"))?;
+        }
         Ok(())
     }
 
@@ -477,8 +490,8 @@ impl Tx for SqliteTx {
         Ok(())
     }
 
-    async fn insert_audit(&mut self, audit: &NewAudit<'_>) -> Result<()> {
-        insert_audit(&mut self.0, audit).await
+    async fn insert_audits(&mut self, audits: &[NewAudit<'_>]) -> Result<()> {
+        insert_audits(&mut self.0, audits).await
     }
 
     async fn commit(self, context: &'static str) -> Result<()> {
@@ -774,8 +787,12 @@ impl Work for SqliteStore {
         Ok(done.rows_affected() + tombstones.rows_affected())
     }
 
-    async fn complete_removal(&self, id: Uuid, owner: &str, done: &Completion) -> Result<bool> {
-        rules::complete_removal(self.begin_tx().await?, id, owner, done).await
+    async fn complete_removals(
+        &self,
+        owner: &str,
+        done: &[(Uuid, Completion)],
+    ) -> Result<Vec<bool>> {
+        rules::complete_removals(self.begin_tx().await?, owner, done).await
     }
 
     async fn record_retry(

@@ -400,6 +400,8 @@ conformance!(
     move_volumes_get_trash_and_restore_work,
     lease_guarded_operations_are_no_ops_for_a_non_owner,
     completion_writes_exactly_one_audit_entry,
+    a_batch_of_completions_ends_each_folder_on_its_own_row,
+    concurrent_completions_answer_each_folder_alone_even_when_one_cannot_be_written,
     retries_back_off_and_failures_go_to_delete_error,
     released_leases_are_claimable_again,
     trash_timer_respects_default_retention_and_purge_after,
@@ -760,6 +762,211 @@ async fn lease_guarded_operations_are_no_ops_for_a_non_owner(db: TestDb) {
     let state = store.get_folder(id).await.unwrap().state.unwrap();
     assert_eq!(state.progress, progress);
     assert!(state.lease_expires_at.unwrap() > Utc::now() + chrono::Duration::seconds(300));
+}
+
+/// A completion whose counts tell the folders of a batch apart.
+fn done_with(n: u64) -> Completion {
+    Completion {
+        progress: Counts {
+            files: n,
+            dirs: n + 1,
+            symlinks: 0,
+            bytes: 10 * n,
+        },
+        duration: Duration::from_millis(n),
+    }
+}
+
+async fn a_batch_of_completions_ends_each_folder_on_its_own_row(db: TestDb) {
+    let store = db.migrated().await;
+    let mut events = store.subscribe().await.unwrap();
+    let (a, b, d) = (
+        ongoing(&store, "batch-a", HOST).await,
+        ongoing(&store, "batch-b", HOST).await,
+        ongoing(&store, "batch-d", HOST).await,
+    );
+    assert_eq!(
+        store.claim_due(&claim_request("r1")).await.unwrap().len(),
+        3
+    );
+    // e is leased by another replica; b moved on (failed) before the batch; `gone` has no row.
+    let e = ongoing(&store, "batch-e", HOST).await;
+    assert_eq!(
+        store.claim_due(&claim_request("r2")).await.unwrap().len(),
+        1
+    );
+    assert!(store.fail_removal(b, "r1", "disk on fire").await.unwrap());
+    let gone = new_id();
+    let batch = [
+        (a, done_with(1)),
+        (b, done_with(2)),
+        (gone, done_with(3)),
+        (e, done_with(4)),
+        (a, done_with(5)),
+        (d, done_with(6)),
+    ];
+    let flags = store.complete_removals("r1", &batch).await.unwrap();
+    assert_eq!(flags, [true, false, false, false, false, true]);
+
+    for (id, n) in [(a, 1), (d, 6)] {
+        let detail = store.get_folder(id).await.unwrap();
+        assert_eq!(detail.folder.status, Status::DeleteComplete);
+        let last = detail.history.last().unwrap();
+        assert_eq!(
+            (last.status.as_str(), last.actor.as_deref()),
+            ("delete-complete", Some("r1"))
+        );
+        let state = detail.state.unwrap();
+        assert_eq!(
+            (state.lease_owner, state.progress),
+            (None, done_with(n).progress)
+        );
+        let audit = store
+            .audit(&AuditFilter {
+                id: Some(id),
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap();
+        let removed: Vec<_> = audit.iter().filter(|x| x.action == "removed").collect();
+        assert_eq!(removed.len(), 1, "one entry, its own counts: {audit:?}");
+        assert_eq!(removed[0].progress, Some(done_with(n).progress));
+        assert_eq!(removed[0].duration_ms, Some(n as i64));
+        assert_eq!(
+            removed[0].name.as_deref(),
+            Some(detail.folder.name.as_str())
+        );
+    }
+    // The others are exactly as the batch found them.
+    let lost = store.get_folder(e).await.unwrap();
+    assert_eq!(lost.folder.status, Status::DeleteOngoing);
+    assert_eq!(lost.state.unwrap().lease_owner.as_deref(), Some("r2"));
+    assert_eq!(actions(&store, e).await, ["create", "force-delete"]);
+    assert_eq!(
+        store.get_folder(b).await.unwrap().folder.status,
+        Status::DeleteError
+    );
+    assert_eq!(
+        actions(&store, b).await,
+        ["create", "force-delete", "remove-failed"]
+    );
+    assert!(matches!(
+        store.get_folder(gone).await,
+        Err(Error::NotFound(_))
+    ));
+
+    // One event per completed folder (PostgreSQL; SQLite has no notifications).
+    if let Some(events) = events.as_mut() {
+        use futures::StreamExt;
+        let mut completed = BTreeSet::new();
+        while completed.len() < 2 {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("an event within 10 s")
+                .unwrap()
+                .unwrap();
+            if event.to == Status::DeleteComplete {
+                assert!(completed.insert(event.id), "one event per folder");
+            }
+        }
+        assert_eq!(completed, BTreeSet::from([a, d]));
+    }
+    // An empty batch writes nothing.
+    assert!(store.complete_removals("r1", &[]).await.unwrap().is_empty());
+}
+
+/// A raw transaction holding a lock for a test.
+enum Hold {
+    Pg(sqlx::Transaction<'static, sqlx::Postgres>),
+    Lite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+async fn concurrent_completions_answer_each_folder_alone_even_when_one_cannot_be_written(
+    db: TestDb,
+) {
+    use vfolder_controller::controller::completions::Completions;
+    let store = db.migrated().await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(ongoing(&store, &format!("group-{i}"), HOST).await);
+    }
+    let mut claim = claim_request("r1");
+    claim.limit = 12;
+    assert_eq!(store.claim_due(&claim).await.unwrap().len(), 12);
+    // The database refuses the audit entry of one folder: whichever batch it lands in fails,
+    // and the others in that batch must still complete.
+    let poisoned = ids[7];
+    let raw = db.raw().await;
+    let poison = match db.backend {
+        Backend::Postgres => format!(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.vfolder_id = '{poisoned}' THEN RAISE EXCEPTION 'poisoned'; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER poison BEFORE INSERT ON vfolder_audit
+                 FOR EACH ROW EXECUTE FUNCTION poison();"
+        ),
+        Backend::Sqlite => format!(
+            "CREATE TRIGGER poison BEFORE INSERT ON vfolder_audit
+             WHEN NEW.vfolder_id = '{poisoned}'
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END;"
+        ),
+    };
+    raw.execute(&poison).await.unwrap();
+
+    // Hold the audit log while the first completion is written, so the other eleven queue
+    // behind it and share one batch, the poisoned folder's.
+    let hold = match &raw {
+        common::Raw::Pg(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("LOCK TABLE vfolder_audit IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            Hold::Pg(tx)
+        }
+        common::Raw::Lite(pool) => Hold::Lite(pool.begin_with("BEGIN IMMEDIATE").await.unwrap()),
+    };
+    let completions = Arc::new(Completions::new(store.clone(), "r1".to_owned()));
+    let mut answers = tokio::task::JoinSet::new();
+    for (n, &id) in ids.iter().enumerate() {
+        let completions = completions.clone();
+        answers.spawn(async move { (id, n, completions.complete(id, done_with(n as u64)).await) });
+        if n == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    match hold {
+        Hold::Pg(tx) => tx.rollback().await.unwrap(),
+        Hold::Lite(tx) => tx.rollback().await.unwrap(),
+    }
+    while let Some(joined) = answers.join_next().await {
+        let (id, n, answer) = joined.unwrap();
+        let detail = store.get_folder(id).await.unwrap();
+        let removed: Vec<_> = store
+            .audit(&AuditFilter {
+                id: Some(id),
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|x| x.action == "removed")
+            .collect();
+        if id == poisoned {
+            assert!(answer.is_err(), "{answer:?}");
+            assert_eq!(detail.folder.status, Status::DeleteOngoing);
+            assert_eq!(detail.state.unwrap().lease_owner.as_deref(), Some("r1"));
+            assert!(removed.is_empty());
+        } else {
+            assert!(answer.unwrap(), "folder {n} completes");
+            assert_eq!(detail.folder.status, Status::DeleteComplete);
+            assert_eq!(removed.len(), 1, "folder {n}");
+            assert_eq!(removed[0].progress, Some(done_with(n as u64).progress));
+        }
+    }
 }
 
 async fn completion_writes_exactly_one_audit_entry(db: TestDb) {
