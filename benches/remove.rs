@@ -12,7 +12,7 @@
 //! bash benches/run.sh [--quick]                              # the whole comparison (root)
 //! bash benches/rate_limit.sh                                  # max_ops_per_second mode
 //! cargo bench --bench remove -- DIR [--threads N] [--count-bytes] [--max-ops-per-second N]
-//!                                    [--order inode|directory]
+//!                                    [--order inode|directory] [--chunk-entries N]
 //! ```
 //!
 //! With `DIR` it removes `DIR` and prints one line, `files=.. dirs=.. symlinks=.. bytes=..
@@ -44,6 +44,8 @@ struct Args {
     /// A volume's `max_ops_per_second`; `None` is unlimited (no limiter at all).
     max_ops: Option<u32>,
     order: EntryOrder,
+    /// `RemoveOptions::chunk_entries`: the inode-order memory cap.
+    chunk_entries: usize,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +72,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
     let mut count_bytes = false;
     let mut max_ops = None;
     let mut order = EntryOrder::default();
+    let mut chunk_entries = RemoveOptions::default().chunk_entries;
     let mut flags = Vec::new();
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
@@ -97,6 +100,13 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
                     _ => return Err("--order needs `inode` or `directory`".into()),
                 };
             }
+            "--chunk-entries" => {
+                chunk_entries = rest
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--chunk-entries needs a positive number")?;
+            }
             // `cargo bench` appends it to every bench target's arguments.
             "--bench" => {}
             flag if flag.starts_with('-') => flags.push(flag),
@@ -116,6 +126,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
         count_bytes,
         max_ops,
         order,
+        chunk_entries,
     }))
 }
 
@@ -144,6 +155,7 @@ fn remove(args: &Args) -> Result<Counts, String> {
         display_path: PathBuf::from(name),
         limiter: args.max_ops.map(|n| Arc::new(OpsLimiter::new(n))),
         order: args.order,
+        chunk_entries: args.chunk_entries,
         ..RemoveOptions::default()
     };
     let outcome = remove_tree(
@@ -183,7 +195,8 @@ fn remove(args: &Args) -> Result<Counts, String> {
 }
 
 /// Builds a small tree (nested directories, files with content, a symlink) in a temporary
-/// directory, removes it with byte counting on two threads, and checks every count.
+/// directory, removes it with byte counting on two threads in chunks of three entries (so
+/// every directory takes several), and checks every count.
 fn smoke_check() -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = tmp.path().join("tree");
@@ -211,6 +224,7 @@ fn smoke_check() -> Result<(), String> {
         count_bytes: true,
         max_ops: None,
         order: EntryOrder::default(),
+        chunk_entries: 3,
     })?;
     if counts != expected {
         return Err(format!(

@@ -8,7 +8,9 @@
 #
 #   sudo bash benches/run.sh            # full run: about 17 minutes on 2 shared cores
 #   sudo bash benches/run.sh --quick    # smaller trees, 2 runs: a smoke test (~2 minutes)
-#   options: --runs N (every shape), --shapes wide,deep,flat,big,latency, --out FILE
+#   options: --runs N (every shape), --shapes wide,deep,flat,big,latency, --out FILE,
+#            --tools rm,engine,... (instead of every tool; also engine-1chunk: one chunk of
+#            up to 1 Mi entries per directory, to see what the 64 Ki cap costs)
 #
 # How: each shape's tree is built once (benches/tools `mktree`, deterministic) on a fresh
 # ext4 image; before every timed removal that image is copied, loop-mounted, synced and the
@@ -21,14 +23,16 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
 RUNS_OVERRIDE=""
 SHAPES="wide,deep,flat,big,latency"
+TOOLS_OVERRIDE=""
 OUT="$ROOT/target/bench/results.md"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --runs) RUNS_OVERRIDE="$2"; shift ;;
     --shapes) SHAPES="$2"; shift ;;
+    --tools) TOOLS_OVERRIDE="${2//,/ }"; shift ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -142,6 +146,7 @@ tool_cmd() {
     std) CMD=("$STD_REMOVE" "$target") ;;
     engine) CMD=("$ENGINE" "$target" --threads "$threads") ;;
     engine-dirorder) CMD=("$ENGINE" "$target" --threads "$threads" --order directory) ;;
+    engine-1chunk) CMD=("$ENGINE" "$target" --threads "$threads" --chunk-entries 1048576) ;;
     engine+bytes) CMD=("$ENGINE" "$target" --threads "$threads" --count-bytes) ;;
     engine@nproc) CMD=("$ENGINE" "$target" --threads "$NPROC") ;;
     *) die "unknown tool $name" ;;
@@ -157,7 +162,7 @@ declare -A EXPECTED_FILES SHAPE_TITLE SHAPE_THREADS
 
 # bench_shape KEY TITLE RUNS LATENCY(0|1) ENGINE_THREADS TOOLS MKTREE_ARGS...
 bench_shape() {
-  local key=$1 title=$2 runs=$3 latency=$4 threads=$5 tools=$6; shift 6
+  local key=$1 title=$2 runs=$3 latency=$4 threads=$5 tools=${TOOLS_OVERRIDE:-$6}; shift 6
   local golden="$SCRATCH/$key-golden.img" work="$SCRATCH/work.img"
   SHAPE_TITLE[$key]=$title
   SHAPE_THREADS[$key]=$threads
@@ -304,7 +309,7 @@ mkdir -p "$(dirname "$OUT")"
       END {
         for (i = 1; i <= k; i++) {
           t = tool[i]; label = t
-          if (t == "engine" || t == "engine-dirorder" || t == "engine+bytes") label = t " (" threads " thr)"
+          if (t ~ /^engine[-+]?[a-z1]*$/) label = t " (" threads " thr)"
           printf "| %s | %s | %d | %.2f | %.2f–%.2f | %.0f | %.2f | %.2f | %.1f | %.2f |\n",
             (i == 1 ? title : ""), label, runs[t], m[t], lo[t], hi[t], files / m[t],
             m["rm"] / m[t], m["rmz"] / m[t], rss[t] / 1024, oth[t]
