@@ -156,7 +156,6 @@ fn remove(args: &Args) -> Result<Counts, String> {
         limiter: args.max_ops.map(|n| Arc::new(OpsLimiter::new(n))),
         order: args.order,
         chunk_entries: args.chunk_entries,
-        ..RemoveOptions::default()
     };
     let outcome = remove_tree(
         std::os::fd::AsFd::as_fd(&parent_fd),
