@@ -12,12 +12,14 @@
 //! bash benches/run.sh [--quick]                              # the whole comparison (root)
 //! bash benches/rate_limit.sh                                  # max_ops_per_second mode
 //! cargo bench --bench remove -- DIR [--threads N] [--count-bytes] [--max-ops-per-second N]
+//!                                    [--order inode|directory] [--chunk-entries N]
 //! ```
 //!
 //! With `DIR` it removes `DIR` and prints one line, `files=.. dirs=.. symlinks=.. bytes=..
-//! elapsed_ms=.. threads=.. ops_per_s=.. limit=..` (`ops_per_s`: unlinks and rmdirs per
-//! second achieved; `limit`: the volume limit it ran under, `none` or `N`), exiting non-zero if the engine reported an error or `DIR` is
-//! still there. Without `DIR` (as a plain `cargo bench` or `cargo test --benches` runs it,
+//! elapsed_ms=.. threads=.. ops_per_s=.. limit=.. order=..` (`ops_per_s`: unlinks and rmdirs
+//! per second achieved; `limit`: the volume limit it ran under, `none` or `N`; `order`: the
+//! engine's `EntryOrder`, `inode` by default, `directory` for the order before it), exiting
+//! non-zero if the engine reported an error or `DIR` is still there. Without `DIR` (as a plain `cargo bench` or `cargo test --benches` runs it,
 //! with harness flags such as `--bench` or `--test-threads=2` that are then ignored) it is a
 //! smoke check: it builds a small tree in a temporary directory, removes it and exits
 //! non-zero unless every entry was counted and the tree is gone.
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use rustix::fs::{Mode, OFlags};
 use tokio_util::sync::CancellationToken;
 use vfolder_controller::storage::{
-    Counts, OpsLimiter, Outcome, Progress, RemoveOptions, remove_tree,
+    Counts, EntryOrder, OpsLimiter, Outcome, Progress, RemoveOptions, remove_tree,
 };
 
 /// What to remove and how.
@@ -41,6 +43,9 @@ struct Args {
     count_bytes: bool,
     /// A volume's `max_ops_per_second`; `None` is unlimited (no limiter at all).
     max_ops: Option<u32>,
+    order: EntryOrder,
+    /// `RemoveOptions::chunk_entries`: the inode-order memory cap.
+    chunk_entries: usize,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +71,8 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut count_bytes = false;
     let mut max_ops = None;
+    let mut order = EntryOrder::default();
+    let mut chunk_entries = RemoveOptions::default().chunk_entries;
     let mut flags = Vec::new();
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
@@ -86,6 +93,20 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
                         .ok_or("--max-ops-per-second needs a positive number")?,
                 );
             }
+            "--order" => {
+                order = match rest.next().map(String::as_str) {
+                    Some("inode") => EntryOrder::Inode,
+                    Some("directory") => EntryOrder::Directory,
+                    _ => return Err("--order needs `inode` or `directory`".into()),
+                };
+            }
+            "--chunk-entries" => {
+                chunk_entries = rest
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--chunk-entries needs a positive number")?;
+            }
             // `cargo bench` appends it to every bench target's arguments.
             "--bench" => {}
             flag if flag.starts_with('-') => flags.push(flag),
@@ -104,6 +125,8 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
         threads,
         count_bytes,
         max_ops,
+        order,
+        chunk_entries,
     }))
 }
 
@@ -131,6 +154,8 @@ fn remove(args: &Args) -> Result<Counts, String> {
         folder: None,
         display_path: PathBuf::from(name),
         limiter: args.max_ops.map(|n| Arc::new(OpsLimiter::new(n))),
+        order: args.order,
+        chunk_entries: args.chunk_entries,
     };
     let outcome = remove_tree(
         std::os::fd::AsFd::as_fd(&parent_fd),
@@ -147,7 +172,7 @@ fn remove(args: &Args) -> Result<Counts, String> {
     let c = report.counts;
     let ops = c.files + c.dirs + c.symlinks;
     println!(
-        "files={} dirs={} symlinks={} bytes={} elapsed_ms={:.1} threads={} ops_per_s={:.0} limit={}",
+        "files={} dirs={} symlinks={} bytes={} elapsed_ms={:.1} threads={} ops_per_s={:.0} limit={} order={}",
         c.files,
         c.dirs,
         c.symlinks,
@@ -156,7 +181,11 @@ fn remove(args: &Args) -> Result<Counts, String> {
         args.threads,
         ops as f64 / report.elapsed.as_secs_f64(),
         args.max_ops
-            .map_or_else(|| "none".to_owned(), |n| n.to_string())
+            .map_or_else(|| "none".to_owned(), |n| n.to_string()),
+        match args.order {
+            EntryOrder::Inode => "inode",
+            EntryOrder::Directory => "directory",
+        }
     );
     if dir.symlink_metadata().is_ok() {
         return Err(format!("{} still exists", dir.display()));
@@ -165,7 +194,8 @@ fn remove(args: &Args) -> Result<Counts, String> {
 }
 
 /// Builds a small tree (nested directories, files with content, a symlink) in a temporary
-/// directory, removes it with byte counting on two threads, and checks every count.
+/// directory, removes it with byte counting on two threads in chunks of three entries (so
+/// every directory takes several), and checks every count.
 fn smoke_check() -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = tmp.path().join("tree");
@@ -192,6 +222,8 @@ fn smoke_check() -> Result<(), String> {
         threads: 2,
         count_bytes: true,
         max_ops: None,
+        order: EntryOrder::default(),
+        chunk_entries: 3,
     })?;
     if counts != expected {
         return Err(format!(

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Removal benchmark (not a test): wall-clock time to remove freshly built directory trees with
-# `rm -rf`, rmz, std's `remove_dir_all` and this project's removal engine (byte counting off
-# and on), on a loop-mounted ext4 image with a journal, plus a latency-injected FUSE
-# filesystem standing in for network storage. Prints medians, files/s, the ratio to `rm -rf`
-# and to rmz, and the peak RSS of every tool; results and the machine are in benches/README.md.
+# `rm -rf`, rmz, std's `remove_dir_all` and this project's removal engine (inode order, the
+# default, and the older directory order; byte counting off and on), on a loop-mounted ext4
+# image with a journal, plus a latency-injected FUSE filesystem standing in for network
+# storage. Prints medians, files/s, the ratio to `rm -rf` and to rmz, and the peak RSS of
+# every tool; results and the machine are in benches/README.md.
 #
-#   sudo bash benches/run.sh            # full run: about 14 minutes on 2 shared cores
+#   sudo bash benches/run.sh            # full run: about 17 minutes on 2 shared cores
 #   sudo bash benches/run.sh --quick    # smaller trees, 2 runs: a smoke test (~2 minutes)
-#   options: --runs N (every shape), --shapes wide,deep,flat,big,latency, --out FILE
+#   options: --runs N (every shape), --shapes wide,deep,flat,big,latency, --out FILE,
+#            --tools rm,engine,... (instead of every tool; also engine-1chunk: one chunk of
+#            up to 1 Mi entries per directory, to see what the 64 Ki cap costs)
 #
 # How: each shape's tree is built once (benches/tools `mktree`, deterministic) on a fresh
 # ext4 image; before every timed removal that image is copied, loop-mounted, synced and the
@@ -20,14 +23,16 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
 RUNS_OVERRIDE=""
 SHAPES="wide,deep,flat,big,latency"
+TOOLS_OVERRIDE=""
 OUT="$ROOT/target/bench/results.md"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --runs) RUNS_OVERRIDE="$2"; shift ;;
     --shapes) SHAPES="$2"; shift ;;
+    --tools) TOOLS_OVERRIDE="${2//,/ }"; shift ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -140,6 +145,8 @@ tool_cmd() {
     rmz) CMD=("$RMZ" "$target") ;;
     std) CMD=("$STD_REMOVE" "$target") ;;
     engine) CMD=("$ENGINE" "$target" --threads "$threads") ;;
+    engine-dirorder) CMD=("$ENGINE" "$target" --threads "$threads" --order directory) ;;
+    engine-1chunk) CMD=("$ENGINE" "$target" --threads "$threads" --chunk-entries 1048576) ;;
     engine+bytes) CMD=("$ENGINE" "$target" --threads "$threads" --count-bytes) ;;
     engine@nproc) CMD=("$ENGINE" "$target" --threads "$NPROC") ;;
     *) die "unknown tool $name" ;;
@@ -155,7 +162,7 @@ declare -A EXPECTED_FILES SHAPE_TITLE SHAPE_THREADS
 
 # bench_shape KEY TITLE RUNS LATENCY(0|1) ENGINE_THREADS TOOLS MKTREE_ARGS...
 bench_shape() {
-  local key=$1 title=$2 runs=$3 latency=$4 threads=$5 tools=$6; shift 6
+  local key=$1 title=$2 runs=$3 latency=$4 threads=$5 tools=${TOOLS_OVERRIDE:-$6}; shift 6
   local golden="$SCRATCH/$key-golden.img" work="$SCRATCH/work.img"
   SHAPE_TITLE[$key]=$title
   SHAPE_THREADS[$key]=$threads
@@ -222,7 +229,7 @@ bench_shape() {
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u +%s)
-LOCAL_TOOLS="rm rmz std engine engine+bytes"
+LOCAL_TOOLS="rm rmz std engine engine-dirorder engine+bytes"
 for shape in ${SHAPES//,/ }; do
   case "$shape" in
     wide) bench_shape wide "wide: $WIDE_FILES files in $WIDE_DIRS dirs" "$RUNS_FAST" 0 "$NPROC" \
@@ -269,7 +276,16 @@ check() {
   a=$(median_of "$shape" "$tool"); b=$(median_of "$shape" "$base")
   [ -n "$a" ] && [ -n "$b" ] || return 0
   awk -v l="$label" -v a="$a" -v b="$b" -v m="$min" -v base="$base" 'BEGIN {
-    r = b / a; printf "| %s | ≥ %.1f× %s | %.2f× | %s |\n", l, m, base, r, (r >= m ? "met" : "MISSED") }'
+    r = b / a; printf "| %s | ≥ %.2f× %s | %.2f× | %s |\n", l, m, base, r, (r >= m ? "met" : "MISSED") }'
+}
+
+# order_gain SHAPE: the directory-order engine's median / the inode-order engine's.
+order_gain() {
+  local a b
+  a=$(median_of "$1" engine); b=$(median_of "$1" engine-dirorder)
+  [ -n "$a" ] && [ -n "$b" ] || return 0
+  awk -v s="$1" -v a="$a" -v b="$b" 'BEGIN {
+    printf "| inode order vs directory order, %s | (measured, no target) | %.2f× | |\n", s, b / a }'
 }
 
 mkdir -p "$(dirname "$OUT")"
@@ -280,7 +296,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "- filesystem: ext4 (mkfs.ext4 defaults: journal, data=ordered) on a $IMAGE_SIZE sparse image, loop-mounted; the image file sits on $(df -T /var/tmp | awk 'NR==2 {print $2}')"
   echo "- caches dropped: $DROP_NOTE; each tool's binary is then read once, so loading it from disk is not timed"
   echo "- load average before / after: $LOAD_BEFORE / $LOAD_AFTER; wall time $((ELAPSED / 60)) min $((ELAPSED % 60)) s"
-  echo "- tools: \`rm -rf\` ($(rm --version | head -n 1)), rmz ($RMZ_VERSION, its own thread count), std \`remove_dir_all\` ($(rustc --version | cut -d' ' -f2)), engine = \`storage::remove_tree\` (\`engine+bytes\`: \`--count-bytes\`; \`engine@nproc\`: $NPROC threads)"
+  echo "- tools: \`rm -rf\` ($(rm --version | head -n 1)), rmz ($RMZ_VERSION, its own thread count), std \`remove_dir_all\` ($(rustc --version | cut -d' ' -f2)), engine = \`storage::remove_tree\` in its default inode order (\`engine-dirorder\`: \`--order directory\`, the order before inode ordering; \`engine+bytes\`: \`--count-bytes\`; \`engine@nproc\`: $NPROC threads)"
   echo "- others' cores = CPU time that everything except the tool used during its timed removals (other users of this shared machine, and kernel threads such as the ext4 journal and the FUSE server), divided by the wall time, averaged over the runs: out of $NPROC"
   echo "- time = wall clock of the whole process, median of the runs; files/s = files in the tree / median; × rm and × rmz = their median / this median (higher is faster)"
   echo
@@ -293,7 +309,7 @@ mkdir -p "$(dirname "$OUT")"
       END {
         for (i = 1; i <= k; i++) {
           t = tool[i]; label = t
-          if (t == "engine" || t == "engine+bytes") label = t " (" threads " thr)"
+          if (t ~ /^engine[-+]?[a-z1]*$/) label = t " (" threads " thr)"
           printf "| %s | %s | %d | %.2f | %.2f–%.2f | %.0f | %.2f | %.2f | %.1f | %.2f |\n",
             (i == 1 ? title : ""), label, runs[t], m[t], lo[t], hi[t], files / m[t],
             m["rm"] / m[t], m["rmz"] / m[t], rss[t] / 1024, oth[t]
@@ -303,7 +319,7 @@ mkdir -p "$(dirname "$OUT")"
   echo
   echo "| target | wanted | measured | |"
   echo "|---|---|---|---|"
-  check "wide tree" wide engine rmz 1.0
+  check "wide tree (issue 11)" wide engine rmz 1.15
   check "wide tree (≈ rmz on the reference machine)" wide engine rm 2.2
   check "one huge directory" flat engine rm 1.3
   check "deep chain" deep engine rm 1.0
@@ -311,6 +327,9 @@ mkdir -p "$(dirname "$OUT")"
   check "wide tree on latencyfs" latency engine rm 3.0
   awk -F'\t' '$1 == "wide" && $2 == "engine" {
     printf "| engine peak RSS, wide tree | < 32 MiB | %.1f MiB | %s |\n", $7 / 1024, ($7 < 32768 ? "met" : "MISSED") }' "$SUMMARY"
+  awk -F'\t' '$1 == "flat" && $2 == "engine" {
+    printf "| engine peak RSS, one huge directory | < 32 MiB | %.1f MiB | %s |\n", $7 / 1024, ($7 < 32768 ? "met" : "MISSED") }' "$SUMMARY"
+  for shape in ${SHAPES//,/ }; do order_gain "$shape"; done
   echo
   echo "Raw runs (shape, tool, run, seconds, peak RSS KiB, others' cores):"
   echo

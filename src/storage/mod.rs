@@ -15,9 +15,9 @@
 //! - [`remove_tree`] for removing an arbitrary directory beneath an open parent directory
 //!   (what the benchmark binary calls: open the parent of the bench tree with
 //!   `rustix::fs::open(.., OFlags::DIRECTORY, ..)`, then `remove_tree(parent.as_fd(),
-//!   c"tree", &RemoveOptions { threads, count_bytes: false, folder: None, display_path:
-//!   "tree".into(), limiter: None }, &token, &progress)`). `Volume::remove_folder` on a volume whose mount
-//!   is the bench directory works too, with the folder layout.
+//!   c"tree", &RemoveOptions { threads, display_path: "tree".into(),
+//!   ..RemoveOptions::default() }, &token, &progress)`). `Volume::remove_folder` on a volume
+//!   whose mount is the bench directory works too, with the folder layout.
 
 mod error;
 mod layout;
@@ -39,7 +39,7 @@ pub fn path_scope(scope: uuid::Uuid) -> String {
     layout::scope_ref(scope)
 }
 pub use rate::OpsLimiter;
-pub use remove::{RemoveOptions, remove_tree};
+pub use remove::{EntryOrder, RemoveOptions, remove_tree};
 pub use scan::{Found, FoundFolder, ScanEnd, ScanOptions, ScanProgress};
 pub use volume::{Volume, Volumes};
 

@@ -233,6 +233,7 @@ impl Volume {
             folder,
             display_path,
             limiter: self.limiter.clone(),
+            ..RemoveOptions::default()
         }
     }
 

@@ -23,6 +23,7 @@ mod observe_metrics;
 mod orphans;
 mod outage;
 mod self_protection;
+mod storage_order;
 mod storage_remove;
 mod storage_safety;
 mod store;

@@ -366,6 +366,7 @@ fn remove_tree_removes_an_arbitrary_directory_beneath_an_open_parent() {
         folder: None,
         display_path: "tree".into(),
         limiter: None,
+        ..RemoveOptions::default()
     };
     let progress = Progress::default();
     let outcome = remove_tree(
