@@ -2,8 +2,8 @@
 //!
 //! Small folders are removed in microseconds; what bounds how fast a backlog of them
 //! converges is the database: a completion alone is a transaction of several round trips
-//! and a commit. Workers therefore hand their completions to one task per replica, which
-//! writes everything queued while its previous write was in flight as one batch
+//! and a commit. Workers therefore hand their completions to [`WRITERS`] tasks per replica;
+//! a free one writes everything queued while the previous writes were in flight as one batch
 //! ([`Work::complete_removals`](crate::store::Work::complete_removals): a few statements
 //! for the whole batch, one commit). Nothing waits to fill a batch: a lone completion is
 //! written at once, and batches grow only when completions arrive faster than they are
@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::store::{self, Completion, Store};
@@ -23,6 +23,11 @@ use crate::store::{self, Completion, Store};
 /// The most completions one batch writes (the statements' arrays stay small and a batch's
 /// transaction short).
 const MAX_BATCH: usize = 64;
+
+/// Batches written at the same time. Two let one batch gather while the other commits, so
+/// the database's commit latency is paid once for both (PostgreSQL flushes concurrent
+/// commits together).
+const WRITERS: usize = 2;
 
 type Answer = Result<bool, store::Error>;
 
@@ -33,7 +38,7 @@ struct Pending {
     reply: oneshot::Sender<Answer>,
 }
 
-/// The replica's completion writer; cheap to share, the writing task starts on first use.
+/// The replica's completion writers; the writing tasks start on first use.
 pub struct Completions {
     store: Arc<dyn Store>,
     owner: String,
@@ -57,11 +62,11 @@ impl Completions {
     pub async fn complete(&self, id: Uuid, done: Completion) -> Answer {
         let queue = self.queue.get_or_init(|| {
             let (queue, pending) = mpsc::unbounded_channel();
-            tokio::spawn(write_batches(
-                self.store.clone(),
-                self.owner.clone(),
-                pending,
-            ));
+            let pending = Arc::new(Mutex::new(pending));
+            for _ in 0..WRITERS {
+                let (store, owner) = (self.store.clone(), self.owner.clone());
+                tokio::spawn(write_batches(store, owner, pending.clone()));
+            }
             queue
         });
         let (reply, answer) = oneshot::channel();
@@ -70,7 +75,7 @@ impl Completions {
                 return answer;
             }
         }
-        // The writing task is gone (it can only have panicked): write this one directly.
+        // The writing tasks are gone (they can only have panicked): write this one directly.
         self.store.complete_removal(id, &self.owner, &done).await
     }
 }
@@ -79,10 +84,12 @@ impl Completions {
 async fn write_batches(
     store: Arc<dyn Store>,
     owner: String,
-    mut pending: mpsc::UnboundedReceiver<Pending>,
+    pending: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    // The queue is held only while taking a batch, so the other writer takes the next one
+    // while this one writes.
+    while pending.lock().await.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let items: Vec<(Uuid, Completion)> = batch.iter().map(|p| (p.id, p.done)).collect();
         tracing::trace!(folders = items.len(), "writing completions");
         match store.complete_removals(&owner, &items).await {
