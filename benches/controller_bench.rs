@@ -1,7 +1,9 @@
 //! Controller benchmark on PostgreSQL: (a) convergence rate of `delete-ongoing` rows with tiny
-//! trees, (b) latency from the COMMIT of a status change to the completion event, (c) with
-//! 1,000,000 `ready` rows: the plans of every statement the idle controller runs (from
-//! `auto_explain`) and its idle CPU.
+//! trees, 10,000 rows, and (a') 100,000 rows at once with the controller's peak RSS (`VmHWM`),
+//! (b) latency from the COMMIT of a status change to the completion event, (c) with
+//! 10,000,000 `ready` rows: every statement the idle controller runs with its plan and time
+//! (from `auto_explain`), the status-count round trip, and the idle CPU.
+//! `--quick` runs 1,000 / 10,000 / 100,000 rows instead.
 //!
 //! Run it through `bash benches/controller.sh`, which starts a private PostgreSQL with
 //! `auto_explain` and passes `--database-url`, `--server-log`, `--binary`, `--quick`.
@@ -15,6 +17,7 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgListener};
 use uuid::Uuid;
 use vfolder_controller::config::{Config, VolumeConfig};
+use vfolder_controller::lifecycle::Status;
 use vfolder_controller::storage::{FolderRef, Volumes};
 use vfolder_controller::store::{self, EVENT_CHANNEL};
 
@@ -76,35 +79,40 @@ async fn main() -> Res<()> {
     let volumes = Volumes::new(std::slice::from_ref(&volume));
     let mut rows = Vec::new();
 
-    // (a) convergence rate
-    let n = if args.quick { 1_000 } else { 10_000 };
-    let ids = insert_folders(&args.database_url, &volumes, &volume, n).await?;
-    let mut ctl = start(&args.binary, &config_path, "bench-a")?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // (a) convergence rate, (a') the same with ten times the rows due at once, and the
+    // controller's peak memory with them
+    let sizes = if args.quick {
+        [1_000, 10_000]
+    } else {
+        [10_000, 100_000]
+    };
     let mut db = PgConnection::connect(&args.database_url).await?;
-    let t0 = Instant::now();
-    sqlx::query("UPDATE vfolders SET status = 'delete-ongoing' WHERE status = 'ready'")
-        .execute(&mut db)
-        .await?;
-    loop {
-        let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM vfolders WHERE status = 'delete-complete'")
-                .fetch_one(&mut db)
-                .await?;
-        if done as usize >= ids.len() {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(600) {
-            return Err(format!("only {done} of {} converged in 10 min", ids.len()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for (part, n) in ["(a)", "(a')"].into_iter().zip(sizes) {
+        let (secs, hwm) = converge(&args, &config_path, &volumes, &volume, &mut db, n).await?;
+        rows.push((
+            format!("{part} converge {n} delete-ongoing rows (tiny trees), 16 workers"),
+            format!("{secs:.2} s = {:.0} rows/s", n as f64 / secs),
+            "≥ 1,000 rows/s".to_owned(),
+        ));
+        rows.push((
+            format!("{part} controller peak RSS (VmHWM) with {n} rows due at once"),
+            format!("{:.1} MiB", hwm as f64 / 1024.0),
+            "bounded".to_owned(),
+        ));
     }
-    let secs = t0.elapsed().as_secs_f64();
+    // The deletion statuses are counted exactly, so the folders gauge's cost grows with
+    // them: the history of every removal above is kept (history retention) as delete-complete.
+    let (took, complete) = time_status_counts(&*store, Status::DeleteComplete).await?;
     rows.push((
-        format!("(a) converge {n} delete-ongoing rows (tiny trees), 16 workers"),
-        format!("{secs:.2} s = {:.0} rows/s", n as f64 / secs),
-        "≥ 1,000 rows/s".to_owned(),
+        format!(
+            "(a') status_counts() round trip with {} delete-complete rows (exact), median of 5",
+            complete.rows
+        ),
+        format!("{:.2} ms", ms(took)),
+        "grows with the deletion sets only".to_owned(),
     ));
+    let mut ctl = start(&args.binary, &config_path, "bench-b")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // (b) wake-up latency: COMMIT of the status change → delete-complete NOTIFY received
     let samples = if args.quick { 50 } else { 200 };
@@ -146,16 +154,61 @@ async fn main() -> Res<()> {
     ctl.kill()?;
     ctl.wait()?;
 
-    // (c) 1,000,000 ready rows: plans of the periodic statements and idle CPU
-    let bulk = if args.quick { 100_000 } else { 1_000_000 };
+    // (c) 10,000,000 ready rows: plans of the periodic statements and idle CPU
+    let bulk: i64 = if args.quick { 100_000 } else { 10_000_000 };
+    // A tenth of them with a controller state row: folders the controller once moved or
+    // restored keep theirs, so this table grows with the live set too.
+    let with_state = bulk / 10;
+    // Part (c) is about the live set: the history of (a) and (b) goes first, as the history
+    // cleanup would remove it (tombstones and cascades included).
+    sqlx::query("DELETE FROM vfolders WHERE status = 'delete-complete'")
+        .execute(&mut db)
+        .await?;
+    let t0 = Instant::now();
+    // One INSERT ... SELECT, not a statement per row. The triggers are off for the load
+    // (`session_replication_role`, superuser on the private instance): the status trigger
+    // would only stamp what is given here and send ten million NOTIFYs nobody reads.
     sqlx::raw_sql(&format!(
-        "INSERT INTO vfolders (id, host, quota_scope_id, name, \"user\")
-         SELECT gen_random_uuid(), 'local:volume1', NULL, 'bulk-' || g, gen_random_uuid()
+        "SET session_replication_role = replica;
+         SET synchronous_commit = off;
+         INSERT INTO vfolders (id, host, quota_scope_id, name, \"user\", status, status_history,
+                               status_changed)
+         SELECT ('b0000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'local:volume1',
+                NULL, 'bulk-' || g,
+                ('c0000000-0000-4000-8000-' || lpad(to_hex(g / 1000), 12, '0'))::uuid,
+                'ready', '[]'::jsonb, now() - make_interval(days => 1)
          FROM generate_series(1, {bulk}) g;
-         ANALYZE;"
+         INSERT INTO vfolder_controller_state (vfolder_id)
+         SELECT ('b0000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid
+         FROM generate_series(1, {with_state}) g;
+         RESET session_replication_role;"
     ))
     .execute(&mut db)
     .await?;
+    // Alone: several statements in one message are one implicit transaction, and VACUUM
+    // refuses to run in one. It sets the visibility map, as autovacuum would.
+    sqlx::raw_sql("VACUUM ANALYZE").execute(&mut db).await?;
+    rows.push((
+        format!("(c) load {bulk} ready rows ({with_state} with controller state), VACUUM ANALYZE"),
+        format!("{:.0} s", t0.elapsed().as_secs_f64()),
+        "(set-up)".to_owned(),
+    ));
+    // The folders gauge's statement, timed from here (auto_explain cannot show the EXPLAIN
+    // it uses for the estimate), and what the estimate says next to the truth.
+    let (took, ready) = time_status_counts(&*store, Status::Ready).await?;
+    let truth: i64 = sqlx::query_scalar("SELECT count(*) FROM vfolders WHERE status = 'ready'")
+        .fetch_one(&mut db)
+        .await?;
+    rows.push((
+        format!("(c) status_counts() round trip (folders gauge), {bulk} ready rows, median of 5"),
+        format!(
+            "{:.2} ms; ready = {} ({}; true {truth})",
+            ms(took),
+            ready.rows,
+            if ready.exact { "exact" } else { "estimate" }
+        ),
+        "< 10 ms".to_owned(),
+    ));
     // From here on every statement of a new session is logged with its EXPLAIN ANALYZE plan.
     sqlx::raw_sql(
         "ALTER DATABASE postgres SET auto_explain.log_min_duration = 0;
@@ -172,11 +225,16 @@ async fn main() -> Res<()> {
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(idle)).await;
     let cpu = (cpu_ticks(ctl.id())? - cpu0) as f64 / clock_ticks()? / t0.elapsed().as_secs_f64();
+    let hwm = vm_hwm_kib(ctl.id())?;
     ctl.kill()?;
     ctl.wait()?;
     rows.push((
         format!("(c) idle CPU of the controller over {idle} s, {bulk} ready rows"),
-        format!("{:.2} %", cpu * 100.0),
+        format!(
+            "{:.2} % (peak RSS {:.1} MiB)",
+            cpu * 100.0,
+            hwm as f64 / 1024.0
+        ),
         "< 1 %".to_owned(),
     ));
 
@@ -185,13 +243,138 @@ async fn main() -> Res<()> {
         println!("| {what} | {result} | {target} |");
     }
     println!(
-        "\nStatements the idle controller ran with {bulk} rows (auto_explain, EXPLAIN ANALYZE):\n"
+        "\nStatements the idle controller ran with {bulk} ready rows (auto_explain, EXPLAIN ANALYZE; \
+         the start-up's migration check included):\n"
     );
-    println!("| statement | runs | max ms | scans |\n|---|---|---|---|");
+    println!("| statement | runs | max ms | plan: scan nodes |\n|---|---|---|---|");
     for (query, (runs, max, scans)) in plans(&args.server_log, log_offset)? {
-        println!("| `{query}` | {runs} | {max:.2} | {} |", scans.join(", "));
+        println!("| {query} | {runs} | {max:.2} | {} |", scans.join(", "));
     }
     Ok(())
+}
+
+/// Inserts `n` ready rows with one-file trees, sets them all to `delete-ongoing` in one
+/// UPDATE under a fresh controller and waits until all are `delete-complete`. Returns the
+/// seconds from that UPDATE and the controller's peak RSS in KiB.
+async fn converge(
+    args: &Args,
+    config: &Path,
+    volumes: &Volumes,
+    volume: &VolumeConfig,
+    db: &mut PgConnection,
+    n: usize,
+) -> Res<(f64, u64)> {
+    insert_folders(&args.database_url, volumes, volume, n).await?;
+    let mut ctl = start(&args.binary, config, "bench-a")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM vfolders WHERE status = 'delete-complete'")
+            .fetch_one(&mut *db)
+            .await?;
+    let t0 = Instant::now();
+    sqlx::query("UPDATE vfolders SET status = 'delete-ongoing' WHERE status = 'ready'")
+        .execute(&mut *db)
+        .await?;
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM vfolders WHERE status = 'delete-complete'")
+                .fetch_one(&mut *db)
+                .await?;
+        if (done - before) as usize >= n {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            return Err(format!("only {} of {n} converged in 10 min", done - before).into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let hwm = vm_hwm_kib(ctl.id())?;
+    ctl.kill()?;
+    ctl.wait()?;
+    Ok((secs, hwm))
+}
+
+/// The median of five `status_counts()` round trips, and the count of `status`.
+async fn time_status_counts(
+    store: &dyn store::Store,
+    status: Status,
+) -> Res<(Duration, store::StatusCount)> {
+    let mut took = Vec::new();
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        counts = store.status_counts().await?;
+        took.push(t.elapsed());
+    }
+    took.sort();
+    let count = counts
+        .into_iter()
+        .find(|c| c.status == status)
+        .ok_or("status not counted")?;
+    Ok((took[took.len() / 2], count))
+}
+
+/// The peak resident set size of `pid` (`VmHWM` in `/proc/<pid>/status`), in KiB.
+fn vm_hwm_kib(pid: u32) -> Res<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .ok_or("no VmHWM")?;
+    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
+}
+
+/// A readable name for a statement the controller runs, by a fragment only it contains;
+/// else the statement's first words.
+fn statement_name(query: &str) -> String {
+    const NAMES: [(&str, &str); 14] = [
+        (
+            "EXPLAIN (FORMAT JSON)",
+            "status counts: planner estimate (planned, not run)",
+        ),
+        (
+            "WITH candidates AS MATERIALIZED",
+            "claim_due (wake-up, resync poll)",
+        ),
+        (
+            "FROM vfolder_tombstones t",
+            "claim_tombstones (wake-up, resync poll)",
+        ),
+        (
+            "SET status_changed = now()",
+            "trash timer: stamp unknown times",
+        ),
+        ("'trash-timer'", "trash timer"),
+        ("'history-cleanup'", "history cleanup"),
+        ("DELETE FROM vfolder_tombstones", "tombstone cleanup"),
+        (
+            "SELECT status, n FROM (VALUES",
+            "status counts (folders gauge)",
+        ),
+        ("parked_reason IS NOT NULL", "unreadable rows gauge"),
+        ("extract(epoch", "oldest unconverged gauge"),
+        ("FROM vfolder_orphan_scans", "orphan scan summaries gauge"),
+        (
+            "INSERT INTO vfolder_volume_state",
+            "volume health: record state",
+        ),
+        ("FROM vfolder_volume_state", "volume health: read state"),
+        ("_sqlx_migrations", "readiness / migration check"),
+    ];
+    NAMES
+        .iter()
+        .find(|(needle, _)| query.contains(needle))
+        .map(|(_, name)| format!("{name}: `{}…`", words(query, 6)))
+        .unwrap_or_else(|| format!("`{}`", words(query, 10)))
+}
+
+fn words(query: &str, n: usize) -> String {
+    query
+        .split_whitespace()
+        .take(n)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn ms(d: Duration) -> f64 {
@@ -265,12 +448,13 @@ fn plans(log: &Path, offset: u64) -> Res<PlanStats> {
     let text = std::fs::read(log)?;
     let text = String::from_utf8_lossy(&text[offset as usize..]).into_owned();
     let mut out: PlanStats = BTreeMap::new();
-    let mut current: Option<(f64, String, Vec<String>)> = None;
-    let flush = |cur: Option<(f64, String, Vec<String>)>, out: &mut PlanStats| {
-        if let Some((dur, query, scans)) = cur {
-            let key: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
-            let key: String = key.chars().take(90).collect();
-            let e = out.entry(key).or_insert((0, 0.0, Vec::new()));
+    // (duration, query text, scan nodes, in the plan yet)
+    let mut current: Option<(f64, String, Vec<String>, bool)> = None;
+    let flush = |cur: Option<(f64, String, Vec<String>, bool)>, out: &mut PlanStats| {
+        if let Some((dur, query, scans, _)) = cur {
+            let e = out
+                .entry(statement_name(&query))
+                .or_insert((0, 0.0, Vec::new()));
             e.0 += 1;
             e.1 = e.1.max(dur);
             for s in scans {
@@ -292,11 +476,19 @@ fn plans(log: &Path, offset: u64) -> Res<PlanStats> {
                 .next()
                 .and_then(|d| d.parse().ok())
                 .unwrap_or(0.0);
-            current = Some((dur, String::new(), Vec::new()));
+            current = Some((dur, String::new(), Vec::new(), false));
         } else if let Some(cur) = current.as_mut() {
             if let Some(q) = line.trim_start().strip_prefix("Query Text:") {
                 cur.1 = q.to_owned();
             } else if line.starts_with('\t') || line.starts_with(' ') {
+                // The server log indents every continuation line of a message: first the
+                // rest of a multi-line query, then the plan, whose nodes carry costs.
+                if !cur.3 && !line.contains("(cost=") && !line.contains("(actual") {
+                    cur.1.push(' ');
+                    cur.1.push_str(line.trim());
+                    continue;
+                }
+                cur.3 = true;
                 for kind in [
                     "Seq Scan",
                     "Index Only Scan",

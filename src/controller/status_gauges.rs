@@ -1,7 +1,12 @@
-//! Refreshes the gauges that describe the table as a whole: folders by status (one grouped
-//! query), rows parked because they cannot be read, the age of the oldest unconverged row by
-//! kind (the SLO signal), and each volume's orphans and unfinished removals as its last
-//! complete orphan scan found them.
+//! Refreshes the gauges that describe the table as a whole: folders by status, rows parked
+//! because they cannot be read, the age of the oldest unconverged row by kind (the SLO
+//! signal), and each volume's orphans and unfinished removals as its last complete orphan
+//! scan found them.
+//!
+//! Cost: every statement here reads the deletion sets, the controller's small tables or an
+//! index, never the live set, so a refresh costs the same with ten or ten million `ready`
+//! rows. The price is that a big live status is an estimate on PostgreSQL
+//! ([`crate::store::Admin::status_counts`]); the deletion statuses are always exact.
 
 use std::sync::Arc;
 

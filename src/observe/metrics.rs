@@ -22,7 +22,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::lifecycle::{self, Status};
+use crate::lifecycle;
+use crate::store::StatusCount;
 
 /// The prefix of every metric name.
 pub const PREFIX: &str = "vfolder_controller";
@@ -116,6 +117,7 @@ pub struct Metrics {
     removal_duration: HistogramFamily<VolumeLabel>,
     worker_slots: Family<StateLabel, Gauge>,
     folders: Family<StatusLabel, Gauge>,
+    folders_estimated: Family<StatusLabel, Gauge>,
     unreadable_rows: Gauge,
     oldest_unconverged: Family<KindLabel, FloatGauge>,
     /// The kinds that have an `oldest_unconverged_seconds` series, to reset the stale ones.
@@ -160,6 +162,7 @@ impl Metrics {
             removal_duration: Family::new_with_constructor(removal_histogram),
             worker_slots: Family::default(),
             folders: Family::default(),
+            folders_estimated: Family::default(),
             unreadable_rows: Gauge::default(),
             oldest_unconverged: Family::default(),
             unconverged_kinds: Mutex::new(BTreeSet::new()),
@@ -247,8 +250,13 @@ impl Metrics {
         );
         registry.register(
             "folders",
-            "Folder rows in the database by status (the same in every replica)",
+            "Folder rows in the database by status (the same in every replica); deletion statuses exact, live statuses above 10,000 rows estimated on PostgreSQL (see folders_estimated)",
             self.folders.clone(),
+        );
+        registry.register(
+            "folders_estimated",
+            "1 when the folders gauge of this status is the query planner's estimate, 0 when it is an exact count",
+            self.folders_estimated.clone(),
         );
         registry.register(
             "unreadable_rows",
@@ -431,20 +439,22 @@ impl Metrics {
         self.unreadable_rows.set(n);
     }
 
-    /// Sets the folder count of every status: the listed counts, and 0 for every status
-    /// missing from `counts` (so a status that emptied out reads 0, not its last value).
-    pub fn set_folders_by_status(&self, counts: &[(Status, i64)]) {
+    /// Sets the folder count of every status: the listed counts (and whether each is an
+    /// estimate), and an exact 0 for every status missing from `counts` (so a status that
+    /// emptied out reads 0, not its last value).
+    pub fn set_folders_by_status(&self, counts: &[StatusCount]) {
         for status in lifecycle::ALL {
-            let n = counts
+            let (rows, exact) = counts
                 .iter()
-                .filter(|(s, _)| *s == status)
-                .map(|(_, n)| *n)
-                .sum();
-            self.folders
-                .get_or_create(&StatusLabel {
-                    status: status.as_str(),
-                })
-                .set(n);
+                .find(|c| c.status == status)
+                .map_or((0, true), |c| (c.rows, c.exact));
+            let label = StatusLabel {
+                status: status.as_str(),
+            };
+            self.folders.get_or_create(&label).set(rows);
+            self.folders_estimated
+                .get_or_create(&label)
+                .set(i64::from(!exact));
         }
     }
 

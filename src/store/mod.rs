@@ -219,6 +219,23 @@ pub struct Capabilities {
     pub embedded: bool,
 }
 
+/// Live rows of one status counted exactly before [`Admin::status_counts`] may switch to an
+/// estimate: a bounded index-only count of this many entries stays around a millisecond.
+pub const EXACT_LIVE_COUNT: i64 = 10_000;
+
+/// The rows in one status, counted or estimated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StatusCount {
+    /// The status.
+    pub status: Status,
+    /// How many rows are in it (or about how many, when not `exact`).
+    pub rows: i64,
+    /// `true`: counted. `false`: the query planner's estimate (PostgreSQL, live statuses
+    /// above [`EXACT_LIVE_COUNT`] rows), as fresh as the table's last `ANALYZE` scaled to its
+    /// current size.
+    pub exact: bool,
+}
+
 /// Result alias of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -285,8 +302,13 @@ pub trait Admin: Readiness {
     /// Audit entries, oldest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
 
-    /// Rows per status (one grouped query), for metrics.
-    async fn status_counts(&self) -> Result<Vec<(Status, i64)>>;
+    /// Rows per status of the lifecycle, for the `folders` gauge; a status without rows may
+    /// be missing. Deletion statuses ([`Status::is_deletion`]) are always counted exactly.
+    /// Live statuses are counted exactly up to [`EXACT_LIVE_COUNT`] rows; a backend whose
+    /// count would grow with the live set (PostgreSQL) reports a bigger one as the query
+    /// planner's estimate, marked `exact: false`, so no periodic statement reads the whole
+    /// live set.
+    async fn status_counts(&self) -> Result<Vec<StatusCount>>;
 
     /// The last recorded availability of `host`, if any replica recorded one.
     async fn volume_state(&self, host: &str) -> Result<Option<VolumeState>>;

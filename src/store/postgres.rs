@@ -25,7 +25,7 @@ use super::schema::{self, ADDED, DuplicateName, MigrationPlan, Remap, Schema, Un
 use super::{
     Admin, AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
     Counts, EVENT_CHANNEL, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder,
-    NewSighting, Readiness, Result, ScanSummary, Sighting, StatusChange, StatusEvent,
+    NewSighting, Readiness, Result, ScanSummary, Sighting, StatusChange, StatusCount, StatusEvent,
     StatusRequest, Tombstone, TombstoneClaim, TombstoneEnd, TombstoneRemoval, Work, db,
     parse_history, parse_status, to_i64, write_err,
 };
@@ -65,6 +65,33 @@ fn migrator(mode: SchemaMode) -> &'static Migrator {
         SchemaMode::Adopted => &ADOPTED_MIGRATOR,
     }
 }
+
+/// One statement counting every status of the lifecycle: the deletion statuses in full
+/// (small sets, each an index-only count on `vfolders_status_changed_idx`), the live ones up
+/// to one row past [`super::EXACT_LIVE_COUNT`], so its cost does not grow with the live set.
+/// The statuses are literals (not a parameter): the planner then prices each count from the
+/// status's own statistics and keeps the index-only scan. They are this program's constant
+/// spellings, which contain no quote.
+static STATUS_COUNTS: LazyLock<String> = LazyLock::new(|| {
+    let counts: Vec<String> = lifecycle::ALL
+        .iter()
+        .map(|status| {
+            let s = status.as_str();
+            if status.is_deletion() {
+                format!("('{s}', (SELECT count(*) FROM vfolders WHERE status = '{s}'))")
+            } else {
+                format!(
+                    "('{s}', (SELECT count(*) FROM (SELECT 1 FROM vfolders WHERE status = '{s}' LIMIT {}) AS b))",
+                    super::EXACT_LIVE_COUNT + 1
+                )
+            }
+        })
+        .collect();
+    format!(
+        "SELECT status, n FROM (VALUES {}) AS c(status, n) WHERE n > 0 ORDER BY status",
+        counts.join(", ")
+    )
+});
 
 /// The columns (and their types) the controller reads and writes in `vfolders`; a table
 /// without them is not the platform's and is not adopted.
@@ -849,21 +876,55 @@ impl Admin for PgStore {
         rows.iter().map(audit_from_row).collect()
     }
 
-    async fn status_counts(&self) -> Result<Vec<(Status, i64)>> {
-        // One index-only count per known status instead of a sequential scan of the table
-        // (statuses outside the lifecycle are not reported anyway).
-        let statuses: Vec<&str> = crate::lifecycle::ALL.iter().map(|s| s.as_str()).collect();
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, n FROM (
-                 SELECT s.status, (SELECT count(*) FROM vfolders v WHERE v.status = s.status) AS n
-                 FROM unnest($1::text[]) AS s(status)) c
-             WHERE n > 0 ORDER BY status",
-        )
-        .bind(&statuses)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("counting vfolders per status"))?;
-        Ok(super::known_counts(rows))
+    async fn status_counts(&self) -> Result<Vec<StatusCount>> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        // Stale statistics (a burst of rows since the last ANALYZE) can price one of the
+        // counts high enough for JIT compilation, which costs more than the count itself;
+        // and EXPLAIN compiles too, although it runs nothing.
+        sqlx::query("SET LOCAL jit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("preparing the status counts"))?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(&STATUS_COUNTS)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("counting vfolders per status"))?;
+        let mut counts = Vec::new();
+        for (status, n) in super::known_counts(rows) {
+            if status.is_deletion() || n <= super::EXACT_LIVE_COUNT {
+                counts.push(StatusCount {
+                    status,
+                    rows: n,
+                    exact: true,
+                });
+                continue;
+            }
+            // The bounded count stopped: ask the planner instead of reading the live set.
+            // Its estimate is the last ANALYZE's share of this status scaled to the table's
+            // current size; never report less than the rows just seen.
+            let plan: serde_json::Value = sqlx::query_scalar(&format!(
+                "EXPLAIN (FORMAT JSON) SELECT 1 FROM vfolders WHERE status = '{}'",
+                status.as_str()
+            ))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("estimating vfolders per status"))?;
+            let estimate = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
+            counts.push(StatusCount {
+                status,
+                // `as` saturates; an estimate beyond i64 is not a concern.
+                rows: (estimate.round() as i64).max(n),
+                exact: false,
+            });
+        }
+        tx.commit()
+            .await
+            .map_err(db("committing the status counts"))?;
+        Ok(counts)
     }
 
     async fn volume_state(&self, host: &str) -> Result<Option<super::VolumeState>> {

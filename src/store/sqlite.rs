@@ -24,7 +24,7 @@ use super::schema::{self, MigrationPlan, Schema, UnadoptPlan};
 use super::{
     Admin, AuditEntry, AuditFilter, Capabilities, Claim, ClaimRequest, Completion, ControllerState,
     Counts, Error, EventStream, Folder, FolderDetail, Location, NewAudit, NewFolder, NewSighting,
-    Readiness, Result, ScanSummary, Sighting, StatusChange, StatusRequest, Tombstone,
+    Readiness, Result, ScanSummary, Sighting, StatusChange, StatusCount, StatusRequest, Tombstone,
     TombstoneClaim, TombstoneEnd, TombstoneRemoval, Work, db, parse_history, parse_status, to_i64,
     write_err,
 };
@@ -633,13 +633,22 @@ impl Admin for SqliteStore {
         rows.iter().map(audit_from_row).collect()
     }
 
-    async fn status_counts(&self) -> Result<Vec<(Status, i64)>> {
+    async fn status_counts(&self) -> Result<Vec<StatusCount>> {
+        // The embedded database is the small deployment: every status is counted exactly
+        // (one pass over the status index).
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT status, count(*) FROM vfolders GROUP BY status ORDER BY status")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("counting vfolders per status"))?;
-        Ok(super::known_counts(rows))
+        Ok(super::known_counts(rows)
+            .into_iter()
+            .map(|(status, rows)| StatusCount {
+                status,
+                rows,
+                exact: true,
+            })
+            .collect())
     }
 
     async fn volume_state(&self, host: &str) -> Result<Option<super::VolumeState>> {

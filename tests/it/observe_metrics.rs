@@ -7,6 +7,15 @@ use std::time::Duration;
 
 use vfolder_controller::lifecycle::{self, Status};
 use vfolder_controller::observe::{Metrics, openmetrics_to_prometheus};
+use vfolder_controller::store::StatusCount;
+
+fn exact(status: Status, rows: i64) -> StatusCount {
+    StatusCount {
+        status,
+        rows,
+        exact: true,
+    }
+}
 
 /// The value of the sample `series` (name and labels exactly as exposed), if present.
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -68,7 +77,14 @@ fn exercised() -> Metrics {
     );
     m.add_removed("nfs:volume2", 5, 1, 10);
     m.set_worker_slots(8, 2);
-    m.set_folders_by_status(&[(Status::Ready, 40), (Status::DeleteError, 2)]);
+    m.set_folders_by_status(&[
+        StatusCount {
+            status: Status::Ready,
+            rows: 40_000,
+            exact: false,
+        },
+        exact(Status::DeleteError, 2),
+    ]);
     m.set_oldest_unconverged("remove", Duration::from_secs(90));
     m.lease_reclaimed();
     m.retry("remove");
@@ -155,6 +171,8 @@ fn a_fresh_registry_exports_build_info_zeros_and_every_status() {
     for status in lifecycle::ALL {
         let series = format!("vfolder_controller_folders{{status=\"{status}\"}}");
         assert_eq!(value(&m, &series), 0.0);
+        let series = format!("vfolder_controller_folders_estimated{{status=\"{status}\"}}");
+        assert_eq!(value(&m, &series), 0.0);
     }
 }
 
@@ -214,7 +232,15 @@ fn calls_show_up_with_their_labels_and_values() {
     );
     assert_eq!(v("vfolder_controller_worker_slots{state=\"total\"}"), 8.0);
     assert_eq!(v("vfolder_controller_worker_slots{state=\"busy\"}"), 2.0);
-    assert_eq!(v("vfolder_controller_folders{status=\"ready\"}"), 40.0);
+    assert_eq!(v("vfolder_controller_folders{status=\"ready\"}"), 40_000.0);
+    assert_eq!(
+        v("vfolder_controller_folders_estimated{status=\"ready\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("vfolder_controller_folders_estimated{status=\"delete-error\"}"),
+        0.0
+    );
     assert_eq!(
         v("vfolder_controller_folders{status=\"delete-error\"}"),
         2.0
@@ -255,12 +281,12 @@ fn calls_show_up_with_their_labels_and_values() {
 #[test]
 fn a_status_that_empties_out_reads_zero_again() {
     let m = Metrics::new();
-    m.set_folders_by_status(&[(Status::DeleteOngoing, 5)]);
+    m.set_folders_by_status(&[exact(Status::DeleteOngoing, 5)]);
     assert_eq!(
         value(&m, "vfolder_controller_folders{status=\"delete-ongoing\"}"),
         5.0
     );
-    m.set_folders_by_status(&[(Status::Ready, 1)]);
+    m.set_folders_by_status(&[exact(Status::Ready, 1)]);
     assert_eq!(
         value(&m, "vfolder_controller_folders{status=\"delete-ongoing\"}"),
         0.0

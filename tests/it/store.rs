@@ -409,6 +409,7 @@ conformance!(
     forget_works_only_from_delete_error,
     audit_filters_by_folder_time_and_limit,
     status_counts_and_oldest_unconverged,
+    deletion_status_counts_are_exact,
 );
 
 async fn create_get_and_list_round_trip(db: TestDb) {
@@ -1335,7 +1336,14 @@ async fn status_counts_and_oldest_unconverged(db: TestDb) {
         .unwrap();
     let mut counts = store.status_counts().await.unwrap();
     counts.sort();
-    assert_eq!(counts, [(Status::Ready, 2), (Status::DeleteOngoing, 1)]);
+    // Small live sets are counted exactly on every backend.
+    assert_eq!(
+        counts,
+        [
+            exact_count(Status::Ready, 2),
+            exact_count(Status::DeleteOngoing, 1)
+        ]
+    );
     raw.age_status(id, chrono::Duration::hours(2)).await;
     let ages = store
         .oldest_unconverged(Duration::from_secs(86400))
@@ -1347,7 +1355,94 @@ async fn status_counts_and_oldest_unconverged(db: TestDb) {
     assert_eq!(timer, Duration::ZERO);
 }
 
+fn exact_count(status: Status, rows: i64) -> store::StatusCount {
+    store::StatusCount {
+        status,
+        rows,
+        exact: true,
+    }
+}
+
+async fn deletion_status_counts_are_exact(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let wanted = [
+        (Status::DeletePending, 4),
+        (Status::DeleteOngoing, 3),
+        (Status::DeleteComplete, 2),
+        (Status::DeleteError, 1),
+    ];
+    for (status, n) in wanted {
+        for i in 0..n {
+            raw.insert(new_id(), &format!("{status}-{i}"), Some(status.as_str()))
+                .await
+                .unwrap();
+        }
+    }
+    raw.insert(new_id(), "live", None).await.unwrap();
+    let counts = store.status_counts().await.unwrap();
+    for (status, n) in wanted {
+        assert!(
+            counts.contains(&exact_count(status, n)),
+            "{status}: {counts:?}"
+        );
+    }
+    assert!(
+        counts.contains(&exact_count(Status::Ready, 1)),
+        "{counts:?}"
+    );
+    assert!(
+        !counts.iter().any(|c| c.status == Status::Cloning),
+        "a status without rows is not reported: {counts:?}"
+    );
+}
+
 // ----- PostgreSQL only -----------------------------------------------------------------------
+
+/// Past `EXACT_LIVE_COUNT` rows a live status is not counted on PostgreSQL (that would read
+/// the whole live set every refresh) but estimated by the planner; deletion statuses stay
+/// exact whatever the size of the live set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_live_set_is_estimated_on_postgres_and_deletion_counts_stay_exact() {
+    let db = TestDb::postgres().await;
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let live = 3 * store::EXACT_LIVE_COUNT;
+    raw.execute(&format!(
+        "INSERT INTO vfolders (id, host, name, status)
+         SELECT gen_random_uuid(), 'local:volume1', 'bulk-' || g, 'ready'
+         FROM generate_series(1, {live}) g;
+         INSERT INTO vfolders (id, host, name, status)
+         SELECT gen_random_uuid(), 'local:volume1', 'gone-' || g, 'delete-complete'
+         FROM generate_series(1, 7) g;
+         INSERT INTO vfolders (id, host, name, status)
+         VALUES (gen_random_uuid(), 'local:volume1', 'busy', 'performing');
+         ANALYZE vfolders;"
+    ))
+    .await
+    .unwrap();
+    let counts = store.status_counts().await.unwrap();
+    let ready = counts
+        .iter()
+        .find(|c| c.status == Status::Ready)
+        .expect("ready is reported");
+    assert!(!ready.exact, "{ready:?}");
+    // After ANALYZE the estimate is close (the whole table was sampled).
+    let error = (ready.rows - live).abs();
+    assert!(
+        error <= live / 20,
+        "estimate {} for {live} rows",
+        ready.rows
+    );
+    assert!(
+        counts.contains(&exact_count(Status::DeleteComplete, 7)),
+        "{counts:?}"
+    );
+    assert!(
+        counts.contains(&exact_count(Status::Performing, 1)),
+        "{counts:?}"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_payload_follows_a_raw_update() {
