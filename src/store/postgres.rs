@@ -145,12 +145,14 @@ impl PgStore {
 
     /// A transaction for the store's rules.
     async fn begin_tx(&self) -> Result<PgTx> {
-        Ok(PgTx(
-            self.pool
-                .begin()
-                .await
-                .map_err(db("starting a transaction"))?,
-        ))
+        Ok(PgTx(self.begin().await?))
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.pool
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))
     }
 }
 
@@ -769,11 +771,7 @@ impl Admin for PgStore {
         if dry_run {
             return Ok(plan);
         }
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
+        let mut tx = self.begin().await?;
         // Fail rather than queue the platform's writes behind a lock on vfolders.
         sqlx::query("SET LOCAL lock_timeout = '5s'")
             .execute(&mut *tx)
@@ -877,11 +875,7 @@ impl Admin for PgStore {
     }
 
     async fn status_counts(&self) -> Result<Vec<StatusCount>> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
+        let mut tx = self.begin().await?;
         // Stale statistics (a burst of rows since the last ANALYZE) can price one of the
         // counts high enough for JIT compilation, which costs more than the count itself;
         // and EXPLAIN compiles too, although it runs nothing.
@@ -936,11 +930,7 @@ impl Admin for PgStore {
 impl Work for PgStore {
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>> {
         // The statuses below are those that create work (lifecycle::Status::creates_work).
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
+        let mut tx = self.begin().await?;
         // A burst of new `delete-ongoing` rows is invisible to the statistics until the next
         // ANALYZE (which a big table may not get for a long time), and with "no row waiting"
         // estimates the planner reads and sorts the whole backlog on every claim: with a
@@ -1167,11 +1157,7 @@ impl Work for PgStore {
         actor: &str,
         limit: u32,
     ) -> Result<u64> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
+        let mut tx = self.begin().await?;
         set_actor(&mut tx, actor).await?;
         // An unknown time on an own table (a writer set status_changed to NULL) starts when
         // the controller first sees the row: stamped now, the full retention follows. An
@@ -1238,11 +1224,7 @@ impl Work for PgStore {
     }
 
     async fn clean_history(&self, retention: Duration, actor: &str, limit: u32) -> Result<u64> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
+        let mut tx = self.begin().await?;
         // The tombstones say who and why; the audit entry below is the only one.
         set_actor(&mut tx, actor).await?;
         set_delete_action(&mut tx, "history-cleanup").await?;
@@ -1567,11 +1549,7 @@ impl Work for PgStore {
     }
 
     async fn finish_scan(&self, summary: &ScanSummary) -> Result<u64> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
+        let mut tx = self.begin().await?;
         let ended =
             sqlx::query("DELETE FROM vfolder_orphan_sightings WHERE host = $1 AND last_seen < $2")
                 .bind(&summary.host)

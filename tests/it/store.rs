@@ -781,6 +781,11 @@ fn done_with(n: u64) -> Completion {
 async fn a_batch_of_completions_ends_each_folder_on_its_own_row(db: TestDb) {
     let store = db.migrated().await;
     let mut events = store.subscribe().await.unwrap();
+    assert_eq!(
+        events.is_some(),
+        matches!(db.backend, Backend::Postgres),
+        "PostgreSQL has events, SQLite none"
+    );
     let (a, b, d) = (
         ongoing(&store, "batch-a", HOST).await,
         ongoing(&store, "batch-b", HOST).await,
