@@ -5,6 +5,8 @@
 #
 #   bash benches/controller.sh            # full run (about 10 minutes on 2 cores)
 #   bash benches/controller.sh --quick    # 1,000 / 10,000 / 100,000 rows, for a smoke test
+#   bash benches/controller.sh --converge N   # only the convergence of N rows, with its
+#                                             # database profile (commits, flushes, statements)
 #
 # It starts a private PostgreSQL instance (its own data directory and port, with auto_explain
 # loaded; the bench switches it on for part (c) only, so (a) and (b) run at full speed; a
@@ -15,7 +17,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
-[ "${1:-}" = "--quick" ] && quick=1
+converge=""
+case "${1:-}" in
+  --quick) quick=1 ;;
+  --converge) converge="${2:?--converge needs a row count}" ;;
+esac
 
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 work=$(mktemp -d /tmp/vfc-bench.XXXXXX)
@@ -29,7 +35,7 @@ trap cleanup EXIT
 
 runuser -u postgres -- "$bin/initdb" -A trust -U postgres -D "$work/data" >/dev/null
 runuser -u postgres -- "$bin/pg_ctl" -D "$work/data" -w -l "$work/server.log" \
-  -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c shared_preload_libraries=auto_explain \
+  -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c shared_preload_libraries=auto_explain,pg_stat_statements \
       -c auto_explain.log_min_duration=-1 -c fsync=on -c max_wal_size=8GB" start >/dev/null
 
 cargo build --release --bin vfolder-controller --quiet
@@ -37,4 +43,4 @@ cargo bench --bench controller_bench --quiet -- \
   --database-url "postgres://postgres@127.0.0.1:$port/postgres" \
   --server-log "$work/server.log" \
   --binary "${CARGO_TARGET_DIR:-target}/release/vfolder-controller" \
-  --quick "$quick"
+  --quick "$quick" ${converge:+--converge-only "$converge"}

@@ -28,6 +28,8 @@ struct Args {
     server_log: PathBuf,
     binary: PathBuf,
     quick: bool,
+    /// Only part (a), with this many rows, and where its database time went.
+    converge_only: Option<usize>,
 }
 
 fn args() -> Option<Args> {
@@ -45,6 +47,7 @@ fn args() -> Option<Args> {
         server_log: map.remove("server-log")?.into(),
         binary: map.remove("binary")?.into(),
         quick: map.remove("quick").is_some_and(|q| q == "1"),
+        converge_only: map.remove("converge-only").and_then(|n| n.parse().ok()),
     })
 }
 
@@ -87,8 +90,24 @@ async fn main() -> Res<()> {
         [10_000, 100_000]
     };
     let mut db = PgConnection::connect(&args.database_url).await?;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&mut db)
+        .await?;
+    if let Some(n) = args.converge_only {
+        let (secs, hwm, profile) =
+            converge(&args, &config_path, &volumes, &volume, &mut db, n).await?;
+        println!(
+            "converged {n} rows in {secs:.2} s = {:.0} rows/s, peak RSS {:.1} MiB\n\n{profile}",
+            n as f64 / secs,
+            hwm as f64 / 1024.0
+        );
+        return Ok(());
+    }
+    let mut profiles = Vec::new();
     for (part, n) in ["(a)", "(a')"].into_iter().zip(sizes) {
-        let (secs, hwm) = converge(&args, &config_path, &volumes, &volume, &mut db, n).await?;
+        let (secs, hwm, profile) =
+            converge(&args, &config_path, &volumes, &volume, &mut db, n).await?;
+        profiles.push(format!("{part}, {n} rows:\n\n{profile}"));
         rows.push((
             format!("{part} converge {n} delete-ongoing rows (tiny trees), 16 workers"),
             format!("{secs:.2} s = {:.0} rows/s", n as f64 / secs),
@@ -250,6 +269,12 @@ async fn main() -> Res<()> {
     for (query, (runs, max, scans)) in plans(&args.server_log, log_offset)? {
         println!("| {query} | {runs} | {max:.2} | {} |", scans.join(", "));
     }
+    println!(
+        "\nWhere the convergence runs spent their time (pg_stat_statements, pg_stat_wal, /proc):\n"
+    );
+    for p in profiles {
+        println!("{p}");
+    }
     Ok(())
 }
 
@@ -263,7 +288,7 @@ async fn converge(
     volume: &VolumeConfig,
     db: &mut PgConnection,
     n: usize,
-) -> Res<(f64, u64)> {
+) -> Res<(f64, u64, String)> {
     insert_folders(&args.database_url, volumes, volume, n).await?;
     let mut ctl = start(&args.binary, config, "bench-a")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -271,6 +296,11 @@ async fn converge(
         sqlx::query_scalar("SELECT count(*) FROM vfolders WHERE status = 'delete-complete'")
             .fetch_one(&mut *db)
             .await?;
+    let counters = db_counters(db).await?;
+    sqlx::query("SELECT pg_stat_statements_reset()")
+        .execute(&mut *db)
+        .await?;
+    let (own0, machine0) = (cpu_ticks(ctl.id())?, machine_ticks()?);
     let t0 = Instant::now();
     sqlx::query("UPDATE vfolders SET status = 'delete-ongoing' WHERE status = 'ready'")
         .execute(&mut *db)
@@ -289,10 +319,73 @@ async fn converge(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let hz = clock_ticks()?;
+    let own = (cpu_ticks(ctl.id())? - own0) as f64 / hz / secs;
+    let machine = (machine_ticks()? - machine0) as f64 / hz / secs;
     let hwm = vm_hwm_kib(ctl.id())?;
     ctl.kill()?;
     ctl.wait()?;
-    Ok((secs, hwm))
+    let profile = format!(
+        "CPU: the controller {own:.2} cores, the whole machine {machine:.2} of {} cores; {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        db_profile(db, counters, n, secs).await?
+    );
+    Ok((secs, hwm, profile))
+}
+
+/// The server's commit and WAL flush counters.
+async fn db_counters(db: &mut PgConnection) -> Res<(i64, i64)> {
+    // Statistics are cached per transaction; a fresh snapshot each time.
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *db)
+        .await?;
+    Ok(sqlx::query_as(
+        "SELECT (SELECT sum(xact_commit)::int8 FROM pg_stat_database),
+                (SELECT wal_sync FROM pg_stat_wal)",
+    )
+    .fetch_one(&mut *db)
+    .await?)
+}
+
+/// Commits, WAL flushes and statements per folder of a convergence run, and the statements
+/// that took the most database time (the bench's own statements are left out).
+async fn db_profile(
+    db: &mut PgConnection,
+    (commits0, syncs0): (i64, i64),
+    n: usize,
+    secs: f64,
+) -> Res<String> {
+    let (commits, syncs) = db_counters(db).await?;
+    let top: Vec<(String, i64, f64, f64)> = sqlx::query_as(
+        "SELECT query, calls, total_exec_time, mean_exec_time FROM pg_stat_statements
+         WHERE query NOT LIKE '%pg_stat%' AND query NOT LIKE 'SELECT count(*) FROM vfolders%'
+           AND query NOT LIKE 'UPDATE vfolders SET status = $1 WHERE status = $2'
+         ORDER BY total_exec_time DESC",
+    )
+    .fetch_all(&mut *db)
+    .await?;
+    let per = |x: f64| x / n as f64;
+    let calls: i64 = top.iter().map(|t| t.1).sum();
+    let busy: f64 = top.iter().map(|t| t.2).sum();
+    let mut out = format!(
+        "{:.2} commits, {:.2} WAL flushes and {:.1} statements per folder; the statements \
+         kept the server busy {:.0} % of the run ({:.2} ms per folder)\n\n\
+         | statement | calls per folder | mean ms | share of statement time |\n|---|---|---|---|\n",
+        per((commits - commits0) as f64),
+        per((syncs - syncs0) as f64),
+        per(calls as f64),
+        busy / 10.0 / secs,
+        per(busy),
+    );
+    for (query, calls, total, mean) in top.iter().take(10) {
+        out.push_str(&format!(
+            "| `{}` | {:.2} | {mean:.3} | {:.0} % |\n",
+            words(query, 12).replace('|', "\\|"),
+            per(*calls as f64),
+            total / busy * 100.0
+        ));
+    }
+    Ok(out)
 }
 
 /// The median of five `status_counts()` round trips, and the count of `status`.
@@ -434,6 +527,18 @@ fn cpu_ticks(pid: u32) -> Res<u64> {
     let after = stat.rsplit_once(')').ok_or("bad stat")?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+/// Busy CPU ticks of the whole machine (all but idle and iowait).
+fn machine_ticks() -> Res<u64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat.lines().next().ok_or("empty /proc/stat")?;
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    Ok(f[0] + f[1] + f[2] + f[5] + f[6] + f[7])
 }
 
 fn clock_ticks() -> Res<f64> {
