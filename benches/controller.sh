@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Controller benchmark on PostgreSQL (not a test): convergence rate at 10,000 and 100,000 rows
-# (with the controller's peak RSS), wake-up latency, and the plans, times and idle cost of the
-# periodic queries with 10,000,000 `ready` rows in the table.
+# (with the controller's peak RSS and where the time went), wake-up latency, the plans, times
+# and idle cost of the periodic queries with 10,000,000 `ready` rows in the table, and one
+# folder of 100,000 files end to end against `rm -rf` (on the filesystem of /tmp).
 #
 #   bash benches/controller.sh            # full run (about 10 minutes on 2 cores)
 #   bash benches/controller.sh --quick    # 1,000 / 10,000 / 100,000 rows, for a smoke test
 #   bash benches/controller.sh --converge N   # only the convergence of N rows, with its
 #                                             # database profile (commits, flushes, statements)
+#   bash benches/controller.sh --end-to-end   # only (d): one folder of 100,000 files end to end
 #
 # It starts a private PostgreSQL instance (its own data directory and port, with auto_explain
 # loaded; the bench switches it on for part (c) only, so (a) and (b) run at full speed; a
@@ -18,9 +20,11 @@ cd "$(dirname "$0")/.."
 
 quick=0
 converge=""
+e2e=0
 case "${1:-}" in
   --quick) quick=1 ;;
   --converge) converge="${2:?--converge needs a row count}" ;;
+  --end-to-end) e2e=1 ;;
 esac
 
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
@@ -39,8 +43,11 @@ runuser -u postgres -- "$bin/pg_ctl" -D "$work/data" -w -l "$work/server.log" \
       -c auto_explain.log_min_duration=-1 -c fsync=on -c max_wal_size=8GB" start >/dev/null
 
 cargo build --release --bin vfolder-controller --quiet
+tools_target="$PWD/target/bench-tools"
+cargo build --quiet --release --manifest-path benches/tools/Cargo.toml --target-dir "$tools_target"
 cargo bench --bench controller_bench --quiet -- \
   --database-url "postgres://postgres@127.0.0.1:$port/postgres" \
   --server-log "$work/server.log" \
   --binary "${CARGO_TARGET_DIR:-target}/release/vfolder-controller" \
-  --quick "$quick" ${converge:+--converge-only "$converge"}
+  --mktree "$tools_target/release/mktree" \
+  --quick "$quick" --end-to-end-only "$e2e" ${converge:+--converge-only "$converge"}

@@ -2,8 +2,11 @@
 //! trees, 10,000 rows, and (a') 100,000 rows at once with the controller's peak RSS (`VmHWM`),
 //! (b) latency from the COMMIT of a status change to the completion event, (c) with
 //! 10,000,000 `ready` rows: every statement the idle controller runs with its plan and time
-//! (from `auto_explain`), the status-count round trip, and the idle CPU.
-//! `--quick` runs 1,000 / 10,000 / 100,000 rows instead.
+//! (from `auto_explain`), the status-count round trip, and the idle CPU; (d) one folder of
+//! 100,000 files in 1,000 directories end to end (the `delete-ongoing` UPDATE to the
+//! `delete-complete` event) against `rm -rf` of the same tree, at the default removal threads
+//! and at 16. `--quick` runs 1,000 / 10,000 / 100,000 rows and 20,000 files instead.
+//! `--converge-only N` and `--end-to-end-only 1` run one part alone.
 //!
 //! Run it through `bash benches/controller.sh`, which starts a private PostgreSQL with
 //! `auto_explain` and passes `--database-url`, `--server-log`, `--binary`, `--quick`.
@@ -27,9 +30,13 @@ struct Args {
     database_url: String,
     server_log: PathBuf,
     binary: PathBuf,
+    /// benches/tools' `mktree`, for part (d)'s tree.
+    mktree: PathBuf,
     quick: bool,
     /// Only part (a), with this many rows, and where its database time went.
     converge_only: Option<usize>,
+    /// Only part (d).
+    end_to_end_only: bool,
 }
 
 fn args() -> Option<Args> {
@@ -46,8 +53,10 @@ fn args() -> Option<Args> {
         database_url: map.remove("database-url")?,
         server_log: map.remove("server-log")?.into(),
         binary: map.remove("binary")?.into(),
+        mktree: map.remove("mktree")?.into(),
         quick: map.remove("quick").is_some_and(|q| q == "1"),
         converge_only: map.remove("converge-only").and_then(|n| n.parse().ok()),
+        end_to_end_only: map.remove("end-to-end-only").is_some_and(|q| q == "1"),
     })
 }
 
@@ -93,6 +102,20 @@ async fn main() -> Res<()> {
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .execute(&mut db)
         .await?;
+    let (files, dirs) = if args.quick {
+        (20_000, 200)
+    } else {
+        (100_000, 1_000)
+    };
+    if args.end_to_end_only {
+        for threads in END_TO_END_THREADS {
+            let e2e =
+                end_to_end(&args, site.path(), &volumes, &volume, files, dirs, threads).await?;
+            let (what, result, _) = e2e.row(files, dirs);
+            println!("{what}: {result}");
+        }
+        return Ok(());
+    }
     if let Some(n) = args.converge_only {
         let (secs, hwm, profile) =
             converge(&args, &config_path, &volumes, &volume, &mut db, n).await?;
@@ -130,6 +153,12 @@ async fn main() -> Res<()> {
         format!("{:.2} ms", ms(took)),
         "grows with the deletion sets only".to_owned(),
     ));
+    // (d) one big folder end to end, against `rm -rf` of the same tree
+    for threads in END_TO_END_THREADS {
+        let e2e = end_to_end(&args, site.path(), &volumes, &volume, files, dirs, threads).await?;
+        rows.push(e2e.row(files, dirs));
+    }
+
     let mut ctl = start(&args.binary, &config_path, "bench-b")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -485,6 +514,151 @@ fn start(binary: &Path, config: &Path, replica: &str) -> Res<Child> {
         .spawn()?)
 }
 
+/// Part (d)'s removal threads: the default, and as many as a volume whose metadata
+/// operations wait on a device or a network (discard, NFS) is better served with.
+const END_TO_END_THREADS: [Option<usize>; 2] = [None, Some(16)];
+
+/// Part (d)'s medians, in seconds.
+struct EndToEnd {
+    runs: usize,
+    threads: Option<usize>,
+    end_to_end: f64,
+    engine: f64,
+    rm: f64,
+}
+
+impl EndToEnd {
+    /// The result table's row.
+    fn row(&self, files: u64, dirs: u64) -> (String, String, String) {
+        (
+            format!(
+                "(d) one folder of {files} files in {dirs} dirs, warm, {}: `delete-ongoing` \
+                 UPDATE → `delete-complete` event (engine: the audit entry's duration), vs \
+                 `rm -rf`, median of {}",
+                self.threads.map_or_else(
+                    || "default removal threads (one per core)".to_owned(),
+                    |n| format!("removal_threads = {n}")
+                ),
+                self.runs
+            ),
+            format!(
+                "{:.3} s (engine {:.3} s) vs {:.3} s: {:.2} × rm -rf (engine alone {:.2} ×)",
+                self.end_to_end,
+                self.engine,
+                self.rm,
+                self.rm / self.end_to_end,
+                self.rm / self.engine
+            ),
+            "≥ 1.8 × rm -rf".to_owned(),
+        )
+    }
+}
+
+/// Builds a wide tree of `files` files in `dirs` directories inside one folder and another
+/// beside the volume, then times the folder's removal through the controller (from the
+/// `delete-ongoing` UPDATE to its `delete-complete` event) and `rm -rf` of the other, in
+/// alternating order. The controller runs with `threads` removal threads (default: the
+/// configuration's default, one per core) and the default slots.
+async fn end_to_end(
+    args: &Args,
+    site: &Path,
+    volumes: &Volumes,
+    volume: &VolumeConfig,
+    files: u64,
+    dirs: u64,
+    threads: Option<usize>,
+) -> Res<EndToEnd> {
+    let config = site.join("e2e.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"warn\"\n[[volumes]]\nhost = \"{}\"\nmount = \"{}\"\nrequire_mount_point = false\n{}\n",
+            args.database_url,
+            volume.host,
+            volume.mount.display(),
+            threads.map_or(String::new(), |n| format!("removal_threads = {n}"))
+        ),
+    )?;
+    let mktree = |dir: &Path| -> Res<()> {
+        let out = Command::new(&args.mktree)
+            .arg("wide")
+            .arg(dir)
+            .arg(dirs.to_string())
+            .arg(files.to_string())
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("mktree failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(())
+    };
+    let mut ctl = start(&args.binary, &config, "bench-d")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut db = PgConnection::connect(&args.database_url).await?;
+    let mut listener = PgListener::connect(&args.database_url).await?;
+    listener.listen(EVENT_CHANNEL).await?;
+    let runs = if args.quick { 2 } else { 3 };
+    let (mut total, mut engine, mut rm) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let (id, folder) = insert_folders_at(&args.database_url, volumes, volume, 1)
+            .await?
+            .remove(0);
+        mktree(&folder.join("tree"))?;
+        let beside = site.join("rm-tree");
+        mktree(&beside)?;
+        Command::new("sync").status()?;
+        let time_rm = || -> Res<f64> {
+            let t0 = Instant::now();
+            let status = Command::new("rm").arg("-rf").arg(&beside).status()?;
+            if !status.success() || beside.exists() {
+                return Err("rm -rf failed".into());
+            }
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        if run % 2 == 1 {
+            rm.push(time_rm()?);
+        }
+        let t0 = Instant::now();
+        sqlx::query("UPDATE vfolders SET status = 'delete-ongoing' WHERE id = $1")
+            .bind(id)
+            .execute(&mut db)
+            .await?;
+        loop {
+            let note = tokio::time::timeout(Duration::from_secs(120), listener.recv()).await??;
+            let e: serde_json::Value = serde_json::from_str(note.payload())?;
+            if e["id"] == id.to_string() && e["to"] == "delete-complete" {
+                break;
+            }
+        }
+        total.push(t0.elapsed().as_secs_f64());
+        if folder.exists() {
+            return Err(format!("{} is still there", folder.display()).into());
+        }
+        let ms: i64 = sqlx::query_scalar(
+            "SELECT duration_ms FROM vfolder_audit WHERE vfolder_id = $1 AND action = 'removed'",
+        )
+        .bind(id)
+        .fetch_one(&mut db)
+        .await?;
+        engine.push(ms as f64 / 1000.0);
+        if run % 2 == 0 {
+            rm.push(time_rm()?);
+        }
+    }
+    ctl.kill()?;
+    ctl.wait()?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(EndToEnd {
+        runs,
+        threads,
+        end_to_end: median(total),
+        engine: median(engine),
+        rm: median(rm),
+    })
+}
+
 /// Inserts `n` ready rows in batches and creates a one-file tree for each.
 async fn insert_folders(
     url: &str,
@@ -492,6 +666,17 @@ async fn insert_folders(
     volume: &VolumeConfig,
     n: usize,
 ) -> Res<Vec<Uuid>> {
+    let folders = insert_folders_at(url, volumes, volume, n).await?;
+    Ok(folders.into_iter().map(|(id, _)| id).collect())
+}
+
+/// [`insert_folders`], with each folder's directory.
+async fn insert_folders_at(
+    url: &str,
+    volumes: &Volumes,
+    volume: &VolumeConfig,
+    n: usize,
+) -> Res<Vec<(Uuid, PathBuf)>> {
     let mut db = PgConnection::connect(url).await?;
     let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
     let scope = Uuid::new_v4();
@@ -509,17 +694,19 @@ async fn insert_folders(
     }
     let v = volumes.get(&volume.host)?;
     let scope_text = format!("user:{scope}");
-    for id in &ids {
+    let mut folders = Vec::with_capacity(n);
+    for id in ids {
         let rel = v.folder_path(&FolderRef {
-            id: *id,
+            id,
             host: &volume.host,
             quota_scope_id: Some(&scope_text),
         })?;
         let path = volume.mount.join(rel);
         std::fs::create_dir_all(&path)?;
         std::fs::write(path.join("file"), b"x")?;
+        folders.push((id, path));
     }
-    Ok(ids)
+    Ok(folders)
 }
 
 fn cpu_ticks(pid: u32) -> Res<u64> {

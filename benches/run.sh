@@ -149,6 +149,7 @@ tool_cmd() {
     engine-1chunk) CMD=("$ENGINE" "$target" --threads "$threads" --chunk-entries 1048576) ;;
     engine+bytes) CMD=("$ENGINE" "$target" --threads "$threads" --count-bytes) ;;
     engine@nproc) CMD=("$ENGINE" "$target" --threads "$NPROC") ;;
+    engine@[0-9]*) CMD=("$ENGINE" "$target" --threads "${name#engine@}") ;;
     *) die "unknown tool $name" ;;
   esac
 }
