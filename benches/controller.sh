@@ -9,6 +9,8 @@
 #   bash benches/controller.sh --converge N   # only the convergence of N rows, with its
 #                                             # database profile (commits, flushes, statements)
 #   bash benches/controller.sh --end-to-end   # only (d): one folder of 100,000 files end to end
+#   VFC_BENCH_BINARY=/path/to/vfolder-controller bash benches/controller.sh ...   # measure
+#                                             # another build (A/B) with the same bench
 #
 # It starts a private PostgreSQL instance (its own data directory and port, with auto_explain
 # loaded; the bench switches it on for part (c) only, so (a) and (b) run at full speed; a
@@ -26,6 +28,8 @@ case "${1:-}" in
   --converge) converge="${2:?--converge needs a row count}" ;;
   --end-to-end) e2e=1 ;;
 esac
+# Another controller binary to measure (an A/B against an older build), instead of this tree's.
+binary="${VFC_BENCH_BINARY:-}"
 
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 work=$(mktemp -d /tmp/vfc-bench.XXXXXX)
@@ -43,11 +47,12 @@ runuser -u postgres -- "$bin/pg_ctl" -D "$work/data" -w -l "$work/server.log" \
       -c auto_explain.log_min_duration=-1 -c fsync=on -c max_wal_size=8GB" start >/dev/null
 
 cargo build --release --bin vfolder-controller --quiet
+binary="${binary:-${CARGO_TARGET_DIR:-target}/release/vfolder-controller}"
 tools_target="$PWD/target/bench-tools"
 cargo build --quiet --release --manifest-path benches/tools/Cargo.toml --target-dir "$tools_target"
 cargo bench --bench controller_bench --quiet -- \
   --database-url "postgres://postgres@127.0.0.1:$port/postgres" \
   --server-log "$work/server.log" \
-  --binary "${CARGO_TARGET_DIR:-target}/release/vfolder-controller" \
+  --binary "$binary" \
   --mktree "$tools_target/release/mktree" \
   --quick "$quick" --end-to-end-only "$e2e" ${converge:+--converge-only "$converge"}
