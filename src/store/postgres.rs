@@ -516,13 +516,20 @@ impl Tx for PgTx {
         let Some(&(first, name)) = rows.first() else {
             return Ok(());
         };
-        set_actor(&mut self.0, actor).await?;
-        sqlx::query("UPDATE vfolders SET status = $2 WHERE id = ANY($1)")
-            .bind(rows.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-            .bind(to.as_str())
-            .execute(&mut *self.0)
-            .await
-            .map_err(write_err(first, name, "writing a vfolder status"))?;
+        // The statement sets the actor itself, saving a round trip on every batch of
+        // completions: each row passes the WHERE clause before its update fires the status
+        // trigger that reads `vfolder.actor`, and `set_config` is volatile, so it is
+        // evaluated there, row by row, never hoisted or folded away.
+        sqlx::query(
+            "UPDATE vfolders SET status = $2
+             WHERE id = ANY($1) AND set_config('vfolder.actor', $3, true) IS NOT NULL",
+        )
+        .bind(rows.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(to.as_str())
+        .bind(actor)
+        .execute(&mut *self.0)
+        .await
+        .map_err(write_err(first, name, "writing a vfolder status"))?;
         Ok(())
     }
 
