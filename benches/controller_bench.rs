@@ -388,7 +388,7 @@ async fn db_profile(
     let top: Vec<(String, i64, f64, f64)> = sqlx::query_as(
         "SELECT query, calls, total_exec_time, mean_exec_time FROM pg_stat_statements
          WHERE query NOT LIKE '%pg_stat%' AND query NOT LIKE 'SELECT count(*) FROM vfolders%'
-           AND query NOT LIKE 'UPDATE vfolders SET status = $1 WHERE status = $2'
+           AND query NOT LIKE 'UPDATE vfolders SET status = % WHERE status = %'
          ORDER BY total_exec_time DESC",
     )
     .fetch_all(&mut *db)

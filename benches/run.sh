@@ -10,7 +10,8 @@
 #   sudo bash benches/run.sh --quick    # smaller trees, 2 runs: a smoke test (~2 minutes)
 #   options: --runs N (every shape), --shapes wide,deep,flat,big,latency, --out FILE,
 #            --tools rm,engine,... (instead of every tool; also engine-1chunk: one chunk of
-#            up to 1 Mi entries per directory, to see what the 64 Ki cap costs)
+#            up to 1 Mi entries per directory, to see what the 64 Ki cap costs; engine@N:
+#            the engine with N threads)
 #
 # How: each shape's tree is built once (benches/tools `mktree`, deterministic) on a fresh
 # ext4 image; before every timed removal that image is copied, loop-mounted, synced and the

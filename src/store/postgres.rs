@@ -7,7 +7,6 @@
 //! so the trigger records who made the change.
 
 use std::borrow::Cow;
-use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sqlx::FromRow;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -130,10 +129,6 @@ macro_rules! state_columns {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Connections for [`Work::claim_due`] alone, with the planner settings its one
-    /// statement needs (see there) set once per connection, so a claim is one round trip
-    /// and no other statement plans under them.
-    claims: PgPool,
 }
 
 impl PgStore {
@@ -145,21 +140,7 @@ impl PgStore {
             .connect(url)
             .await
             .map_err(db("connecting to PostgreSQL"))?;
-        let claims = PgConnectOptions::from_str(url)
-            .map_err(db("reading the database URL"))?
-            .options([
-                ("enable_bitmapscan", "off"),
-                ("enable_hashjoin", "off"),
-                ("enable_mergejoin", "off"),
-                ("jit", "off"),
-            ]);
-        // One claim runs at a time (the runner's loop); the second connection covers a
-        // reconnect. Lazy: a CLI command that never claims never opens one.
-        let claims = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(claims);
-        Ok(Self { pool, claims })
+        Ok(Self { pool })
     }
 
     /// A transaction for the store's rules.
@@ -962,15 +943,24 @@ impl Work for PgStore {
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>> {
         // The statuses below are those that create work (lifecycle::Status::creates_work).
         //
-        // It runs on `self.claims`, whose connections plan without bitmap scans, hash and
-        // merge joins: a burst of new `delete-ongoing` rows is invisible to the statistics
-        // until the next ANALYZE (which a big table may not get for a long time), and with
-        // "no row waiting" estimates the planner reads and sorts the whole backlog on every
-        // claim: with a bitmap scan (40-60 ms at 10,000 rows instead of 0.5 ms), or with an
-        // index scan hashed against the state table and sorted (3-6 ms at 10,000 rows, most
-        // of a convergence's database time). Ordered index scans in nested loops, which stop
-        // after `$4` rows, are right for this statement whatever the statistics say. One
-        // statement is its own transaction: a claim is one round trip.
+        // A burst of new `delete-ongoing` rows is invisible to the statistics until the next
+        // ANALYZE (which a big table may not get for a long time), and with "no row waiting"
+        // estimates the planner reads and sorts the whole backlog on every claim: with a
+        // bitmap scan (40-60 ms at 10,000 rows instead of 0.5 ms), or with an index scan
+        // hashed against the state table and sorted (3-6 ms at 10,000 rows, most of a
+        // convergence's database time). Ordered index scans in nested loops, which stop after
+        // `$4` rows, are right for this statement whatever the statistics say, so its
+        // transaction plans without the others. `SET LOCAL` ends with the transaction (a
+        // connection pooler in front of the server sees nothing to carry over), and it is
+        // sent with the BEGIN, in the same round trip.
+        let mut tx = self
+            .pool
+            .begin_with(
+                "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_hashjoin = off;
+                 SET LOCAL enable_mergejoin = off; SET LOCAL jit = off",
+            )
+            .await
+            .map_err(db("starting a claim"))?;
         let rows = sqlx::query(concat!(
             // `candidates` walks each work kind's (status, status_changed) index in age
             // order and stops after `$4` due rows, so a claim costs the same with ten or a
@@ -1049,9 +1039,10 @@ impl Work for PgStore {
         .bind(i64::from(req.limit))
         .bind(&req.owner)
         .bind(secs(req.lease))
-        .fetch_all(&self.claims)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db("claiming due folders"))?;
+        tx.commit().await.map_err(db("committing a claim"))?;
         let (claims, unreadable) = decode_each(&rows, raw_id, claim_from_row);
         for bad in &unreadable {
             bad.report("claiming");
