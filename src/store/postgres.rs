@@ -887,14 +887,15 @@ impl Admin for PgStore {
     }
 
     async fn status_counts(&self) -> Result<Vec<StatusCount>> {
-        let mut tx = self.begin().await?;
         // Stale statistics (a burst of rows since the last ANALYZE) can price one of the
         // counts high enough for JIT compilation, which costs more than the count itself;
-        // and EXPLAIN compiles too, although it runs nothing.
-        sqlx::query("SET LOCAL jit = off")
-            .execute(&mut *tx)
+        // and EXPLAIN compiles too, although it runs nothing. Sent with the BEGIN, as the
+        // claim's settings are.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL jit = off")
             .await
-            .map_err(db("preparing the status counts"))?;
+            .map_err(db("starting the status counts"))?;
         let rows: Vec<(String, i64)> = sqlx::query_as(&STATUS_COUNTS)
             .fetch_all(&mut *tx)
             .await

@@ -183,14 +183,9 @@ fn cancellation_in_the_middle_of_a_chunk_stops_and_inode_order_leaves_the_highes
     };
     let cancel = CancellationToken::new();
     let progress = Progress::default();
-    let first = std::thread::scope(|s| {
-        let h = s.spawn(|| remove(sb.root(), "tree", &opts, &cancel, &progress));
-        // Progress is published every 1,024 unlinks within a chunk.
-        while progress.snapshot().files < 1024 && !h.is_finished() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        cancel.cancel();
-        h.join().unwrap()
+    // Progress is published every 1,024 unlinks within a chunk.
+    let first = cancel_after(1024, &cancel, &progress, || {
+        remove(sb.root(), "tree", &opts, &cancel, &progress)
     });
     let Outcome::Cancelled(first) = first else {
         panic!("expected Cancelled, got {first:?}");
@@ -242,13 +237,8 @@ fn cancellation_between_chunks_of_a_large_directory_stops_in_either_order() {
         };
         let cancel = CancellationToken::new();
         let progress = Progress::default();
-        let first = std::thread::scope(|s| {
-            let h = s.spawn(|| remove(sb.root(), "tree", &opts, &cancel, &progress));
-            while progress.snapshot().files < 200 && !h.is_finished() {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            cancel.cancel();
-            h.join().unwrap()
+        let first = cancel_after(200, &cancel, &progress, || {
+            remove(sb.root(), "tree", &opts, &cancel, &progress)
         });
         let Outcome::Cancelled(first) = first else {
             panic!("{order:?}: expected Cancelled, got {first:?}");

@@ -166,14 +166,10 @@ fn cancellation_returns_cancelled_and_a_second_call_finishes() {
     let expected = fill(&path, 100, 150);
     let cancel = CancellationToken::new();
     let progress = Arc::new(Progress::default());
-    let first = std::thread::scope(|s| {
-        let h = s.spawn(|| sb.volume.remove_folder(&f, &cancel, &progress));
-        while progress.snapshot().files < 500 && !h.is_finished() {
-            std::thread::yield_now();
-        }
-        cancel.cancel();
-        h.join().unwrap().unwrap()
-    });
+    let first = cancel_after(500, &cancel, &progress, || {
+        sb.volume.remove_folder(&f, &cancel, &progress)
+    })
+    .unwrap();
     let Outcome::Cancelled(first) = first else {
         panic!("expected Cancelled, got {first:?}");
     };

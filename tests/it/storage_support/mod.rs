@@ -194,6 +194,24 @@ pub fn completed(outcome: Outcome) -> Counts {
     }
 }
 
+/// Runs `removal` on another thread and cancels `cancel` once `progress` has counted
+/// `files` files (or the removal ended first); returns what the removal returned.
+pub fn cancel_after<T: Send>(
+    files: u64,
+    cancel: &CancellationToken,
+    progress: &Progress,
+    removal: impl FnOnce() -> T + Send,
+) -> T {
+    std::thread::scope(|s| {
+        let h = s.spawn(removal);
+        while progress.snapshot().files < files && !h.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        cancel.cancel();
+        h.join().unwrap()
+    })
+}
+
 /// Mounts a tmpfs at `at`; unmounts it (lazily) when dropped, also on test failure.
 pub struct TmpfsMount {
     pub at: PathBuf,
