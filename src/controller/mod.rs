@@ -4,7 +4,9 @@
 //! a restart, a crash or a second replica never loses work, and there is no resume path
 //! beyond the normal loop. Responsibilities are kept apart (style: "when, how many, what"):
 //! - *what is due*: `Store::claim_due` (lease, backoff time, work kind) — one statement;
-//! - *how many*: a global semaphore and one per volume bound simultaneous removals;
+//! - *how many*: a global semaphore and one per volume bound simultaneous removals (a
+//!   [`Slot`] is given back when the folder's filesystem work ends, and the next folder
+//!   starts while the result is still being written);
 //! - *what to do*: [`reconcile::reconcile`] for one folder;
 //! - *how results are written*: finished removals share transactions ([`completions`]:
 //!   group commit, so a backlog of small folders is not bound by one commit each);
@@ -224,6 +226,7 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
     let mut runner = Runner {
         ctx: ctx.clone(),
         global: Arc::new(Semaphore::new(ctx.config.max_concurrent_removals)),
+        slot_freed: Arc::new(Notify::new()),
         served,
         workers: JoinSet::new(),
         running: HashMap::new(),
@@ -266,10 +269,33 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
     tracing::info!("controller stopped");
 }
 
+/// A claimed folder's right to work on its volume: a global and a volume slot. The worker
+/// gives it back as soon as the folder's filesystem work ends, before its result is
+/// written, so that writing results (batched, see [`completions`]) never keeps the volumes
+/// idle; dropping it wakes the loop to fill the slot.
+pub struct Slot {
+    _permits: [OwnedSemaphorePermit; 2],
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.freed.notify_one();
+    }
+}
+
+/// Folders in flight in one replica (removing, or removed and waiting for their result to
+/// be written), per slot of `controller.max_concurrent_removals`. Results are written in
+/// batches within milliseconds, so this is only reached when the database is slow to take
+/// them; then claiming waits instead of piling up finished folders.
+pub const IN_FLIGHT_PER_SLOT: usize = 4;
+
 /// The claiming side of the loop: semaphores, in-flight set and worker tasks.
 struct Runner {
     ctx: Arc<Context>,
     global: Arc<Semaphore>,
+    /// Woken whenever a [`Slot`] is given back.
+    slot_freed: Arc<Notify>,
     served: Vec<Served>,
     workers: JoinSet<()>,
     /// Folders running in this process, by task, so a row is never worked on twice at once
@@ -319,6 +345,7 @@ impl Runner {
             eager = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = wake.notified() => true,
+                _ = self.slot_freed.notified() => false,
                 Some(done) = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
                     self.finished(done);
                     false
@@ -349,11 +376,13 @@ impl Runner {
         if self.ctx.pressure.paused() {
             return Ok(());
         }
+        let in_flight_cap = self.ctx.config.max_concurrent_removals * IN_FLIGHT_PER_SLOT;
         for i in 0..self.served.len() {
             let free = self
                 .global
                 .available_permits()
-                .min(self.served[i].slots.available_permits());
+                .min(self.served[i].slots.available_permits())
+                .min(in_flight_cap.saturating_sub(self.workers.len()));
             if free == 0 || (!eager && free < self.served[i].refill_batch) {
                 continue;
             }
@@ -376,8 +405,12 @@ impl Runner {
                 exclude: self.running.values().copied().collect(),
             };
             let claims = self.ctx.store.claim_due(&request).await?;
+            // Slots freed while the claim ran (results are written after the slot is given
+            // back) wait for the next pass: counting them now would add a tombstone claim
+            // to nearly every pass of a backlog.
+            let left = free.saturating_sub(claims.len());
             for claim in claims {
-                let Some(permits) = self.permits(&slots) else {
+                let Some(slot) = self.permits(&slots) else {
                     // Cannot happen while this loop is the only acquirer; hand the row back.
                     let _ = self
                         .ctx
@@ -388,27 +421,23 @@ impl Runner {
                 };
                 let (id, host) = (claim.folder.id, claim.folder.host.clone());
                 let (kind, attempts) = (claim.kind, claim.attempts);
-                self.start(id, &host, kind, attempts, permits, {
+                self.start(id, &host, kind, attempts, {
                     let (ctx, cancel) = (self.ctx.clone(), self.work_cancel.clone());
-                    reconcile::reconcile(ctx, claim, cancel)
+                    reconcile::reconcile(ctx, claim, slot, cancel)
                 });
             }
             // Rows deleted while delete-ongoing: their removals are finished from their
             // tombstones with whatever slots the rows left free.
-            let free = self
-                .global
-                .available_permits()
-                .min(slots.available_permits());
-            if free == 0 {
+            if left == 0 {
                 continue;
             }
             let request = ClaimRequest {
-                limit: free as u32,
+                limit: left as u32,
                 exclude: self.running.values().copied().collect(),
                 ..request
             };
             for claim in self.ctx.store.claim_tombstones(&request).await? {
-                let Some(permits) = self.permits(&slots) else {
+                let Some(slot) = self.permits(&slots) else {
                     let _ = self
                         .ctx
                         .store
@@ -419,9 +448,9 @@ impl Runner {
                 let id = claim.tombstone.vfolder_id;
                 let host = claim.tombstone.host.clone().unwrap_or_default();
                 let attempts = claim.tombstone.attempts;
-                self.start(id, &host, WorkKind::Remove, attempts, permits, {
+                self.start(id, &host, WorkKind::Remove, attempts, {
                     let (ctx, cancel) = (self.ctx.clone(), self.work_cancel.clone());
-                    reconcile::finish_tombstone(ctx, claim, cancel)
+                    reconcile::finish_tombstone(ctx, claim, slot, cancel)
                 });
             }
         }
@@ -429,10 +458,13 @@ impl Runner {
     }
 
     /// A global and a volume slot, or `None` when either is taken.
-    fn permits(&self, slots: &Arc<Semaphore>) -> Option<[OwnedSemaphorePermit; 2]> {
+    fn permits(&self, slots: &Arc<Semaphore>) -> Option<Slot> {
         let global = self.global.clone().try_acquire_owned().ok()?;
         let volume = slots.clone().try_acquire_owned().ok()?;
-        Some([global, volume])
+        Some(Slot {
+            _permits: [global, volume],
+            freed: self.slot_freed.clone(),
+        })
     }
 
     fn start(
@@ -441,7 +473,6 @@ impl Runner {
         host: &str,
         kind: WorkKind,
         attempts: u32,
-        permits: [OwnedSemaphorePermit; 2],
         work: impl Future<Output = ()> + Send + 'static,
     ) {
         let span = tracing::info_span!(
@@ -451,13 +482,7 @@ impl Runner {
             action = kind.as_str(),
             attempt = attempts + 1,
         );
-        let handle = self.workers.spawn(
-            async move {
-                let _permits = permits;
-                work.await;
-            }
-            .instrument(span),
-        );
+        let handle = self.workers.spawn(work.instrument(span));
         self.running.insert(handle.id(), id);
     }
 }

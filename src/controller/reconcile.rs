@@ -47,9 +47,9 @@ use tokio_util::sync::CancellationToken;
 
 use uuid::Uuid;
 
-use super::Context;
 use super::backoff::RetrySchedule;
 use super::volume_health::{self, CheckFailed, PendingCheck};
+use super::{Context, Slot};
 use crate::storage::{self, Counts, FolderRef, Outcome as RemoveOutcome, Progress};
 use crate::store::{self, Claim, Completion, Location, TombstoneClaim, TombstoneEnd, WorkKind};
 
@@ -230,14 +230,19 @@ pub enum Outcome {
 /// Reconciles one claimed folder and records the result. Never returns an error: every
 /// failure ends in the database (retry, `delete-error`) or, when even that fails, in the
 /// lease expiring so that the folder is picked up again.
-pub async fn reconcile(ctx: Arc<Context>, claim: Claim, cancel: CancellationToken) {
-    run(ctx, Work::from(claim), cancel).await;
+pub async fn reconcile(ctx: Arc<Context>, claim: Claim, slot: Slot, cancel: CancellationToken) {
+    run(ctx, Work::from(claim), slot, cancel).await;
 }
 
 /// Finishes the removal a deleted `delete-ongoing` row left behind, from its tombstone,
 /// with the same engine and safety rules as a row's removal. A tombstone whose id has a row
 /// again is ended as superseded without touching anything.
-pub async fn finish_tombstone(ctx: Arc<Context>, claim: TombstoneClaim, cancel: CancellationToken) {
+pub async fn finish_tombstone(
+    ctx: Arc<Context>,
+    claim: TombstoneClaim,
+    slot: Slot,
+    cancel: CancellationToken,
+) {
     let seq = claim.tombstone.seq;
     let owner = ctx.replica.clone();
     let end = if claim.row_exists {
@@ -268,10 +273,12 @@ pub async fn finish_tombstone(ctx: Arc<Context>, claim: TombstoneClaim, cancel: 
         lease: Lease::Tombstone(seq),
         saved: Counts::default(),
     };
-    run(ctx, work, cancel).await;
+    run(ctx, work, slot, cancel).await;
 }
 
-async fn run(ctx: Arc<Context>, work: Work, cancel: CancellationToken) {
+/// Does the folder's filesystem work holding `slot`, gives the slot back, then records the
+/// outcome (the lease is held until it is recorded).
+async fn run(ctx: Arc<Context>, work: Work, slot: Slot, cancel: CancellationToken) {
     let started = Instant::now();
     let kind = work.kind;
     if let Some(previous) = &work.reclaimed_from {
@@ -300,6 +307,7 @@ async fn run(ctx: Arc<Context>, work: Work, cancel: CancellationToken) {
         Outcome::Failed { error, counts } => blame(&ctx, &work.host, error, counts).await,
         other => other,
     };
+    drop(slot);
     let result = record(&ctx, &work, lease, outcome, saved).await;
     ctx.metrics
         .reconcile(kind.as_str(), result.as_str(), started.elapsed());

@@ -562,6 +562,82 @@ async fn permanent_failure_goes_to_delete_error_and_retry_recovers() {
     .await;
 }
 
+/// A removal slot is given back when the folder's files are gone, not when its result is
+/// written: with one slot and every result held up by the database (the audit table locked
+/// against inserts, as a long report or a backup tool might), the next folders are still
+/// removed, up to the bound on folders in flight; the rest wait for the database. Once it
+/// takes the results, every folder ends with exactly one audit entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slot_removes_the_next_folder_while_the_last_result_waits_for_the_database() {
+    use sqlx::Connection;
+    use vfolder_controller::controller::IN_FLIGHT_PER_SLOT;
+    let site = Site::new(
+        TestDb::postgres().await,
+        "max_concurrent_removals = 1",
+        "removal_threads = 1\nmax_concurrent_removals = 1",
+    )
+    .await;
+    let mut folders = Vec::new();
+    for i in 0..IN_FLIGHT_PER_SLOT + 2 {
+        folders.push(site.folder_with_tree(&format!("f{i}"), 2, 10).await);
+    }
+    let proc = site.start("r1");
+    proc.wait_log("listening for status events", LONG);
+    let mut blocker = sqlx::PgConnection::connect(&site.database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN; LOCK TABLE vfolder_audit IN SHARE MODE")
+        .execute(&mut blocker)
+        .await
+        .expect("lock the audit table");
+    site.raw_sql("UPDATE vfolders SET status = 'delete-ongoing'")
+        .await;
+
+    let gone = || {
+        folders
+            .iter()
+            .filter(|f| !site.folder_path(f).exists())
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gone() < IN_FLIGHT_PER_SLOT {
+        assert!(
+            Instant::now() < deadline,
+            "with the first result waiting, the one slot must take the next folders \
+             ({} removed):\n{}",
+            gone(),
+            site.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The bound: no folder beyond it is claimed while the results wait.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(gone(), IN_FLIGHT_PER_SLOT, "{}", site.logs());
+    for f in &folders {
+        assert_eq!(
+            site.detail(f.id).await.folder.status,
+            Status::DeleteOngoing,
+            "the results are still waiting for the audit table"
+        );
+    }
+
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut blocker)
+        .await
+        .expect("unlock");
+    site.wait_all_complete(folders.len(), LONG).await;
+    for f in &folders {
+        assert!(!site.folder_path(f).exists());
+        assert_eq!(
+            audit_actions(&site, f.id).await,
+            ["create", "removed"],
+            "{}",
+            f.id
+        );
+    }
+    assert!(site.sentinels().iter().all(|p| p.exists()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_no_work() {
     let site = Site::new(
