@@ -9,6 +9,7 @@
 #   bash benches/controller.sh --converge N   # only the convergence of N rows, with its
 #                                             # database profile (commits, flushes, statements)
 #   bash benches/controller.sh --end-to-end   # only (d): one folder of 100,000 files end to end
+#   VFC_BENCH_WORKERS=N bash benches/controller.sh ...   # N removal slots instead of 16
 #   VFC_BENCH_BINARY=/path/to/vfolder-controller bash benches/controller.sh ...   # measure
 #                                             # another build (A/B) with the same bench
 #
