@@ -2,20 +2,22 @@
 //!
 //! Small folders are removed in microseconds; what bounds how fast a backlog of them
 //! converges is the database: a completion alone is a transaction of several round trips
-//! and a commit. Workers therefore hand their completions to [`WRITERS`] tasks per replica;
-//! a free one writes everything queued while the previous writes were in flight as one batch
-//! ([`Work::complete_removals`](crate::store::Work::complete_removals): a few statements
-//! for the whole batch, one commit). Nothing waits to fill a batch: a lone completion is
-//! written at once, and batches grow only when completions arrive faster than they are
-//! written.
+//! and a commit. Workers therefore hand their completions to [`WRITERS`] tasks per replica,
+//! which take turns: one writes everything queued while the previous batch was in flight
+//! as one batch ([`Work::complete_removals`](crate::store::Work::complete_removals): a few
+//! statements for the whole batch, one commit), and a batch stalled for [`STALLED`] (a row
+//! lock) lets the next be written beside it. Nothing waits to fill a batch: a lone
+//! completion is written at once, and batches grow only when completions arrive faster than
+//! they are written.
 //!
 //! Each folder still gets its own lease check, status change, history entry, audit entry
 //! and event, and its own answer. Should a batch fail as a whole, every folder in it is
 //! written again alone, so no folder's outcome depends on which others shared its batch.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::store::{self, Completion, Store};
@@ -24,10 +26,17 @@ use crate::store::{self, Completion, Store};
 /// transaction short).
 const MAX_BATCH: usize = 64;
 
-/// Batches written at the same time. Two let one batch gather while the other commits, so
-/// the database's commit latency is paid once for both (PostgreSQL flushes concurrent
-/// commits together).
+/// Writing tasks. One batch is written at a time, so that the completions arriving
+/// meanwhile gather into the next batch (fewer, larger transactions: on a 2-core machine
+/// sharing its cores with PostgreSQL, two batches written at once converged 17 % slower,
+/// `benches/README.md`); the second writer takes over when a batch is stalled (see
+/// [`STALLED`]).
 const WRITERS: usize = 2;
+
+/// How long a batch may take before the next one is written beside it: a batch waiting on
+/// a row lock (a long transaction of the platform's on one of its rows) must not hold up
+/// every other folder's result.
+const STALLED: Duration = Duration::from_millis(200);
 
 type Answer = Result<bool, store::Error>;
 
@@ -63,9 +72,10 @@ impl Completions {
         let queue = self.queue.get_or_init(|| {
             let (queue, pending) = mpsc::unbounded_channel();
             let pending = Arc::new(Mutex::new(pending));
+            let turn = Arc::new(Semaphore::new(1));
             for _ in 0..WRITERS {
                 let (store, owner) = (self.store.clone(), self.owner.clone());
-                tokio::spawn(write_batches(store, owner, pending.clone()));
+                tokio::spawn(write_batches(store, owner, pending.clone(), turn.clone()));
             }
             queue
         });
@@ -80,36 +90,58 @@ impl Completions {
     }
 }
 
-/// Writes batches until every sender is gone.
+/// Writes batches until every sender is gone, one at a time with the other writers: the
+/// turn passes on when a batch is written, or once it has taken [`STALLED`].
 async fn write_batches(
     store: Arc<dyn Store>,
     owner: String,
     pending: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>,
+    turn: Arc<Semaphore>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    // The queue is held only while taking a batch, so the other writer takes the next one
-    // while this one writes.
-    while pending.lock().await.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let items: Vec<(Uuid, Completion)> = batch.iter().map(|p| (p.id, p.done)).collect();
-        tracing::trace!(folders = items.len(), "writing completions");
-        match store.complete_removals(&owner, &items).await {
-            // One flag per folder, in order (the store's promise).
-            Ok(flags) => {
-                for (p, done) in batch.drain(..).zip(flags) {
-                    let _ = p.reply.send(Ok(done));
-                }
+    loop {
+        // The semaphore is never closed.
+        let Ok(permit) = turn.clone().acquire_owned().await else {
+            return;
+        };
+        if pending.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let folders = batch.len();
+        let write = write_batch(&*store, &owner, &mut batch);
+        tokio::pin!(write);
+        tokio::select! {
+            () = &mut write => drop(permit),
+            () = tokio::time::sleep(STALLED) => {
+                drop(permit);
+                tracing::debug!(folders, "a batch of completions is slow; writing the next beside it");
+                write.await;
             }
-            Err(error) if batch.len() == 1 => {
-                if let Some(p) = batch.pop() {
-                    let _ = p.reply.send(Err(error));
-                }
+        }
+    }
+}
+
+/// Writes one batch and answers every folder in it; leaves `batch` empty.
+async fn write_batch(store: &dyn Store, owner: &str, batch: &mut Vec<Pending>) {
+    let items: Vec<(Uuid, Completion)> = batch.iter().map(|p| (p.id, p.done)).collect();
+    tracing::trace!(folders = items.len(), "writing completions");
+    match store.complete_removals(owner, &items).await {
+        // One flag per folder, in order (the store's promise).
+        Ok(flags) => {
+            for (p, done) in batch.drain(..).zip(flags) {
+                let _ = p.reply.send(Ok(done));
             }
-            Err(error) => {
-                tracing::debug!(%error, folders = batch.len(), "a batch of completions failed; writing each alone");
-                for p in batch.drain(..) {
-                    let answer = store.complete_removal(p.id, &owner, &p.done).await;
-                    let _ = p.reply.send(answer);
-                }
+        }
+        Err(error) if batch.len() == 1 => {
+            if let Some(p) = batch.pop() {
+                let _ = p.reply.send(Err(error));
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, folders = batch.len(), "a batch of completions failed; writing each alone");
+            for p in batch.drain(..) {
+                let answer = store.complete_removal(p.id, owner, &p.done).await;
+                let _ = p.reply.send(answer);
             }
         }
     }

@@ -638,6 +638,78 @@ async fn one_slot_removes_the_next_folder_while_the_last_result_waits_for_the_da
     assert!(site.sentinels().iter().all(|p| p.exists()));
 }
 
+/// Results are written one batch at a time, but a batch stuck on a row lock (a transaction
+/// of the platform's holding one folder's row) does not hold up the others: the next batch
+/// is written beside it, and the stuck folder ends once the lock is gone, with exactly one
+/// audit entry like every other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_stuck_on_a_row_lock_does_not_hold_up_the_others() {
+    use sqlx::Connection;
+    let site = Site::new(
+        TestDb::postgres().await,
+        "max_concurrent_removals = 2",
+        // Slow enough that the first folder's row is locked before its removal ends.
+        "removal_threads = 1\nmax_concurrent_removals = 2\nmax_ops_per_second = 200",
+    )
+    .await;
+    let stuck = site.folder_with_tree("stuck", 2, 100).await;
+    let other = site.folder_with_tree("other", 2, 300).await;
+    let proc = site.start("r1");
+    proc.wait_log("listening for status events", LONG);
+    site.raw_sql(&format!(
+        "UPDATE vfolders SET status = 'delete-ongoing' WHERE id = '{}'",
+        stuck.id
+    ))
+    .await;
+    site.wait_for(stuck.id, LONG, "the first removal under way", |d| {
+        d.state.as_ref().is_some_and(|s| s.lease_owner.is_some())
+    })
+    .await;
+    let mut platform = sqlx::PgConnection::connect(&site.database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql(&format!(
+        "BEGIN; SELECT 1 FROM vfolders WHERE id = '{}' FOR SHARE",
+        stuck.id
+    ))
+    .execute(&mut platform)
+    .await
+    .expect("lock the row");
+    site.raw_sql(&format!(
+        "UPDATE vfolders SET status = 'delete-ongoing' WHERE id = '{}'",
+        other.id
+    ))
+    .await;
+
+    site.wait_for(other.id, LONG, "the other folder's result", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+    assert!(!site.folder_path(&stuck).exists(), "{}", site.logs());
+    assert_eq!(
+        site.detail(stuck.id).await.folder.status,
+        Status::DeleteOngoing,
+        "the stuck folder's result waits for the lock"
+    );
+
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut platform)
+        .await
+        .expect("unlock");
+    site.wait_for(stuck.id, LONG, "the stuck folder's result", |d| {
+        d.folder.status == Status::DeleteComplete
+    })
+    .await;
+    for f in [&stuck, &other] {
+        assert_eq!(
+            audit_actions(&site, f.id).await,
+            ["create", "removed"],
+            "{}",
+            f.id
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_no_work() {
     let site = Site::new(
