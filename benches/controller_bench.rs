@@ -1,5 +1,6 @@
 //! Controller benchmark on PostgreSQL: (a) convergence rate of `delete-ongoing` rows with tiny
-//! trees, 10,000 rows, and (a') 100,000 rows at once with the controller's peak RSS (`VmHWM`),
+//! trees (from the commit of the UPDATE that sets them, whose own time is reported beside),
+//! 10,000 rows, and (a') 100,000 rows at once with the controller's peak RSS (`VmHWM`),
 //! (b) latency from the COMMIT of a status change to the completion event, (c) with
 //! 10,000,000 `ready` rows: every statement the idle controller runs with its plan and time
 //! (from `auto_explain`), the status-count round trip, and the idle CPU; (d) one folder of
