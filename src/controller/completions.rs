@@ -28,7 +28,7 @@ const MAX_BATCH: usize = 64;
 
 /// Writing tasks. One batch is written at a time, so that the completions arriving
 /// meanwhile gather into the next batch (fewer, larger transactions: on a 2-core machine
-/// sharing its cores with PostgreSQL, two batches written at once converged 17 % slower,
+/// sharing its cores with PostgreSQL, two batches written at once converged 14–17 % slower,
 /// `benches/README.md`); the second writer takes over when a batch is stalled (see
 /// [`STALLED`]).
 const WRITERS: usize = 2;
