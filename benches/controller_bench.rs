@@ -83,14 +83,12 @@ async fn main() -> Res<()> {
         ..VolumeConfig::builtin_default()
     };
     let config_path = site.path().join("config.toml");
-    std::fs::write(
+    write_config(
         &config_path,
-        format!(
-            "database_url = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"warn\"\n[controller]\nmax_concurrent_removals = {workers}\n[[volumes]]\nhost = \"{}\"\nmount = \"{}\"\nrequire_mount_point = false\nremoval_threads = 1\nmax_concurrent_removals = {workers}\n",
-            args.database_url,
-            volume.host,
-            mount.display()
-        ),
+        &args.database_url,
+        &volume,
+        &format!("max_concurrent_removals = {workers}"),
+        &format!("removal_threads = 1\nmax_concurrent_removals = {workers}"),
     )?;
     Config::load(Some(&config_path), Vec::new())?;
     let store = store::connect(&args.database_url).await?;
@@ -323,9 +321,6 @@ async fn main() -> Res<()> {
     Ok(())
 }
 
-/// Inserts `n` ready rows with one-file trees, sets them all to `delete-ongoing` in one
-/// UPDATE under a fresh controller and waits until all are `delete-complete`. Returns the
-/// seconds from that UPDATE and the controller's peak RSS in KiB.
 /// One convergence run.
 struct Converged {
     /// From the purge's commit (the rows are `delete-ongoing` from then on) to the last
@@ -352,6 +347,8 @@ impl Converged {
     }
 }
 
+/// Inserts `n` ready rows with one-file trees, sets them all to `delete-ongoing` in one
+/// UPDATE under a fresh controller and waits until all are `delete-complete`.
 async fn converge(
     args: &Args,
     config: &Path,
@@ -571,6 +568,29 @@ fn start(binary: &Path, config: &Path, replica: &str) -> Res<Child> {
         .spawn()?)
 }
 
+/// Writes a controller configuration for the bench's one volume, quiet (warnings only) and
+/// with its HTTP endpoint on a free port; `controller` and `volume_extra` are TOML lines for those
+/// sections.
+fn write_config(
+    path: &Path,
+    database_url: &str,
+    volume: &VolumeConfig,
+    controller: &str,
+    volume_extra: &str,
+) -> Res<()> {
+    std::fs::write(
+        path,
+        format!(
+            "database_url = \"{database_url}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"warn\"\n\
+             [controller]\n{controller}\n[[volumes]]\nhost = \"{}\"\nmount = \"{}\"\n\
+             require_mount_point = false\n{volume_extra}\n",
+            volume.host,
+            volume.mount.display()
+        ),
+    )?;
+    Ok(())
+}
+
 /// Part (d)'s removal threads: the default, and as many as a volume whose metadata
 /// operations wait on a device or a network (discard, NFS) is better served with.
 const END_TO_END_THREADS: [Option<usize>; 2] = [None, Some(16)];
@@ -626,15 +646,12 @@ async fn end_to_end(
     threads: Option<usize>,
 ) -> Res<EndToEnd> {
     let config = site.join("e2e.toml");
-    std::fs::write(
+    write_config(
         &config,
-        format!(
-            "database_url = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"warn\"\n[[volumes]]\nhost = \"{}\"\nmount = \"{}\"\nrequire_mount_point = false\n{}\n",
-            args.database_url,
-            volume.host,
-            volume.mount.display(),
-            threads.map_or(String::new(), |n| format!("removal_threads = {n}"))
-        ),
+        &args.database_url,
+        volume,
+        "",
+        &threads.map_or(String::new(), |n| format!("removal_threads = {n}")),
     )?;
     let mktree = |dir: &Path| -> Res<()> {
         let out = Command::new(&args.mktree)

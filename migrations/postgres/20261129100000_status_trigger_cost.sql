@@ -32,28 +32,26 @@ BEGIN
         old_status := OLD.status;
     END IF;
     adopted := coalesce((SELECT mode = 'adopted' FROM vfolder_controller_meta), false);
-    IF TG_OP = 'INSERT' THEN
+    -- An insert, or an update whose transition is refused, is checked for a known status
+    -- first (an allowed transition names a known status, so it needs no look of its own).
+    IF TG_OP = 'INSERT'
+       OR (NOT (adopted
+                AND OLD.status NOT IN ('delete-pending', 'delete-ongoing', 'delete-complete', 'delete-error')
+                AND NEW.status NOT IN ('delete-pending', 'delete-ongoing', 'delete-complete', 'delete-error'))
+           AND NOT EXISTS (
+               SELECT 1 FROM vfolder_status_transitions
+               WHERE from_status = OLD.status AND to_status = NEW.status
+                 AND (adopted OR NOT adopted_only))) THEN
         IF NOT adopted AND NOT EXISTS (
                 SELECT 1 FROM vfolder_status_transitions
                 WHERE NOT adopted_only AND (from_status = NEW.status OR to_status = NEW.status)) THEN
             RAISE EXCEPTION 'unknown vfolder status: %', NEW.status
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'vfolder_status_known';
         END IF;
-    ELSIF NOT (adopted
-               AND OLD.status NOT IN ('delete-pending', 'delete-ongoing', 'delete-complete', 'delete-error')
-               AND NEW.status NOT IN ('delete-pending', 'delete-ongoing', 'delete-complete', 'delete-error'))
-          AND NOT EXISTS (
-              SELECT 1 FROM vfolder_status_transitions
-              WHERE from_status = OLD.status AND to_status = NEW.status
-                AND (adopted OR NOT adopted_only)) THEN
-        IF NOT adopted AND NOT EXISTS (
-                SELECT 1 FROM vfolder_status_transitions
-                WHERE NOT adopted_only AND (from_status = NEW.status OR to_status = NEW.status)) THEN
-            RAISE EXCEPTION 'unknown vfolder status: %', NEW.status
-                USING ERRCODE = 'check_violation', CONSTRAINT = 'vfolder_status_known';
+        IF TG_OP = 'UPDATE' THEN
+            RAISE EXCEPTION 'illegal vfolder status transition: % -> %', OLD.status, NEW.status
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'vfolder_status_transition';
         END IF;
-        RAISE EXCEPTION 'illegal vfolder status transition: % -> %', OLD.status, NEW.status
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'vfolder_status_transition';
     END IF;
     at_text := to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
     shape := coalesce(jsonb_typeof(NEW.status_history), 'null');

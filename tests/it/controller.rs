@@ -30,6 +30,28 @@ async fn audit_actions(site: &Site, id: Uuid) -> Vec<String> {
         .collect()
 }
 
+/// Another session's open transaction that has run `sql` (a lock a platform, a report or an
+/// operator might hold); `COMMIT` on it lets go.
+async fn hold_in_transaction(site: &Site, sql: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut other = sqlx::PgConnection::connect(&site.database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql(&format!("BEGIN; {sql}"))
+        .execute(&mut other)
+        .await
+        .expect(sql);
+    other
+}
+
+/// Ends a transaction of [`hold_in_transaction`].
+async fn let_go(mut other: sqlx::PgConnection) {
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut other)
+        .await
+        .expect("commit");
+}
+
 conformance!(
     raw_sql_delete_ongoing_removes_the_tree_and_completes,
     trash_timer_purges_after_retention_and_purge_after_wins,
@@ -569,7 +591,6 @@ async fn permanent_failure_goes_to_delete_error_and_retry_recovers() {
 /// takes the results, every folder ends with exactly one audit entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slot_removes_the_next_folder_while_the_last_result_waits_for_the_database() {
-    use sqlx::Connection;
     use vfolder_controller::controller::IN_FLIGHT_PER_SLOT;
     let site = Site::new(
         TestDb::postgres().await,
@@ -583,13 +604,7 @@ async fn one_slot_removes_the_next_folder_while_the_last_result_waits_for_the_da
     }
     let proc = site.start("r1");
     proc.wait_log("listening for status events", LONG);
-    let mut blocker = sqlx::PgConnection::connect(&site.database_url)
-        .await
-        .expect("connect");
-    sqlx::raw_sql("BEGIN; LOCK TABLE vfolder_audit IN SHARE MODE")
-        .execute(&mut blocker)
-        .await
-        .expect("lock the audit table");
+    let blocker = hold_in_transaction(&site, "LOCK TABLE vfolder_audit IN SHARE MODE").await;
     site.raw_sql("UPDATE vfolders SET status = 'delete-ongoing'")
         .await;
 
@@ -621,10 +636,7 @@ async fn one_slot_removes_the_next_folder_while_the_last_result_waits_for_the_da
         );
     }
 
-    sqlx::raw_sql("COMMIT")
-        .execute(&mut blocker)
-        .await
-        .expect("unlock");
+    let_go(blocker).await;
     site.wait_all_complete(folders.len(), LONG).await;
     for f in &folders {
         assert!(!site.folder_path(f).exists());
@@ -644,7 +656,6 @@ async fn one_slot_removes_the_next_folder_while_the_last_result_waits_for_the_da
 /// audit entry like every other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_stuck_on_a_row_lock_does_not_hold_up_the_others() {
-    use sqlx::Connection;
     let site = Site::new(
         TestDb::postgres().await,
         "max_concurrent_removals = 2",
@@ -656,30 +667,22 @@ async fn a_result_stuck_on_a_row_lock_does_not_hold_up_the_others() {
     let other = site.folder_with_tree("other", 2, 300).await;
     let proc = site.start("r1");
     proc.wait_log("listening for status events", LONG);
-    site.raw_sql(&format!(
-        "UPDATE vfolders SET status = 'delete-ongoing' WHERE id = '{}'",
-        stuck.id
-    ))
-    .await;
+    let raw = site.db.raw().await;
+    raw.set_status(stuck.id, "delete-ongoing")
+        .await
+        .expect("purge");
     site.wait_for(stuck.id, LONG, "the first removal under way", |d| {
         d.state.as_ref().is_some_and(|s| s.lease_owner.is_some())
     })
     .await;
-    let mut platform = sqlx::PgConnection::connect(&site.database_url)
-        .await
-        .expect("connect");
-    sqlx::raw_sql(&format!(
-        "BEGIN; SELECT 1 FROM vfolders WHERE id = '{}' FOR SHARE",
-        stuck.id
-    ))
-    .execute(&mut platform)
-    .await
-    .expect("lock the row");
-    site.raw_sql(&format!(
-        "UPDATE vfolders SET status = 'delete-ongoing' WHERE id = '{}'",
-        other.id
-    ))
+    let platform = hold_in_transaction(
+        &site,
+        &format!("SELECT 1 FROM vfolders WHERE id = '{}' FOR SHARE", stuck.id),
+    )
     .await;
+    raw.set_status(other.id, "delete-ongoing")
+        .await
+        .expect("purge");
 
     site.wait_for(other.id, LONG, "the other folder's result", |d| {
         d.folder.status == Status::DeleteComplete
@@ -692,10 +695,7 @@ async fn a_result_stuck_on_a_row_lock_does_not_hold_up_the_others() {
         "the stuck folder's result waits for the lock"
     );
 
-    sqlx::raw_sql("COMMIT")
-        .execute(&mut platform)
-        .await
-        .expect("unlock");
+    let_go(platform).await;
     site.wait_for(stuck.id, LONG, "the stuck folder's result", |d| {
         d.folder.status == Status::DeleteComplete
     })
