@@ -125,6 +125,11 @@ macro_rules! state_columns {
     };
 }
 
+/// How long a pooled connection may sit unused before it is pinged on its way out of the
+/// pool. A connection used moments ago is almost surely alive, and pinging it anyway costs
+/// a round trip per statement.
+const PING_IDLE: Duration = Duration::from_millis(500);
+
 /// The PostgreSQL implementation of [`Store`](super::Store).
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -137,6 +142,15 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await
             .map_err(db("connecting to PostgreSQL"))?;

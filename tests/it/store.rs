@@ -1504,6 +1504,77 @@ async fn notify_payload_follows_a_raw_update() {
     assert!(matches!(end, Some(Err(_))), "{end:?}");
 }
 
+/// Ends every other session of the test database (as a server restart or a failover would
+/// end the store's pooled connections) and waits until they are gone; returns how many.
+async fn end_other_sessions(db: &TestDb) -> i64 {
+    use sqlx::Connection;
+    let mut killer = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND backend_type = 'client backend'",
+    )
+    .fetch_one(&mut killer)
+    .await
+    .unwrap();
+    for _ in 0..200 {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND backend_type = 'client backend'",
+        )
+        .fetch_one(&mut killer)
+        .await
+        .unwrap();
+        if left == 0 {
+            return ended;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the ended sessions did not go");
+}
+
+/// Pooled connections are not pinged when they were used moments ago (a round trip per
+/// statement saved), only when they sat idle: a connection the server ended while it was
+/// idle is replaced without an error, and one it ended just after its last statement costs
+/// that connection's next statement, never more, with an error the controller retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_server_ended_are_replaced() {
+    let db = TestDb::postgres().await;
+    let store = db.migrated().await;
+    store.claim_due(&claim_request("r1")).await.unwrap();
+    assert!(
+        end_other_sessions(&db).await > 0,
+        "the store kept no connection"
+    );
+    // Idle longer than the ping threshold: checked on the way out of the pool.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let id = ongoing(&store, "after-restart", HOST).await;
+    let claims = store.claim_due(&claim_request("r1")).await.unwrap();
+    assert_eq!(claims.iter().map(|c| c.folder.id).collect::<Vec<_>>(), [id]);
+
+    // Used moments ago: not checked; each ended connection fails one statement at most.
+    store.release_lease(id, "r1").await.unwrap();
+    let ended = end_other_sessions(&db).await;
+    let mut failures = 0;
+    let claims = loop {
+        match store.claim_due(&claim_request("r2")).await {
+            Ok(claims) => break claims,
+            Err(error) => {
+                failures += 1;
+                assert!(
+                    failures <= ended,
+                    "{failures} failures for {ended} connections: {error}"
+                );
+                // The controller retries such a failure (completions) or backs off and claims
+                // again (claims): it is never a folder's error.
+                assert!(error.is_transient(), "{error}");
+            }
+        }
+    };
+    assert_eq!(claims.iter().map(|c| c.folder.id).collect::<Vec<_>>(), [id]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claimants_never_claim_the_same_row_twice() {
     let db = TestDb::postgres().await;
