@@ -956,108 +956,20 @@ impl Admin for PgStore {
 #[async_trait]
 impl Work for PgStore {
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<Claim>> {
-        // The statuses below are those that create work (lifecycle::Status::creates_work).
-        //
-        // A burst of new `delete-ongoing` rows is invisible to the statistics until the next
-        // ANALYZE (which a big table may not get for a long time), and with "no row waiting"
-        // estimates the planner reads and sorts the whole backlog on every claim: with a
-        // bitmap scan (40-60 ms at 10,000 rows instead of 0.5 ms), or with an index scan
-        // hashed against the state table and sorted (3-6 ms at 10,000 rows, most of a
-        // convergence's database time). Ordered index scans in nested loops, which stop after
-        // `$4` rows, are right for this statement whatever the statistics say, so its
-        // transaction plans without the others. `SET LOCAL` ends with the transaction (a
-        // connection pooler in front of the server sees nothing to carry over), and it is
-        // sent with the BEGIN, in the same round trip.
-        let mut tx = self
-            .pool
-            .begin_with(
-                "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_hashjoin = off;
-                 SET LOCAL enable_mergejoin = off; SET LOCAL jit = off",
-            )
+        // The claim is a function of the schema's (migration 20261129200000_claim_function,
+        // which says why it is written as it is): its planner settings are the function's
+        // own, so one statement outside a transaction block does what took a transaction of
+        // three round trips, and a connection pooler sees no setting to carry over.
+        let rows = sqlx::query("SELECT * FROM vfolder_controller_claim($1, $2, $3, $4, $5, $6)")
+            .bind(&req.hosts)
+            .bind(&req.move_hosts)
+            .bind(&req.exclude)
+            .bind(i64::from(req.limit))
+            .bind(&req.owner)
+            .bind(secs(req.lease))
+            .fetch_all(&self.pool)
             .await
-            .map_err(db("starting a claim"))?;
-        let rows = sqlx::query(concat!(
-            // `candidates` walks each work kind's (status, status_changed) index in age
-            // order and stops after `$4` due rows, so a claim costs the same with ten or a
-            // million rows waiting. Besides the planner settings above, two guards keep it
-            // on that path when its statistics say no row is waiting: `host || ''` is not
-            // indexable, so the (host, status) index cannot tempt it into sorting the whole
-            // backlog, and the materialized candidates drive `due` through the primary key. `due` re-checks every condition and locks; rows another replica
-            // is claiming are skipped.
-            r#"WITH candidates AS MATERIALIZED (
-                   (SELECT v.id FROM vfolders v
-                      LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-                    WHERE v.status = 'delete-ongoing' AND (v.host || '') = ANY($1)
-                      AND NOT (v.id = ANY($3))
-                      AND (s.lease_owner IS NULL OR s.lease_expires_at < now())
-                      AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
-                    ORDER BY v.status, v.status_changed LIMIT $4)
-                   UNION ALL
-                   (SELECT v.id FROM vfolders v
-                      LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-                    WHERE v.status = 'delete-pending' AND (v.host || '') = ANY($2)
-                      AND coalesce(s.location, 'live') = 'live'
-                      AND NOT (v.id = ANY($3))
-                      AND (s.lease_owner IS NULL OR s.lease_expires_at < now())
-                      AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
-                    ORDER BY v.status, v.status_changed LIMIT $4)
-                   UNION ALL
-                   (SELECT v.id FROM vfolder_controller_state s
-                      JOIN vfolders v ON v.id = s.vfolder_id
-                    WHERE s.location = 'trash' AND v.status = 'ready' AND v.host = ANY($2)
-                      AND NOT (v.id = ANY($3))
-                      AND (s.lease_owner IS NULL OR s.lease_expires_at < now())
-                      AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
-                    LIMIT $4)
-               ), due AS (
-                   SELECT v.id, s.lease_owner AS prev_owner,
-                          CASE WHEN v.status = 'delete-ongoing' THEN 'remove'
-                               WHEN v.status = 'delete-pending' THEN 'move-to-trash'
-                               ELSE 'restore' END AS kind
-                   FROM candidates c JOIN vfolders v ON v.id = c.id
-                     LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-                   WHERE v.host = ANY($1)
-                     AND NOT (v.id = ANY($3))
-                     AND (v.status = 'delete-ongoing'
-                          OR (v.status = 'delete-pending' AND v.host = ANY($2)
-                              AND coalesce(s.location, 'live') = 'live')
-                          OR (v.status = 'ready' AND v.host = ANY($2) AND s.location = 'trash'))
-                     AND (s.lease_owner IS NULL OR s.lease_expires_at < now())
-                     AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
-                   ORDER BY v.status_changed NULLS FIRST, v.id
-                   LIMIT $4
-                   FOR UPDATE OF v SKIP LOCKED
-               ), claimed AS (
-                   INSERT INTO vfolder_controller_state AS s
-                       (vfolder_id, lease_owner, lease_expires_at, updated_at)
-                   SELECT id, $5, now() + make_interval(secs => $6), now() FROM due
-                   ON CONFLICT (vfolder_id) DO UPDATE SET
-                       lease_owner = excluded.lease_owner,
-                       lease_expires_at = excluded.lease_expires_at,
-                       parked_reason = NULL,
-                       updated_at = now()
-                   WHERE (s.lease_owner IS NULL OR s.lease_expires_at < now())
-                     AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
-                   RETURNING s.vfolder_id, s.attempts, s.location, s.files, s.dirs, s.symlinks,
-                             s.bytes
-               )
-               SELECT "#,
-            folder_columns!(),
-            r#", c.attempts::int8 AS attempts, c.location, d.kind, d.prev_owner,
-                 c.files, c.dirs, c.symlinks, c.bytes
-               FROM claimed c JOIN due d ON d.id = c.vfolder_id JOIN vfolders v ON v.id = c.vfolder_id
-               ORDER BY v.status_changed NULLS FIRST, v.id"#
-        ))
-        .bind(&req.hosts)
-        .bind(&req.move_hosts)
-        .bind(&req.exclude)
-        .bind(i64::from(req.limit))
-        .bind(&req.owner)
-        .bind(secs(req.lease))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("claiming due folders"))?;
-        tx.commit().await.map_err(db("committing a claim"))?;
+            .map_err(db("claiming due folders"))?;
         let (claims, unreadable) = decode_each(&rows, raw_id, claim_from_row);
         for bad in &unreadable {
             bad.report("claiming");

@@ -157,8 +157,9 @@ pub struct UnadoptPlan {
 pub(crate) enum Added {
     /// A trigger on `vfolders`, and what it does.
     Trigger(&'static str, &'static str),
-    /// A function (no arguments).
-    Function(&'static str),
+    /// A function: its name, its argument types (as `DROP FUNCTION` wants them) and what it
+    /// is for.
+    Function(&'static str, &'static str, &'static str),
     /// An index on `vfolders`, built concurrently.
     Index(&'static str, &'static str),
     /// A table of the controller's.
@@ -167,7 +168,7 @@ pub(crate) enum Added {
 
 /// Everything an adoption adds, in the order `unadopt` drops it (the triggers before their
 /// functions; the state table, whose foreign key points at `vfolders`, with the tables).
-pub(crate) const ADDED: [Added; 15] = [
+pub(crate) const ADDED: [Added; 16] = [
     Added::Trigger(
         "vfolders_status_change",
         "BEFORE INSERT OR UPDATE OF status: checks the deletion lifecycle, stamps status_changed, appends history in the row's shape, NOTIFY vfolder_status",
@@ -176,8 +177,13 @@ pub(crate) const ADDED: [Added; 15] = [
         "vfolders_tombstone",
         "BEFORE DELETE: records the deleted row in vfolder_tombstones and the audit log; never refuses a delete",
     ),
-    Added::Function("vfolder_status_change"),
-    Added::Function("vfolder_tombstone"),
+    Added::Function("vfolder_status_change", "", "the status trigger's body"),
+    Added::Function("vfolder_tombstone", "", "the tombstone trigger's body"),
+    Added::Function(
+        "vfolder_controller_claim",
+        "text[], text[], uuid[], bigint, text, double precision",
+        "claims due rows for a replica, one statement per claim",
+    ),
     Added::Index("vfolders_status_changed_idx", "(status, status_changed)"),
     Added::Index("vfolders_host_status_idx", "(host, status)"),
     Added::Table(
@@ -220,7 +226,7 @@ impl Added {
     pub(crate) fn describe(self) -> String {
         match self {
             Added::Trigger(name, what) => format!("trigger  {name} on vfolders ({what})"),
-            Added::Function(name) => format!("function {name}() (the trigger's body)"),
+            Added::Function(name, args, what) => format!("function {name}({args}) ({what})"),
             Added::Index(name, cols) => {
                 format!("index    {name} on vfolders {cols} (built CONCURRENTLY)")
             }
@@ -232,7 +238,7 @@ impl Added {
     pub(crate) fn drop_sql(self) -> String {
         match self {
             Added::Trigger(name, _) => format!("DROP TRIGGER IF EXISTS {name} ON vfolders"),
-            Added::Function(name) => format!("DROP FUNCTION IF EXISTS {name}()"),
+            Added::Function(name, args, _) => format!("DROP FUNCTION IF EXISTS {name}({args})"),
             Added::Index(name, _) => format!("DROP INDEX IF EXISTS {name}"),
             Added::Table(name, _) => format!("DROP TABLE IF EXISTS {name}"),
         }
@@ -266,7 +272,7 @@ mod tests {
             let name = drop
                 .split_whitespace()
                 .find(|w| w.starts_with("vfolder") || w.starts_with("_sqlx"))
-                .map(|w| w.trim_end_matches("()"))
+                .and_then(|w| w.split('(').next())
                 .unwrap_or_default();
             assert!(
                 guide.contains(&format!("`{name}")),

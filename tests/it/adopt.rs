@@ -249,11 +249,17 @@ impl Platform {
             .await
     }
 
-    /// The tables beside `vfolders` (to see that a dry run added none).
-    async fn tables(&self) -> String {
+    /// The tables and functions of the schema `vfolders` is in (to see that a dry run added
+    /// none and that `unadopt` left none behind).
+    async fn objects(&self) -> String {
         self.text(
-            "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables
-             WHERE schemaname = current_schema()",
+            "SELECT string_agg(name, ',' ORDER BY name) FROM (
+                 SELECT 'table ' || tablename AS name FROM pg_tables
+                 WHERE schemaname = current_schema()
+                 UNION ALL
+                 SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p
+                 WHERE p.pronamespace = current_schema()::regnamespace
+             ) AS o",
         )
         .await
     }
@@ -269,7 +275,7 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
     let p = Platform::new(ddl, null_owner).await;
     let shape_before = p.shape().await;
     let dump_before = p.dump().await;
-    let tables_before = p.tables().await;
+    let objects_before = p.objects().await;
 
     // The preview tells everything and changes nothing.
     let plan = p.cli_ok(&["migrate", "--dry-run"]);
@@ -298,13 +304,17 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
     assert_eq!(json["plan"]["duplicate_groups"], 1);
     assert_eq!(p.shape().await, shape_before);
     assert_eq!(p.dump().await, dump_before);
-    assert_eq!(p.tables().await, tables_before, "a dry run added a table");
+    assert_eq!(
+        p.objects().await,
+        objects_before,
+        "a dry run added something"
+    );
 
     // Adopting is an explicit decision.
     let (code, _, err) = p.site.cli(&["migrate"]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("migrate --adopt"), "{err}");
-    assert_eq!(p.tables().await, tables_before);
+    assert_eq!(p.objects().await, objects_before);
     // So is starting a controller on it: it refuses and deletes nothing.
     let (code, _, err) = p.site.cli(&["run"]);
     assert_ne!(code, 0);
@@ -542,7 +552,7 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
         "{preview}"
     );
     assert!(
-        p.tables().await.contains("vfolder_audit"),
+        p.objects().await.contains("vfolder_audit"),
         "dry run dropped tables"
     );
     p.cli_ok(&["unadopt"]);
@@ -552,8 +562,8 @@ async fn adopting_keeps_the_platforms_table_its_trash_and_its_writers(ddl: &str,
         "the platform's table is not as it was"
     );
     assert_eq!(
-        p.tables().await,
-        tables_before,
+        p.objects().await,
+        objects_before,
         "something the controller added stayed"
     );
     assert_eq!(p.dump().await, before_undo, "unadopt changed a row");
