@@ -12,6 +12,9 @@
 #   VFC_BENCH_WORKERS=N bash benches/controller.sh ...   # N removal slots instead of 16
 #   VFC_BENCH_BINARY=/path/to/vfolder-controller bash benches/controller.sh ...   # measure
 #                                             # another build (A/B) with the same bench
+#   VFC_BENCH_RTT_US=500 bash benches/controller.sh ...   # the controller reaches the database
+#                                             # through benches/tools' delay_proxy, 250 us each
+#                                             # way: a database on another host
 #
 # It starts a private PostgreSQL instance (its own data directory and port, with auto_explain
 # loaded; the bench switches it on for part (c) only, so (a) and (b) run at full speed; a
@@ -51,8 +54,22 @@ cargo build --release --bin vfolder-controller --quiet
 binary="${binary:-${CARGO_TARGET_DIR:-target}/release/vfolder-controller}"
 tools_target="$PWD/target/bench-tools"
 cargo build --quiet --release --manifest-path benches/tools/Cargo.toml --target-dir "$tools_target"
+controller_url="postgres://postgres@127.0.0.1:$port/postgres"
+if [ -n "${VFC_BENCH_RTT_US:-}" ]; then
+  proxy_port=$((port + 1))
+  "$tools_target/release/delay_proxy" "127.0.0.1:$proxy_port" "127.0.0.1:$port" \
+    $((VFC_BENCH_RTT_US / 2)) &
+  proxy=$!
+  trap 'kill $proxy 2>/dev/null || true; cleanup' EXIT
+  controller_url="postgres://postgres@127.0.0.1:$proxy_port/postgres"
+  for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$proxy_port") 2>/dev/null && break
+    sleep 0.1
+  done
+fi
 cargo bench --bench controller_bench --quiet -- \
   --database-url "postgres://postgres@127.0.0.1:$port/postgres" \
+  --controller-database-url "$controller_url" \
   --server-log "$work/server.log" \
   --binary "$binary" \
   --mktree "$tools_target/release/mktree" \

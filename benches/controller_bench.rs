@@ -29,6 +29,9 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 struct Args {
     database_url: String,
+    /// The database as the controller reaches it: `database_url` itself, or through
+    /// benches/tools' `delay_proxy` (`VFC_BENCH_RTT_US`) to stand for a database on another host.
+    controller_database_url: String,
     server_log: PathBuf,
     binary: PathBuf,
     /// benches/tools' `mktree`, for part (d)'s tree.
@@ -50,8 +53,12 @@ fn args() -> Option<Args> {
             }
         }
     }
+    let database_url = map.remove("database-url")?;
     Some(Args {
-        database_url: map.remove("database-url")?,
+        controller_database_url: map
+            .remove("controller-database-url")
+            .unwrap_or_else(|| database_url.clone()),
+        database_url,
         server_log: map.remove("server-log")?.into(),
         binary: map.remove("binary")?.into(),
         mktree: map.remove("mktree")?.into(),
@@ -85,7 +92,7 @@ async fn main() -> Res<()> {
     let config_path = site.path().join("config.toml");
     write_config(
         &config_path,
-        &args.database_url,
+        &args.controller_database_url,
         &volume,
         &format!("max_concurrent_removals = {workers}"),
         &format!("removal_threads = 1\nmax_concurrent_removals = {workers}"),
@@ -113,6 +120,18 @@ async fn main() -> Res<()> {
     } else {
         [10_000, 100_000]
     };
+    if args.controller_database_url != args.database_url {
+        let (direct, controller) = (
+            round_trip(&args.database_url).await?,
+            round_trip(&args.controller_database_url).await?,
+        );
+        println!(
+            "the controller reaches the database through a delay: round trip {:.2} ms \
+             (direct {:.2} ms), median of 200\n",
+            ms(controller),
+            ms(direct)
+        );
+    }
     let mut db = PgConnection::connect(&args.database_url).await?;
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .execute(&mut db)
@@ -553,6 +572,19 @@ fn words(query: &str, n: usize) -> String {
         .join(" ")
 }
 
+/// The median time of a one-message statement on a fresh connection to `url`.
+async fn round_trip(url: &str) -> Res<Duration> {
+    let mut db = PgConnection::connect(url).await?;
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        sqlx::query("SELECT 1").execute(&mut db).await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -648,7 +680,7 @@ async fn end_to_end(
     let config = site.join("e2e.toml");
     write_config(
         &config,
-        &args.database_url,
+        &args.controller_database_url,
         volume,
         "",
         &threads.map_or(String::new(), |n| format!("removal_threads = {n}")),
