@@ -1,7 +1,8 @@
 -- The claim (up to p_limit due rows of the given volumes, leased to p_owner) as one function
 -- call: one statement and one round trip, where it took a transaction of three (BEGIN with
 -- the planner settings, the claim, COMMIT) and a fourth for the pool's liveness ping. The
--- statement is the one the controller sent before, unchanged but for its parameters' names.
+-- statement is the one the controller sent before, unchanged but for its parameters' names
+-- and its result's casts.
 --
 -- Why the planner settings: a burst of new `delete-ongoing` rows is invisible to the
 -- statistics until the next ANALYZE (which a big table may not get for a long time), and with
@@ -13,7 +14,8 @@
 -- end with the call: nothing is left on the connection for a pooler to carry over.
 --
 -- The statuses below are those that create work (lifecycle::Status::creates_work). Every
--- column is returned in one declared type (text for the platform's varchar and enum columns).
+-- column is cast to its declared result type (text for the platform's varchar and enum
+-- columns), so the function returns the same row shape on either kind of table.
 -- Only a function is added: no table, index or trigger is touched, so no lock is taken on the
 -- platform's table, and `unadopt` drops it with the rest.
 CREATE FUNCTION vfolder_controller_claim(
@@ -95,7 +97,8 @@ BEGIN
         RETURNING s.vfolder_id, s.attempts, s.location, s.files, s.dirs, s.symlinks, s.bytes
     )
     SELECT v.id, v.host::text, v.quota_scope_id::text, v.name::text, v."user", v."group",
-           v.ownership_type::text, v.status::text, v.status_changed, v.created_at,
+           v.ownership_type::text, v.status::text, v.status_changed::timestamptz,
+           v.created_at::timestamptz,
            c.attempts::int8, c.location::text, d.kind, d.prev_owner,
            c.files, c.dirs, c.symlinks, c.bytes
     FROM claimed c JOIN due d ON d.id = c.vfolder_id JOIN vfolders v ON v.id = c.vfolder_id
