@@ -1504,6 +1504,62 @@ async fn notify_payload_follows_a_raw_update() {
     assert!(matches!(end, Some(Err(_))), "{end:?}");
 }
 
+/// A claim for volumes whose trash is in place does not read the trash: the move branch of
+/// the claim is switched off by its parameter before anything is read. Without that it read
+/// every `delete-pending` row on every claim (tens of milliseconds with a large trash). The
+/// index reads are counted in one session, whose statistics are flushed on demand; the same
+/// claim with the volume moving its trash reads them all, so the count can tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_reads_no_trash_when_nothing_is_moved() {
+    use sqlx::Connection;
+    let db = TestDb::postgres().await;
+    db.migrated().await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let trash = 2_000_i64;
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE vfolders DISABLE TRIGGER USER;
+         INSERT INTO vfolders (id, host, name, status, status_changed)
+         SELECT gen_random_uuid(), '{MOVE_HOST}', 't' || i, 'delete-pending', now()
+         FROM generate_series(1, {trash}) AS i;
+         INSERT INTO vfolder_controller_state (vfolder_id, location)
+         SELECT id, 'trash' FROM vfolders;
+         ALTER TABLE vfolders ENABLE TRIGGER USER;"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let mut index_reads = async |move_hosts: &[&str]| -> i64 {
+        let claimed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM vfolder_controller_claim($1, $2, '{}', 16, 'r1', 60)",
+        )
+        .bind([MOVE_HOST])
+        .bind(move_hosts)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(claimed, 0, "everything in the trash is already moved");
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query_scalar(
+            "SELECT idx_tup_read FROM pg_stat_user_indexes
+             WHERE indexrelname = 'vfolders_status_changed_idx'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    };
+    let before = index_reads(&[]).await;
+    let in_place = index_reads(&[]).await - before;
+    let moving = index_reads(&[MOVE_HOST]).await - before - in_place;
+    assert_eq!(in_place, 0, "an in-place claim read the trash");
+    assert!(
+        moving >= trash,
+        "the count missed the trash reads ({moving})"
+    );
+}
+
 /// Ends every other session of the test database (as a server restart or a failover would
 /// end the store's pooled connections) and waits until they are gone; returns how many.
 async fn end_other_sessions(db: &TestDb) -> i64 {
