@@ -12,6 +12,8 @@
 #   VFC_BENCH_WORKERS=N bash benches/controller.sh ...   # N removal slots instead of 16
 #   VFC_BENCH_BINARY=/path/to/vfolder-controller bash benches/controller.sh ...   # measure
 #                                             # another build (A/B) with the same bench
+#   VFC_BENCH_TRASH=200000 bash benches/controller.sh ...  # that many folders in the trash
+#                                             # (delete-pending, in place) throughout
 #   VFC_BENCH_RTT_US=500 bash benches/controller.sh ...   # the controller reaches the database
 #                                             # through benches/tools' delay_proxy, 250 us each
 #                                             # way: a database on another host

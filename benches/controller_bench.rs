@@ -136,6 +136,27 @@ async fn main() -> Res<()> {
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .execute(&mut db)
         .await?;
+    // Folders in the trash (`delete-pending`, in place, a day old) for the whole run: a real
+    // platform has a trash bin, and nothing in it is work until it is purged or restored.
+    if let Some(trash) = std::env::var("VFC_BENCH_TRASH")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        sqlx::raw_sql(&format!(
+            "SET session_replication_role = replica;
+             INSERT INTO vfolders (id, host, quota_scope_id, name, status, status_history,
+                                   status_changed)
+             SELECT gen_random_uuid(), '{}', NULL, 'trash-' || g, 'delete-pending', '[]'::jsonb,
+                    now() - make_interval(days => 1)
+             FROM generate_series(1, {trash}) g;
+             RESET session_replication_role;",
+            volume.host
+        ))
+        .execute(&mut db)
+        .await?;
+        sqlx::raw_sql("VACUUM ANALYZE").execute(&mut db).await?;
+        println!("{trash} folders in the trash (delete-pending, in place) for the whole run\n");
+    }
     let (files, dirs) = if args.quick {
         (20_000, 200)
     } else {
