@@ -1,8 +1,8 @@
 -- The claim (up to p_limit due rows of the given volumes, leased to p_owner) as one function
 -- call: one statement and one round trip, where it took a transaction of three (BEGIN with
 -- the planner settings, the claim, COMMIT) and a fourth for the pool's liveness ping. The
--- statement is the one the controller sent before, unchanged but for its parameters' names
--- and its result's casts.
+-- statement is the one the controller sent before, unchanged but for its parameters' names,
+-- its result's casts and the switch on the move branches (below).
 --
 -- Why the planner settings: a burst of new `delete-ongoing` rows is invisible to the
 -- statistics until the next ANALYZE (which a big table may not get for a long time), and with
