@@ -6,7 +6,8 @@
 //! (from `auto_explain`), the status-count round trip, and the idle CPU; (d) one folder of
 //! 100,000 files in 1,000 directories end to end (the `delete-ongoing` UPDATE to the
 //! `delete-complete` event) against `rm -rf` of the same tree, at the default removal threads
-//! and at 16. `--quick` runs 1,000 / 10,000 / 100,000 rows and 20,000 files instead.
+//! (one per core, growing while they wait on the storage), fixed at one per core, and fixed
+//! at 16. `--quick` runs 1,000 / 10,000 / 100,000 rows and 20,000 files instead.
 //! `--converge-only N` and `--end-to-end-only 1` run one part alone.
 //!
 //! Run it through `bash benches/controller.sh`, which starts a private PostgreSQL with
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgListener};
 use uuid::Uuid;
-use vfolder_controller::config::{Config, VolumeConfig};
+use vfolder_controller::config::{Config, DEFAULT_MAX_REMOVAL_THREADS, VolumeConfig};
 use vfolder_controller::lifecycle::Status;
 use vfolder_controller::storage::{FolderRef, Volumes};
 use vfolder_controller::store::{self, EVENT_CHANNEL};
@@ -644,14 +645,49 @@ fn write_config(
     Ok(())
 }
 
-/// Part (d)'s removal threads: the default, and as many as a volume whose metadata
-/// operations wait on a device or a network (discard, NFS) is better served with.
-const END_TO_END_THREADS: [Option<usize>; 2] = [None, Some(16)];
+/// Part (d)'s removal threads: the default (one per core, growing while they wait on the
+/// storage), one per core fixed (the default before threads grew), and 16 fixed (as many
+/// as a volume whose metadata operations wait on a device or a network is served with).
+const END_TO_END_THREADS: [Threads; 3] = [Threads::Default, Threads::PerCore, Threads::Fixed(16)];
+
+/// How many removal threads part (d) configures.
+#[derive(Clone, Copy, Debug)]
+enum Threads {
+    /// Nothing configured: `removal_threads` one per core, `max_removal_threads` its default.
+    Default,
+    /// One per core, not growing.
+    PerCore,
+    /// This many, not growing.
+    Fixed(usize),
+}
+
+impl Threads {
+    /// The volume's configuration lines.
+    fn config(self) -> String {
+        let fixed = |n: usize| format!("removal_threads = {n}\nmax_removal_threads = {n}");
+        match self {
+            Threads::Default => String::new(),
+            Threads::PerCore => fixed(std::thread::available_parallelism().map_or(2, |n| n.get())),
+            Threads::Fixed(n) => fixed(n),
+        }
+    }
+
+    /// How the result table names it.
+    fn label(self) -> String {
+        match self {
+            Threads::Default => format!(
+                "default removal threads (one per core, growing up to {DEFAULT_MAX_REMOVAL_THREADS} while they wait)"
+            ),
+            Threads::PerCore => "removal threads fixed at one per core".to_owned(),
+            Threads::Fixed(n) => format!("removal threads fixed at {n}"),
+        }
+    }
+}
 
 /// Part (d)'s medians, in seconds.
 struct EndToEnd {
     runs: usize,
-    threads: Option<usize>,
+    threads: Threads,
     end_to_end: f64,
     engine: f64,
     rm: f64,
@@ -665,10 +701,7 @@ impl EndToEnd {
                 "(d) one folder of {files} files in {dirs} dirs, warm, {}: `delete-ongoing` \
                  UPDATE → `delete-complete` event (engine: the audit entry's duration), vs \
                  `rm -rf`, median of {}",
-                self.threads.map_or_else(
-                    || "default removal threads (one per core)".to_owned(),
-                    |n| format!("removal_threads = {n}")
-                ),
+                self.threads.label(),
                 self.runs
             ),
             format!(
@@ -687,8 +720,8 @@ impl EndToEnd {
 /// Builds a wide tree of `files` files in `dirs` directories inside one folder and another
 /// beside the volume, then times the folder's removal through the controller (from the
 /// `delete-ongoing` UPDATE to its `delete-complete` event) and `rm -rf` of the other, in
-/// alternating order. The controller runs with `threads` removal threads (default: the
-/// configuration's default, one per core) and the default slots.
+/// alternating order. The controller runs with `threads` removal threads and the default
+/// slots.
 async fn end_to_end(
     args: &Args,
     site: &Path,
@@ -696,7 +729,7 @@ async fn end_to_end(
     volume: &VolumeConfig,
     files: u64,
     dirs: u64,
-    threads: Option<usize>,
+    threads: Threads,
 ) -> Res<EndToEnd> {
     let config = site.join("e2e.toml");
     write_config(
@@ -704,7 +737,7 @@ async fn end_to_end(
         &args.controller_database_url,
         volume,
         "",
-        &threads.map_or(String::new(), |n| format!("removal_threads = {n}")),
+        &threads.config(),
     )?;
     let mktree = |dir: &Path| -> Res<()> {
         let out = Command::new(&args.mktree)

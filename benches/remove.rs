@@ -11,12 +11,18 @@
 //! ```text
 //! bash benches/run.sh [--quick]                              # the whole comparison (root)
 //! bash benches/rate_limit.sh                                  # max_ops_per_second mode
-//! cargo bench --bench remove -- DIR [--threads N] [--count-bytes] [--max-ops-per-second N]
-//!                                    [--order inode|directory] [--chunk-entries N]
+//! cargo bench --bench remove -- DIR [--threads N] [--max-threads N] [--count-bytes]
+//!                                    [--max-ops-per-second N] [--order inode|directory]
+//!                                    [--chunk-entries N]
 //! ```
 //!
+//! `--threads` is the number the removal starts with (default: the cores), `--max-threads`
+//! the most it may grow to while its threads wait on the storage (default: `--threads`, a
+//! fixed number; the controller's default is 16, see `volumes[].max_removal_threads`).
+//!
 //! With `DIR` it removes `DIR` and prints one line, `files=.. dirs=.. symlinks=.. bytes=..
-//! elapsed_ms=.. threads=.. ops_per_s=.. limit=.. order=..` (`ops_per_s`: unlinks and rmdirs
+//! elapsed_ms=.. threads=.. max_threads=.. ops_per_s=.. limit=.. order=..` (`threads`: the
+//! most that worked at once; `ops_per_s`: unlinks and rmdirs
 //! per second achieved; `limit`: the volume limit it ran under, `none` or `N`; `order`: the
 //! engine's `EntryOrder`, `inode` by default, `directory` for the order before it), exiting
 //! non-zero if the engine reported an error or `DIR` is still there. Without `DIR` (as a plain `cargo bench` or `cargo test --benches` runs it,
@@ -40,6 +46,8 @@ use vfolder_controller::storage::{
 struct Args {
     dir: PathBuf,
     threads: usize,
+    /// `RemoveOptions::max_threads`; `None`: the same as `threads`.
+    max_threads: Option<usize>,
     count_bytes: bool,
     /// A volume's `max_ops_per_second`; `None` is unlimited (no limiter at all).
     max_ops: Option<u32>,
@@ -69,6 +77,7 @@ fn main() -> ExitCode {
 fn parse(args: &[String]) -> Result<Option<Args>, String> {
     let mut dir = None;
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut max_threads = None;
     let mut count_bytes = false;
     let mut max_ops = None;
     let mut order = EntryOrder::default();
@@ -83,6 +92,14 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
                     .and_then(|n| n.parse().ok())
                     .filter(|n| *n > 0)
                     .ok_or("--threads needs a positive number")?;
+            }
+            "--max-threads" => {
+                max_threads = Some(
+                    rest.next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| *n > 0)
+                        .ok_or("--max-threads needs a positive number")?,
+                );
             }
             "--count-bytes" => count_bytes = true,
             "--max-ops-per-second" => {
@@ -123,6 +140,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
     Ok(Some(Args {
         dir,
         threads,
+        max_threads,
         count_bytes,
         max_ops,
         order,
@@ -150,6 +168,7 @@ fn remove(args: &Args) -> Result<Counts, String> {
     let name_c = CString::new(name.as_bytes()).map_err(|e| e.to_string())?;
     let opts = RemoveOptions {
         threads: args.threads,
+        max_threads: args.max_threads.unwrap_or(args.threads),
         count_bytes: args.count_bytes,
         folder: None,
         display_path: PathBuf::from(name),
@@ -172,13 +191,14 @@ fn remove(args: &Args) -> Result<Counts, String> {
     let c = report.counts;
     let ops = c.files + c.dirs + c.symlinks;
     println!(
-        "files={} dirs={} symlinks={} bytes={} elapsed_ms={:.1} threads={} ops_per_s={:.0} limit={} order={}",
+        "files={} dirs={} symlinks={} bytes={} elapsed_ms={:.1} threads={} max_threads={} ops_per_s={:.0} limit={} order={}",
         c.files,
         c.dirs,
         c.symlinks,
         c.bytes,
         report.elapsed.as_secs_f64() * 1000.0,
-        args.threads,
+        report.threads,
+        opts.max_threads.max(opts.threads),
         ops as f64 / report.elapsed.as_secs_f64(),
         args.max_ops
             .map_or_else(|| "none".to_owned(), |n| n.to_string()),
@@ -220,6 +240,7 @@ fn smoke_check() -> Result<(), String> {
     let counts = remove(&Args {
         dir: root,
         threads: 2,
+        max_threads: Some(4),
         count_bytes: true,
         max_ops: None,
         order: EntryOrder::default(),

@@ -11,7 +11,9 @@
 #   options: --runs N (every shape), --shapes wide,deep,flat,big,latency, --out FILE,
 #            --tools rm,engine,... (instead of every tool; also engine-1chunk: one chunk of
 #            up to 1 Mi entries per directory, to see what the 64 Ki cap costs; engine@N:
-#            the engine with N threads)
+#            the engine with N threads; engine-grow: the controller's default, starting
+#            with one thread per core and growing up to 16 while its threads wait on the
+#            storage, on every shape)
 #
 # How: each shape's tree is built once (benches/tools `mktree`, deterministic) on a fresh
 # ext4 image; before every timed removal that image is copied, loop-mounted, synced and the
@@ -48,6 +50,7 @@ die() { log "FAILED: $*"; exit 1; }
 # --- Parameters -----------------------------------------------------------------------------
 NPROC=$(nproc)
 LATENCY_THREADS=16   # engine threads on the latency filesystem, as for a network volume
+GROW_MAX=16          # engine-grow's cap: volumes[].max_removal_threads' default
 LATENCY_US=1000      # injected delay per metadata request
 FUSE_THREADS=32      # latencyfs worker threads
 IMAGE_SIZE=8G
@@ -150,6 +153,7 @@ tool_cmd() {
     engine-1chunk) CMD=("$ENGINE" "$target" --threads "$threads" --chunk-entries 1048576) ;;
     engine+bytes) CMD=("$ENGINE" "$target" --threads "$threads" --count-bytes) ;;
     engine@nproc) CMD=("$ENGINE" "$target" --threads "$NPROC") ;;
+    engine-grow) CMD=("$ENGINE" "$target" --threads "$NPROC" --max-threads "$GROW_MAX") ;;
     engine@[0-9]*) CMD=("$ENGINE" "$target" --threads "${name#engine@}") ;;
     *) die "unknown tool $name" ;;
   esac
@@ -231,7 +235,7 @@ bench_shape() {
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u +%s)
-LOCAL_TOOLS="rm rmz std engine engine-dirorder engine+bytes"
+LOCAL_TOOLS="rm rmz std engine engine-grow engine-dirorder engine+bytes"
 for shape in ${SHAPES//,/ }; do
   case "$shape" in
     wide) bench_shape wide "wide: $WIDE_FILES files in $WIDE_DIRS dirs" "$RUNS_FAST" 0 "$NPROC" \
@@ -298,7 +302,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "- filesystem: ext4 (mkfs.ext4 defaults: journal, data=ordered) on a $IMAGE_SIZE sparse image, loop-mounted; the image file sits on $(df -T /var/tmp | awk 'NR==2 {print $2}')"
   echo "- caches dropped: $DROP_NOTE; each tool's binary is then read once, so loading it from disk is not timed"
   echo "- load average before / after: $LOAD_BEFORE / $LOAD_AFTER; wall time $((ELAPSED / 60)) min $((ELAPSED % 60)) s"
-  echo "- tools: \`rm -rf\` ($(rm --version | head -n 1)), rmz ($RMZ_VERSION, its own thread count), std \`remove_dir_all\` ($(rustc --version | cut -d' ' -f2)), engine = \`storage::remove_tree\` in its default inode order (\`engine-dirorder\`: \`--order directory\`, the order before inode ordering; \`engine+bytes\`: \`--count-bytes\`; \`engine@nproc\`: $NPROC threads)"
+  echo "- tools: \`rm -rf\` ($(rm --version | head -n 1)), rmz ($RMZ_VERSION, its own thread count), std \`remove_dir_all\` ($(rustc --version | cut -d' ' -f2)), engine = \`storage::remove_tree\` in its default inode order (\`engine-dirorder\`: \`--order directory\`, the order before inode ordering; \`engine+bytes\`: \`--count-bytes\`; \`engine@nproc\`: $NPROC threads; \`engine-grow\`: the controller's default, $NPROC threads growing up to $GROW_MAX while they wait on the storage, the number reached is in the run's log as \`threads=\`)"
   echo "- others' cores = CPU time that everything except the tool used during its timed removals (other users of this shared machine, and kernel threads such as the ext4 journal and the FUSE server), divided by the wall time, averaged over the runs: out of $NPROC"
   echo "- time = wall clock of the whole process, median of the runs; files/s = files in the tree / median; × rm and × rmz = their median / this median (higher is faster)"
   echo
@@ -306,12 +310,14 @@ mkdir -p "$(dirname "$OUT")"
   echo "|---|---|---|---|---|---|---|---|---|---|"
   for shape in ${SHAPES//,/ }; do
     awk -F'\t' -v shape="$shape" -v title="${SHAPE_TITLE[$shape]}" \
-        -v files="${EXPECTED_FILES[$shape]}" -v threads="${SHAPE_THREADS[$shape]}" '
+        -v files="${EXPECTED_FILES[$shape]}" -v threads="${SHAPE_THREADS[$shape]}" \
+        -v nproc="$NPROC" -v grow="$GROW_MAX" '
       $1 == shape { tool[++k] = $2; runs[$2] = $3; m[$2] = $4; lo[$2] = $5; hi[$2] = $6; rss[$2] = $7; oth[$2] = $8 }
       END {
         for (i = 1; i <= k; i++) {
           t = tool[i]; label = t
-          if (t ~ /^engine[-+]?[a-z1]*$/) label = t " (" threads " thr)"
+          if (t == "engine-grow") label = t " (" nproc "→" grow " thr)"
+          else if (t ~ /^engine[-+]?[a-z1]*$/) label = t " (" threads " thr)"
           printf "| %s | %s | %d | %.2f | %.2f–%.2f | %.0f | %.2f | %.2f | %.1f | %.2f |\n",
             (i == 1 ? title : ""), label, runs[t], m[t], lo[t], hi[t], files / m[t],
             m["rm"] / m[t], m["rmz"] / m[t], rss[t] / 1024, oth[t]
@@ -327,6 +333,8 @@ mkdir -p "$(dirname "$OUT")"
   check "deep chain" deep engine rm 1.0
   check "few big files" big engine rm 1.0
   check "wide tree on latencyfs" latency engine rm 3.0
+  check "wide tree on latencyfs, default threads (engine-grow)" latency engine-grow rm 3.0
+  check "wide tree, default threads (engine-grow) vs cores (engine)" wide engine-grow engine 0.95
   awk -F'\t' '$1 == "wide" && $2 == "engine" {
     printf "| engine peak RSS, wide tree | < 32 MiB | %.1f MiB | %s |\n", $7 / 1024, ($7 < 32768 ? "met" : "MISSED") }' "$SUMMARY"
   awk -F'\t' '$1 == "flat" && $2 == "engine" {

@@ -194,6 +194,9 @@ pub enum Outcome {
         counts: Counts,
         /// How long it took.
         elapsed: Duration,
+        /// The most threads that removed at once (more than the volume's
+        /// `removal_threads` when they waited on the storage).
+        threads: usize,
     },
     /// The data was moved to (or restored from) the trash.
     Moved(Location),
@@ -434,6 +437,7 @@ async fn remove(
         Ok(Ok(RemoveOutcome::Completed(report))) => Outcome::Removed {
             counts: report.counts,
             elapsed: report.elapsed,
+            threads: report.threads,
         },
         Ok(Ok(RemoveOutcome::Cancelled(report))) if deleted => Outcome::RowDeleted(report.counts),
         Ok(Ok(RemoveOutcome::Cancelled(report))) if lease_lost => Outcome::LeaseLost(report.counts),
@@ -543,7 +547,11 @@ async fn record(
     // What a removal that stops short saves before handing the folder back.
     let progress = |counts| (work.kind == WorkKind::Remove).then(|| total(saved, counts));
     match outcome {
-        Outcome::Removed { counts, elapsed } => {
+        Outcome::Removed {
+            counts,
+            elapsed,
+            threads,
+        } => {
             ctx.pressure.relieve();
             count_removal(ctx, host, counts, elapsed, ReconcileResult::Ok);
             let done = Completion {
@@ -580,6 +588,7 @@ async fn record(
                             dirs = counts.dirs,
                             bytes = counts.bytes,
                             elapsed_ms = elapsed.as_millis() as u64,
+                            threads,
                             "folder removed after its row was deleted"
                         );
                         ReconcileResult::Ok
@@ -599,6 +608,7 @@ async fn record(
                         symlinks = counts.symlinks,
                         bytes = counts.bytes,
                         elapsed_ms = elapsed.as_millis() as u64,
+                        threads,
                         "folder removed: delete-ongoing -> delete-complete"
                     );
                     ReconcileResult::Ok

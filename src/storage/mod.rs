@@ -25,6 +25,7 @@ pub mod rate;
 pub mod remove;
 pub mod scan;
 mod volume;
+mod waiting;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -125,13 +126,17 @@ pub struct Report {
     pub counts: Counts,
     /// Wall-clock time of this call.
     pub elapsed: Duration,
+    /// The most OS threads that removed at once: [`RemoveOptions::threads`], or more when
+    /// the removal grew because its threads were waiting on the storage.
+    pub threads: usize,
 }
 
 impl Report {
-    fn new(counts: Counts, started: Instant) -> Report {
+    fn new(counts: Counts, threads: usize, started: Instant) -> Report {
         Report {
             counts,
             elapsed: started.elapsed(),
+            threads,
         }
     }
 }

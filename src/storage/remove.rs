@@ -34,12 +34,22 @@
 //!   are queued for the other threads as soon as they are read. Reading on from the same
 //!   offset after unlinking is safe (see `Worker::scan`); an entry missed anyway is found
 //!   by the rescan of a directory that is not empty when its removal is tried.
-//! - **Bounded resources.** A fixed number of OS threads share a stack of directories to
-//!   open; entries are read with `getdents64` into one reusable buffer per thread and
-//!   collected into that thread's one chunk, so memory grows with the number of threads
-//!   (a chunk takes at most about 6 MiB: 32 bytes per entry plus 4 MiB of names; 2.5 MiB
-//!   for 64 Ki names of 8 bytes) and the number of directories waiting to be opened, not
-//!   with the number of files. No recursion: depth costs heap, not stack.
+//! - **Bounded resources.** [`RemoveOptions::threads`] OS threads share a stack of
+//!   directories to open; entries are read with `getdents64` into one reusable buffer per
+//!   thread and collected into that thread's one chunk, so memory grows with the number of
+//!   threads (a chunk takes at most about 6 MiB: 32 bytes per entry plus 4 MiB of names;
+//!   2.5 MiB for 64 Ki names of 8 bytes) and the number of directories waiting to be
+//!   opened, not with the number of files. No recursion: depth costs heap, not stack.
+//! - **More threads only while they wait on the storage.** With
+//!   [`RemoveOptions::max_threads`] above `threads`, the calling thread looks every
+//!   [`GROW_WINDOW`] at how the removal's threads spent it (the kernel's per-thread
+//!   scheduler statistics, see `storage::waiting`): when they slept more than half of it
+//!   (waiting for the device, a journal commit, a network filesystem), not counting time
+//!   spent idle or waiting for a core, and directories are queued that no thread has
+//!   taken, it starts more, at most doubling each time, up to `max_threads`. A removal that
+//!   keeps its cores busy, or that ends within one window (a small folder), never starts
+//!   more than `threads`; none are started under a rate limit (its waits are sleep too).
+//!   [`Report::threads`](super::Report::threads) says how many worked at most.
 //! - **Errors are counted, not fatal.** A failed entry marks its directory (and so every
 //!   ancestor) as not removable, the walk goes on with the rest, and the first error is
 //!   returned at the end.
@@ -63,6 +73,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom, StatxAttributes, StatxFlags};
@@ -70,6 +81,7 @@ use rustix::io::Errno;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::waiting::WaitProbe;
 use super::{Counts, Error, OpsLimiter, Outcome, Progress, Report};
 
 /// Flags for opening any directory of the tree: never through a symlink.
@@ -105,6 +117,11 @@ const CHUNK_NAME_BYTES: usize = 4 * 1024 * 1024;
 /// How many entries are unlinked between two publications of the live progress counters.
 const PUBLISH_EVERY: usize = 1024;
 
+/// How often a removal that may grow ([`RemoveOptions::max_threads`]) looks at how its
+/// threads spent their time. Short enough that a removal of a few seconds reaches its
+/// cap early; long enough that the look (one `pread` per thread) costs nothing.
+pub const GROW_WINDOW: Duration = Duration::from_millis(20);
+
 /// In which order a directory's files and symlinks are unlinked. Subdirectories are queued
 /// for the other threads as soon as they are read, in either order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -124,8 +141,11 @@ pub enum EntryOrder {
 /// How [`remove_tree`] runs.
 #[derive(Clone, Debug)]
 pub struct RemoveOptions {
-    /// OS threads to use (at least one; the calling thread is one of them).
+    /// OS threads to start with (at least one; the calling thread is one of them).
     pub threads: usize,
+    /// The most OS threads the removal may grow to while its threads mostly sleep waiting
+    /// on the storage (see the module docs). At or below `threads`: exactly `threads`.
+    pub max_threads: usize,
     /// Count the bytes of regular files (one `statx` per file before unlinking it).
     pub count_bytes: bool,
     /// The folder being removed, named in errors.
@@ -145,11 +165,12 @@ pub struct RemoveOptions {
 }
 
 impl Default for RemoveOptions {
-    /// One thread, no byte counting, no rate limit, inode order in chunks of
-    /// [`DEFAULT_CHUNK_ENTRIES`], no folder and an empty display path.
+    /// One thread that never grows, no byte counting, no rate limit, inode order in chunks
+    /// of [`DEFAULT_CHUNK_ENTRIES`], no folder and an empty display path.
     fn default() -> Self {
         RemoveOptions {
             threads: 1,
+            max_threads: 1,
             count_bytes: false,
             folder: None,
             display_path: PathBuf::new(),
@@ -175,12 +196,15 @@ pub fn remove_tree(
 ) -> Result<Outcome, Error> {
     let started = Instant::now();
     let mut counts = Counts::default();
+    let mut threads = 1;
     for _ in 0..MAX_PASSES {
         let (pass, end) = run_pass(parent, name, opts, cancel, progress)?;
-        counts.add(&pass);
+        counts.add(&pass.counts);
+        threads = threads.max(pass.threads);
+        let report = || Report::new(counts, threads, started);
         match end {
-            PassEnd::Completed => return Ok(Outcome::Completed(Report::new(counts, started))),
-            PassEnd::Cancelled => return Ok(Outcome::Cancelled(Report::new(counts, started))),
+            PassEnd::Completed => return Ok(Outcome::Completed(report())),
+            PassEnd::Cancelled => return Ok(Outcome::Cancelled(report())),
             PassEnd::Restart => {}
         }
     }
@@ -192,6 +216,12 @@ pub fn remove_tree(
 
 /// How many times the walk starts again from the top after directories vanished under it.
 const MAX_PASSES: usize = 8;
+
+/// What one walk over the tree removed, and the most threads that worked on it at once.
+struct Pass {
+    counts: Counts,
+    threads: usize,
+}
 
 /// How one walk over the tree ended (errors aside).
 enum PassEnd {
@@ -208,7 +238,7 @@ fn run_pass(
     opts: &RemoveOptions,
     cancel: &CancellationToken,
     progress: &Progress,
-) -> Result<(Counts, PassEnd), Error> {
+) -> Result<(Pass, PassEnd), Error> {
     let io = |op, source| Error::Io {
         folder: opts.folder,
         op,
@@ -218,7 +248,13 @@ fn run_pass(
     let parent_ident = ident(parent).map_err(|e| io("stat parent of", e))?;
     let root_fd = match rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok((Counts::default(), PassEnd::Completed)),
+        Err(Errno::NOENT) => {
+            let nothing = Pass {
+                counts: Counts::default(),
+                threads: 1,
+            };
+            return Ok((nothing, PassEnd::Completed));
+        }
         Err(Errno::LOOP | Errno::NOTDIR) => {
             return Err(Error::UnsafePath {
                 folder: opts.folder,
@@ -238,10 +274,15 @@ fn run_pass(
     let root = Node::new(None, name.to_owned(), root_ident);
     let root_fd = Arc::new(root_fd);
     *lock(&root.fd) = Some(root_fd.clone());
+    let threads = opts.threads.max(1);
+    let max_threads = opts.max_threads.max(threads);
     let shared = Shared {
         opts,
         cancel,
         progress,
+        grows: max_threads > threads && opts.limiter.is_none(),
+        tids: Mutex::new(Vec::new()),
+        idle_ns: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         root_dev: root_ident.dev,
         root_parent: parent_ident,
@@ -256,25 +297,17 @@ fn run_pass(
         root_done: AtomicBool::new(false),
         restart: AtomicBool::new(false),
     };
-    let threads = opts.threads.max(1);
-    let counts = std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..threads)
-            .filter_map(|i| {
-                std::thread::Builder::new()
-                    .name(format!("remove-{i}"))
-                    .spawn_scoped(scope, || Worker::new(&shared).run())
-                    // Fewer threads is slower, not wrong.
-                    .ok()
-            })
-            .collect();
-        let mut total = Worker::new(&shared).run();
-        for h in helpers {
-            // A panicking helper is a bug; its counts are lost but the others stand.
-            if let Ok(c) = h.join() {
-                total.add(&c);
-            }
+    let pass = std::thread::scope(|scope| {
+        let mut crew = Crew::new(scope, &shared, max_threads);
+        crew.start(threads - 1);
+        let mut tick = || crew.tick();
+        let grow: Option<&mut dyn FnMut()> = shared.grows.then_some(&mut tick);
+        let mut counts = Worker::new(&shared, grow).run();
+        counts.add(&crew.join());
+        Pass {
+            counts,
+            threads: crew.peak,
         }
-        total
     });
     progress.add_errors(shared.errors.load(Ordering::Relaxed));
     if let Some(err) = lock(&shared.first_error).take() {
@@ -288,7 +321,100 @@ fn run_pass(
         // The only other way for the root to stay is a cancelled walk.
         PassEnd::Cancelled
     };
-    Ok((counts, end))
+    Ok((pass, end))
+}
+
+/// The helper threads of one pass, started and joined by the calling thread, which also
+/// decides (in [`Crew::tick`], between its own entries) whether to start more.
+struct Crew<'scope, 'env> {
+    scope: &'scope Scope<'scope, 'env>,
+    shared: &'env Shared<'env>,
+    helpers: Vec<ScopedJoinHandle<'scope, Counts>>,
+    max: usize,
+    /// The most threads (the caller included) that were working at once.
+    peak: usize,
+    /// Created at the first look, so a removal shorter than a window never reads `/proc`.
+    probe: Option<WaitProbe>,
+    /// How many of `Shared::tids` the probe watches already.
+    watching: usize,
+    next_look: Instant,
+}
+
+impl<'scope, 'env> Crew<'scope, 'env> {
+    fn new(scope: &'scope Scope<'scope, 'env>, shared: &'env Shared<'env>, max: usize) -> Self {
+        Crew {
+            scope,
+            shared,
+            helpers: Vec::new(),
+            max,
+            peak: 1,
+            probe: None,
+            watching: 0,
+            next_look: Instant::now() + GROW_WINDOW,
+        }
+    }
+
+    /// Starts up to `n` more helpers, never beyond the cap.
+    fn start(&mut self, n: usize) {
+        for _ in 0..n.min(self.max.saturating_sub(self.peak)) {
+            let shared = self.shared;
+            let spawned = std::thread::Builder::new()
+                .name(format!("remove-{}", self.peak))
+                .spawn_scoped(self.scope, move || Worker::new(shared, None).run());
+            match spawned {
+                Ok(handle) => {
+                    self.helpers.push(handle);
+                    self.peak += 1;
+                }
+                // Fewer threads is slower, not wrong.
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Once per [`GROW_WINDOW`]: starts more helpers if the threads slept more than half
+    /// of the window (idle waits for work aside) while directories were waiting for a
+    /// thread. A thread is judged from its first whole window on.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if now < self.next_look {
+            return;
+        }
+        self.next_look = now + GROW_WINDOW;
+        let probe = self.probe.get_or_insert_with(WaitProbe::new);
+        {
+            let tids = lock(&self.shared.tids);
+            for tid in tids.iter().skip(self.watching) {
+                probe.watch(*tid);
+            }
+            self.watching = tids.len();
+        }
+        let window = probe.sample();
+        let idle = Duration::from_nanos(self.shared.idle_ns.swap(0, Ordering::Relaxed));
+        if window.threads == 0 || self.peak >= self.max {
+            return;
+        }
+        let waiting = lock(&self.shared.queue).work.len();
+        let asleep = window.slept.saturating_sub(idle);
+        let total = window
+            .length
+            .saturating_mul(u32::try_from(window.threads).unwrap_or(u32::MAX));
+        if waiting > 0 && asleep * 2 > total {
+            self.start(waiting.min(self.peak));
+        }
+    }
+
+    /// Waits for every helper and sums what they removed.
+    fn join(&mut self) -> Counts {
+        let mut total = Counts::default();
+        for h in self.helpers.drain(..) {
+            // A panicking helper is a bug; its counts are lost but the others stand.
+            if let Ok(c) = h.join() {
+                total.add(&c);
+            }
+        }
+        total
+    }
 }
 
 /// Device and inode of an open directory, and whether it is the root of a mount.
@@ -393,6 +519,12 @@ struct Shared<'a> {
     opts: &'a RemoveOptions,
     cancel: &'a CancellationToken,
     progress: &'a Progress,
+    /// The pass may start more threads ([`Crew::tick`]).
+    grows: bool,
+    /// The thread ids of the workers, for the probe (only when the pass `grows`).
+    tids: Mutex<Vec<rustix::thread::Pid>>,
+    /// Nanoseconds the workers spent waiting for work since the last look (when `grows`).
+    idle_ns: AtomicU64,
     stop: AtomicBool,
     root_dev: (u32, u32),
     root_parent: Ident,
@@ -490,6 +622,8 @@ impl Chunk {
 /// not yet published, and directories found but not yet handed to the shared stack.
 struct Worker<'s, 'a> {
     shared: &'s Shared<'a>,
+    /// On the thread that may start more threads: called between entries.
+    grow: Option<&'s mut dyn FnMut()>,
     buf: Vec<MaybeUninit<u8>>,
     chunk: Chunk,
     unpublished: Counts,
@@ -499,9 +633,10 @@ struct Worker<'s, 'a> {
 }
 
 impl<'s, 'a> Worker<'s, 'a> {
-    fn new(shared: &'s Shared<'a>) -> Self {
+    fn new(shared: &'s Shared<'a>, grow: Option<&'s mut dyn FnMut()>) -> Self {
         Worker {
             shared,
+            grow,
             buf: vec![MaybeUninit::uninit(); DIRENT_BUF],
             chunk: Chunk::default(),
             unpublished: Counts::default(),
@@ -512,6 +647,9 @@ impl<'s, 'a> Worker<'s, 'a> {
     }
 
     fn run(mut self) -> Counts {
+        if self.shared.grows {
+            lock(&self.shared.tids).push(rustix::thread::gettid());
+        }
         while let Some(work) = self.next_work() {
             let mut next = match work {
                 Work::Open { parent, name } => self.open_child(&parent, &name),
@@ -522,6 +660,7 @@ impl<'s, 'a> Worker<'s, 'a> {
             }
             self.hand_over_children();
             self.publish();
+            self.tick();
             let mut q = lock(&self.shared.queue);
             q.active -= 1;
             if q.active == 0 && q.work.is_empty() {
@@ -548,12 +687,24 @@ impl<'s, 'a> Worker<'s, 'a> {
                 q.finished = true;
                 continue;
             }
+            let idle_from = self.shared.grows.then(Instant::now);
             q = self
                 .shared
                 .wake
                 .wait_timeout(q, IDLE_POLL)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            if let Some(from) = idle_from {
+                let ns = u64::try_from(from.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.shared.idle_ns.fetch_add(ns, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lets the thread that may start more threads look whether it should.
+    fn tick(&mut self) {
+        if let Some(grow) = self.grow.as_mut() {
+            grow();
         }
     }
 
@@ -729,6 +880,7 @@ impl<'s, 'a> Worker<'s, 'a> {
                     if let Some(name) = chunk.name(listed) {
                         self.entry(&node, fd.as_fd(), name, listed.ty);
                     }
+                    self.tick();
                     if self.children.len() >= CHILD_BATCH || (i + 1) % PUBLISH_EVERY == 0 {
                         self.hand_over_children();
                         self.publish();

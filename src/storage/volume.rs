@@ -153,16 +153,18 @@ impl Volume {
         let layout = Layout::of(folder)?;
         let root = self.open_root()?;
         let mut counts = Counts::default();
+        let mut threads = 1;
         for trash in [false, true] {
-            match self.remove_copy(root.as_fd(), &layout, trash, folder.id, cancel, progress)? {
-                Outcome::Completed(r) => counts.add(&r.counts),
-                Outcome::Cancelled(r) => {
-                    counts.add(&r.counts);
-                    return Ok(Outcome::Cancelled(Report::new(counts, started)));
-                }
+            let copy =
+                self.remove_copy(root.as_fd(), &layout, trash, folder.id, cancel, progress)?;
+            let (Outcome::Completed(r) | Outcome::Cancelled(r)) = copy;
+            counts.add(&r.counts);
+            threads = threads.max(r.threads);
+            if let Outcome::Cancelled(_) = copy {
+                return Ok(Outcome::Cancelled(Report::new(counts, threads, started)));
             }
         }
-        Ok(Outcome::Completed(Report::new(counts, started)))
+        Ok(Outcome::Completed(Report::new(counts, threads, started)))
     }
 
     /// Removes one copy of the folder: the trash copy with `trash`, else the live one, then
@@ -229,6 +231,7 @@ impl Volume {
     pub fn remove_options(&self, folder: Option<Uuid>, display_path: PathBuf) -> RemoveOptions {
         RemoveOptions {
             threads: self.config.removal_threads.max(1),
+            max_threads: self.config.removal_threads_cap(),
             count_bytes: self.config.count_bytes,
             folder,
             display_path,
@@ -404,7 +407,11 @@ impl Volume {
         let comps = parent_comps(layout, trash);
         let started = std::time::Instant::now();
         let Some(dirs) = self.open_dirs(root, &comps, folder)? else {
-            return Ok(Outcome::Completed(Report::new(Counts::default(), started)));
+            return Ok(Outcome::Completed(Report::new(
+                Counts::default(),
+                1,
+                started,
+            )));
         };
         let leaf = leaf_name(layout, folder)?;
         let parent = dirs.last().map_or(root, |f| f.as_fd());

@@ -31,6 +31,18 @@ const LIST: &[&str] = &["list"];
 /// a symlink to `{a}`.
 const CASES: &[Case] = &[
     Case {
+        what: "a removal thread cap below the threads a removal starts with",
+        toml: "[[volumes]]\nhost = \"p:v\"\nmount = \"{a}\"\nremoval_threads = 8\nmax_removal_threads = 4\n",
+        env: &[],
+        args: LIST,
+        code: 6,
+        says: &[
+            "\"p:v\"",
+            "max_removal_threads (4) is below removal_threads (8)",
+        ],
+        not_says: &[],
+    },
+    Case {
         what: "a volume nested inside another",
         toml: "[[volumes]]\nhost = \"p:outer\"\nmount = \"{a}\"\n[[volumes]]\nhost = \"p:inner\"\nmount = \"{a}/inner\"\n",
         env: &[],

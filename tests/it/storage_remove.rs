@@ -467,3 +467,78 @@ fn a_removal_waiting_for_its_rate_limit_stops_when_cancelled() {
         50 - report.counts.files
     );
 }
+
+#[test]
+fn a_removal_whose_threads_wait_on_the_storage_starts_more_up_to_its_cap() {
+    let sb = Sandbox::with(|c| {
+        c.removal_threads = 1;
+        c.max_removal_threads = Some(6);
+    });
+    let _disk = Ext4Image::new(&sb.vol(), 64);
+    let f = new_folder();
+    let path = sb.create(&f);
+    let expected = fill(&path, 20, 40);
+    sync_directory_updates(&path);
+    let before = sb.snapshot_except(&path);
+    let Outcome::Completed(report) = sb.remove(&f).unwrap() else {
+        panic!("cancelled, though nothing cancels it");
+    };
+    assert_eq!(report.counts, expected);
+    assert!(
+        (2..=6).contains(&report.threads),
+        "started with 1 thread, may grow to 6: {report:?}"
+    );
+    assert!(!path.exists());
+    assert_same(&before, &sb.snapshot_except(&path));
+}
+
+#[test]
+fn a_rate_limited_removal_keeps_its_threads_though_they_wait() {
+    let sb = Sandbox::with(|c| {
+        c.removal_threads = 1;
+        c.max_removal_threads = Some(6);
+        c.max_ops_per_second = Some(1_000_000);
+    });
+    let _disk = Ext4Image::new(&sb.vol(), 64);
+    let f = new_folder();
+    let path = sb.create(&f);
+    let expected = fill(&path, 10, 20);
+    sync_directory_updates(&path);
+    let Outcome::Completed(report) = sb.remove(&f).unwrap() else {
+        panic!("cancelled, though nothing cancels it");
+    };
+    assert_eq!(report.counts, expected);
+    assert_eq!(report.threads, 1, "{report:?}");
+    assert!(
+        report.elapsed > 2 * vfolder_controller::storage::remove::GROW_WINDOW,
+        "the removal outlasted the windows it was judged in: {report:?}"
+    );
+}
+
+#[test]
+fn a_removal_that_keeps_its_core_busy_does_not_start_more_threads() {
+    let sb = Sandbox::with(|c| {
+        c.removal_threads = 1;
+        c.max_removal_threads = Some(6);
+    });
+    // On tmpfs an unlink never waits for a device: the one thread is busy, not asleep.
+    let _tmpfs = TmpfsMount::new(&sb.vol());
+    let f = new_folder();
+    let path = sb.create(&f);
+    for d in 0..100 {
+        let dir = path.join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..600 {
+            std::fs::File::create(dir.join(format!("f{i}"))).unwrap();
+        }
+    }
+    let Outcome::Completed(report) = sb.remove(&f).unwrap() else {
+        panic!("cancelled, though nothing cancels it");
+    };
+    assert_eq!(report.counts.files, 60_000);
+    assert_eq!(report.threads, 1, "{report:?}");
+    assert!(
+        report.elapsed > 2 * vfolder_controller::storage::remove::GROW_WINDOW,
+        "the removal outlasted the windows it was judged in: {report:?}"
+    );
+}

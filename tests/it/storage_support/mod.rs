@@ -94,6 +94,7 @@ impl Sandbox {
             host: HOST.to_owned(),
             mount: dir.path().join("vol"),
             removal_threads: 2,
+            max_removal_threads: None,
             max_concurrent_removals: 4,
             trash: TrashMode::Move,
             require_mount_point: false,
@@ -249,6 +250,63 @@ impl Drop for TmpfsMount {
             let _ = rustix::mount::unmount(&self.at, rustix::mount::UnmountFlags::DETACH);
         }
     }
+}
+
+/// A fresh ext4 filesystem in a sparse image file (in a directory of its own, so that
+/// snapshots of the sandbox do not read it), loop-mounted at `at`; unmounted (lazily, which
+/// also frees the loop device) when dropped, also on test failure.
+pub struct Ext4Image {
+    pub at: PathBuf,
+    _image_dir: tempfile::TempDir,
+}
+
+impl Ext4Image {
+    /// Makes a `mib` MiB image and mounts it at `at`.
+    pub fn new(at: &Path, mib: u64) -> Ext4Image {
+        let image_dir = tempfile::Builder::new()
+            .prefix("vfc-ext4-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let image = image_dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mib << 20))
+            .unwrap();
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().expect("run");
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+        };
+        run(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image));
+        std::fs::create_dir_all(at).unwrap();
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(at));
+        Ext4Image {
+            at: at.to_owned(),
+            _image_dir: image_dir,
+        }
+    }
+}
+
+impl Drop for Ext4Image {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.at, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// Marks `root` and every directory under it for synchronous directory updates
+/// (`chattr -R +D`): on [`Ext4Image`] each unlink then waits for its own journal commit
+/// (milliseconds), so a removal's threads are asleep most of the time, as on a disk that
+/// is slow to write or a network filesystem.
+pub fn sync_directory_updates(root: &Path) {
+    let st = std::process::Command::new("chattr")
+        .args(["-R", "+D"])
+        .arg(root)
+        .status()
+        .expect("run chattr");
+    assert!(st.success(), "chattr -R +D {}", root.display());
 }
 
 /// Sets the immutable attribute on `path`; clears it when dropped.
