@@ -333,6 +333,8 @@ mkdir -p "$(dirname "$OUT")"
   check "deep chain" deep engine rm 1.0
   check "few big files" big engine rm 1.0
   check "wide tree on latencyfs" latency engine rm 3.0
+  check "wide tree (issue 11), default threads (engine-grow)" wide engine-grow rmz 1.15
+  check "one huge directory, default threads (engine-grow)" flat engine-grow rm 1.3
   check "wide tree on latencyfs, default threads (engine-grow)" latency engine-grow rm 3.0
   check "wide tree, default threads (engine-grow) vs cores (engine)" wide engine-grow engine 0.95
   awk -F'\t' '$1 == "wide" && $2 == "engine" {
