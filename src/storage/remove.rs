@@ -49,6 +49,8 @@
 //!   taken, it starts more, at most doubling each time, up to `max_threads`. A removal that
 //!   keeps its cores busy, or that ends within one window (a small folder), never starts
 //!   more than `threads`; none are started under a rate limit (its waits are sleep too).
+//!   A thread started this way holds an eighth of a chunk (8 Ki entries, 512 KiB of names),
+//!   so growing to 16 threads adds at most about 11 MiB, not 84.
 //!   [`Report::threads`](super::Report::threads) says how many worked at most.
 //! - **Errors are counted, not fatal.** A failed entry marks its directory (and so every
 //!   ancestor) as not removable, the walk goes on with the rest, and the first error is
@@ -113,6 +115,12 @@ pub const DEFAULT_CHUNK_ENTRIES: usize = 64 * 1024;
 /// A chunk also ends once the names it holds reach this many bytes, so that a directory of
 /// long names cannot make a chunk of [`DEFAULT_CHUNK_ENTRIES`] entries take 16 MiB.
 const CHUNK_NAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// A thread started because the others were waiting ([`RemoveOptions::max_threads`]) holds
+/// this share of a chunk (both caps), so a removal grown to 16 threads holds at most about
+/// 2 × 6 + 14 × 0.8 MiB of entries, not 16 × 6. Where threads wait on the storage, the
+/// round trips, not the order within a big directory, set the pace.
+const GROWN_CHUNK_SHARE: usize = 8;
 
 /// How many entries are unlinked between two publications of the live progress counters.
 const PUBLISH_EVERY: usize = 1024;
@@ -302,7 +310,7 @@ fn run_pass(
         crew.start(threads - 1);
         let mut tick = || crew.tick();
         let grow: Option<&mut dyn FnMut()> = shared.grows.then_some(&mut tick);
-        let mut counts = Worker::new(&shared, grow).run();
+        let mut counts = Worker::new(&shared, grow, false).run();
         counts.add(&crew.join());
         Pass {
             counts,
@@ -358,9 +366,10 @@ impl<'scope, 'env> Crew<'scope, 'env> {
     fn start(&mut self, n: usize) {
         for _ in 0..n.min(self.max.saturating_sub(self.peak)) {
             let shared = self.shared;
+            let grown = self.peak >= shared.opts.threads.max(1);
             let spawned = std::thread::Builder::new()
                 .name(format!("remove-{}", self.peak))
-                .spawn_scoped(self.scope, move || Worker::new(shared, None).run());
+                .spawn_scoped(self.scope, move || Worker::new(shared, None, grown).run());
             match spawned {
                 Ok(handle) => {
                     self.helpers.push(handle);
@@ -579,8 +588,33 @@ struct Listed {
     ty: FileType,
 }
 
+/// How much of one directory a thread holds at a time: entries and bytes of names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ChunkCap {
+    entries: usize,
+    name_bytes: usize,
+}
+
+impl ChunkCap {
+    /// The cap of a thread of a removal run with `opts`; a `grown` thread (started beyond
+    /// [`RemoveOptions::threads`]) gets [`GROWN_CHUNK_SHARE`] of it.
+    fn of(opts: &RemoveOptions, grown: bool) -> ChunkCap {
+        let entries = match opts.order {
+            EntryOrder::Inode => opts.chunk_entries.max(1),
+            // A chunk ends with its getdents buffer; never earlier.
+            EntryOrder::Directory => usize::MAX,
+        };
+        let share = if grown { GROWN_CHUNK_SHARE } else { 1 };
+        ChunkCap {
+            entries: (entries / share).max(1),
+            name_bytes: CHUNK_NAME_BYTES / share,
+        }
+    }
+}
+
 /// The non-directory entries of one directory read so far and not yet unlinked: at most
-/// [`RemoveOptions::chunk_entries`] of them and about [`CHUNK_NAME_BYTES`] of names. The
+/// [`RemoveOptions::chunk_entries`] of them and about [`CHUNK_NAME_BYTES`] of names (less
+/// on a thread the removal grew by, see [`ChunkCap`]). The
 /// names share one buffer, so a chunk costs 32 bytes per entry plus its name, and no
 /// allocation per entry; the buffers are kept (cleared) for the thread's next directory.
 #[derive(Default)]
@@ -600,8 +634,8 @@ impl Chunk {
         });
     }
 
-    fn is_full(&self, max_entries: usize) -> bool {
-        self.entries.len() >= max_entries || self.names.len() >= CHUNK_NAME_BYTES
+    fn is_full(&self, cap: ChunkCap) -> bool {
+        self.entries.len() >= cap.entries || self.names.len() >= cap.name_bytes
     }
 
     fn clear(&mut self) {
@@ -624,6 +658,7 @@ struct Worker<'s, 'a> {
     shared: &'s Shared<'a>,
     /// On the thread that may start more threads: called between entries.
     grow: Option<&'s mut dyn FnMut()>,
+    cap: ChunkCap,
     buf: Vec<MaybeUninit<u8>>,
     chunk: Chunk,
     unpublished: Counts,
@@ -633,10 +668,12 @@ struct Worker<'s, 'a> {
 }
 
 impl<'s, 'a> Worker<'s, 'a> {
-    fn new(shared: &'s Shared<'a>, grow: Option<&'s mut dyn FnMut()>) -> Self {
+    /// `grown`: started beyond [`RemoveOptions::threads`], so it holds a smaller chunk.
+    fn new(shared: &'s Shared<'a>, grow: Option<&'s mut dyn FnMut()>, grown: bool) -> Self {
         Worker {
             shared,
             grow,
+            cap: ChunkCap::of(shared.opts, grown),
             buf: vec![MaybeUninit::uninit(); DIRENT_BUF],
             chunk: Chunk::default(),
             unpublished: Counts::default(),
@@ -814,11 +851,6 @@ impl<'s, 'a> Worker<'s, 'a> {
         let mut buf = mem::take(&mut self.buf);
         let mut chunk = mem::take(&mut self.chunk);
         let order = self.shared.opts.order;
-        let max_entries = match order {
-            EntryOrder::Inode => self.shared.opts.chunk_entries.max(1),
-            // A chunk ends with its getdents buffer; never earlier.
-            EntryOrder::Directory => usize::MAX,
-        };
         let mut stopped = false;
         {
             let mut dir = RawDir::new(fd.as_fd(), &mut buf);
@@ -860,7 +892,7 @@ impl<'s, 'a> Worker<'s, 'a> {
                             chunk.push(entry.ino(), name, entry.file_type());
                         }
                     }
-                    if chunk.is_full(max_entries)
+                    if chunk.is_full(self.cap)
                         || (order == EntryOrder::Directory && dir.is_buffer_empty())
                     {
                         break;
@@ -1122,17 +1154,60 @@ mod tests {
 
     #[test]
     fn a_chunk_is_full_at_its_entry_cap_or_its_name_budget() {
+        let two = ChunkCap {
+            entries: 2,
+            name_bytes: CHUNK_NAME_BYTES,
+        };
         let mut chunk = Chunk::default();
         chunk.push(1, c"x", FileType::RegularFile);
-        assert!(!chunk.is_full(2));
+        assert!(!chunk.is_full(two));
         chunk.push(2, c"y", FileType::RegularFile);
-        assert!(chunk.is_full(2));
-        let mut long = Chunk::default();
+        assert!(chunk.is_full(two));
         let name = CString::new(vec![b'n'; 255]).unwrap_or_default();
-        while !long.is_full(usize::MAX) {
-            long.push(0, &name, FileType::RegularFile);
+        for grown in [false, true] {
+            let cap = ChunkCap::of(&RemoveOptions::default(), grown);
+            let mut long = Chunk::default();
+            while !long.is_full(cap) {
+                long.push(0, &name, FileType::RegularFile);
+            }
+            assert_eq!(long.entries.len(), cap.name_bytes.div_ceil(256));
         }
-        assert_eq!(long.entries.len(), CHUNK_NAME_BYTES.div_ceil(256));
+    }
+
+    #[test]
+    fn a_thread_the_removal_grew_by_holds_an_eighth_of_a_chunk() {
+        let opts = RemoveOptions::default();
+        assert_eq!(
+            ChunkCap::of(&opts, false),
+            ChunkCap {
+                entries: 65_536,
+                name_bytes: 4 << 20
+            }
+        );
+        assert_eq!(
+            ChunkCap::of(&opts, true),
+            ChunkCap {
+                entries: 8_192,
+                name_bytes: 512 << 10
+            }
+        );
+        let tiny = RemoveOptions {
+            chunk_entries: 3,
+            ..RemoveOptions::default()
+        };
+        assert_eq!(
+            ChunkCap::of(&tiny, true).entries,
+            1,
+            "never below one entry"
+        );
+        let directory = RemoveOptions {
+            order: EntryOrder::Directory,
+            ..RemoveOptions::default()
+        };
+        assert!(
+            ChunkCap::of(&directory, true).entries > 1 << 40,
+            "buffer-bound"
+        );
     }
 
     #[test]
