@@ -86,30 +86,10 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
-            "--threads" => {
-                threads = rest
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| *n > 0)
-                    .ok_or("--threads needs a positive number")?;
-            }
-            "--max-threads" => {
-                max_threads = Some(
-                    rest.next()
-                        .and_then(|n| n.parse().ok())
-                        .filter(|n| *n > 0)
-                        .ok_or("--max-threads needs a positive number")?,
-                );
-            }
+            "--threads" => threads = positive(arg, rest.next())?,
+            "--max-threads" => max_threads = Some(positive(arg, rest.next())?),
             "--count-bytes" => count_bytes = true,
-            "--max-ops-per-second" => {
-                max_ops = Some(
-                    rest.next()
-                        .and_then(|n| n.parse().ok())
-                        .filter(|n| *n > 0)
-                        .ok_or("--max-ops-per-second needs a positive number")?,
-                );
-            }
+            "--max-ops-per-second" => max_ops = Some(positive(arg, rest.next())?),
             "--order" => {
                 order = match rest.next().map(String::as_str) {
                     Some("inode") => EntryOrder::Inode,
@@ -117,13 +97,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
                     _ => return Err("--order needs `inode` or `directory`".into()),
                 };
             }
-            "--chunk-entries" => {
-                chunk_entries = rest
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| *n > 0)
-                    .ok_or("--chunk-entries needs a positive number")?;
-            }
+            "--chunk-entries" => chunk_entries = positive(arg, rest.next())?,
             // `cargo bench` appends it to every bench target's arguments.
             "--bench" => {}
             flag if flag.starts_with('-') => flags.push(flag),
@@ -146,6 +120,17 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
         order,
         chunk_entries,
     }))
+}
+
+/// The positive number given to `flag`.
+fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(
+    flag: &str,
+    value: Option<&String>,
+) -> Result<T, String> {
+    value
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > T::from(0))
+        .ok_or_else(|| format!("{flag} needs a positive number"))
 }
 
 /// Removes `args.dir` with the engine and prints the one-line report.

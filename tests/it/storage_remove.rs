@@ -468,12 +468,18 @@ fn a_removal_waiting_for_its_rate_limit_stops_when_cancelled() {
     );
 }
 
-#[test]
-fn a_removal_whose_threads_wait_on_the_storage_starts_more_up_to_its_cap() {
-    let sb = Sandbox::with(|c| {
+/// A sandbox whose removals start with 1 thread and may grow to 6, under `rate_limit`.
+fn growing_sandbox(rate_limit: Option<u32>) -> Sandbox {
+    Sandbox::with(|c| {
         c.removal_threads = 1;
         c.max_removal_threads = Some(6);
-    });
+        c.max_ops_per_second = rate_limit;
+    })
+}
+
+#[test]
+fn a_removal_whose_threads_wait_on_the_storage_starts_more_up_to_its_cap() {
+    let sb = growing_sandbox(None);
     let _disk = Ext4Image::new(&sb.vol(), 64);
     let f = new_folder();
     let path = sb.create(&f);
@@ -494,11 +500,7 @@ fn a_removal_whose_threads_wait_on_the_storage_starts_more_up_to_its_cap() {
 
 #[test]
 fn a_rate_limited_removal_keeps_its_threads_though_they_wait() {
-    let sb = Sandbox::with(|c| {
-        c.removal_threads = 1;
-        c.max_removal_threads = Some(6);
-        c.max_ops_per_second = Some(1_000_000);
-    });
+    let sb = growing_sandbox(Some(1_000_000));
     let _disk = Ext4Image::new(&sb.vol(), 64);
     let f = new_folder();
     let path = sb.create(&f);
@@ -517,10 +519,7 @@ fn a_rate_limited_removal_keeps_its_threads_though_they_wait() {
 
 #[test]
 fn a_removal_that_keeps_its_core_busy_does_not_start_more_threads() {
-    let sb = Sandbox::with(|c| {
-        c.removal_threads = 1;
-        c.max_removal_threads = Some(6);
-    });
+    let sb = growing_sandbox(None);
     // On tmpfs an unlink never waits for a device: the one thread is busy, not asleep.
     let _tmpfs = TmpfsMount::new(&sb.vol());
     let f = new_folder();
