@@ -386,6 +386,8 @@ async fn remove(
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     watch.tick().await;
     let mut watch_pending: PendingCheck = None;
+    // What this removal last added to the volume's thread gauge (refreshed every watch).
+    let mut threads_shown = 0i64;
     let mut lease_lost = false;
     let mut deleted = false;
     let mut volume_lost = None;
@@ -393,6 +395,9 @@ async fn remove(
         tokio::select! {
             joined = &mut task => break joined,
             _ = watch.tick(), if volume_lost.is_none() => {
+                let threads = i64::try_from(progress.threads()).unwrap_or(i64::MAX);
+                ctx.metrics.add_removal_threads(&host, threads - threads_shown);
+                threads_shown = threads;
                 // A check the process could not run (out of descriptors) proves nothing.
                 if let Err(CheckFailed::Volume(reason)) = volume_health::check(&ctx.volumes, &host, &mut watch_pending).await {
                     tracing::debug!(%reason, "volume lost during the removal; stopping it");
@@ -432,6 +437,7 @@ async fn remove(
             }
         }
     };
+    ctx.metrics.add_removal_threads(&host, -threads_shown);
     let counts = progress.snapshot();
     let outcome = match joined {
         Ok(Ok(RemoveOutcome::Completed(report))) => Outcome::Removed {

@@ -110,6 +110,7 @@ pub struct Metrics {
     reconciles: Family<ActionResult, Counter>,
     reconcile_duration: HistogramFamily<ActionLabel>,
     removals_in_flight: Family<VolumeLabel, Gauge>,
+    removal_threads: Family<VolumeLabel, Gauge>,
     removals: Family<VolumeResult, Counter>,
     files_removed: Family<VolumeLabel, Counter>,
     dirs_removed: Family<VolumeLabel, Counter>,
@@ -155,6 +156,7 @@ impl Metrics {
             reconciles: Family::default(),
             reconcile_duration: Family::new_with_constructor(reconcile_histogram),
             removals_in_flight: Family::default(),
+            removal_threads: Family::default(),
             removals: Family::default(),
             files_removed: Family::default(),
             dirs_removed: Family::default(),
@@ -217,6 +219,11 @@ impl Metrics {
             "removals_in_flight",
             "Folder removals running now in this replica, by volume",
             self.removals_in_flight.clone(),
+        );
+        registry.register(
+            "removal_threads",
+            "OS threads the running folder removals use now in this replica, by volume",
+            self.removal_threads.clone(),
         );
         registry.register(
             "removals",
@@ -383,6 +390,17 @@ impl Metrics {
         self.removals_in_flight
             .get_or_create(&volume_label(volume))
             .inc();
+    }
+
+    /// The running removals on `volume` use `delta` more (or fewer) OS threads than last
+    /// reported. A removal reports the change of its own count and, when it ends, takes
+    /// back all it reported, so the gauge is the sum over the removals running now.
+    pub fn add_removal_threads(&self, volume: &str, delta: i64) {
+        if delta != 0 {
+            self.removal_threads
+                .get_or_create(&volume_label(volume))
+                .inc_by(delta);
+        }
     }
 
     /// A removal on `volume` ended (any `result`): the in-flight gauge goes down by one, it

@@ -54,9 +54,25 @@ pub struct Progress {
     symlinks: AtomicU64,
     bytes: AtomicU64,
     errors: AtomicU64,
+    threads: AtomicU64,
 }
 
 impl Progress {
+    /// OS threads removing right now (0 once the removal returned). With growth
+    /// ([`RemoveOptions::max_threads`]) this rises while the storage makes threads wait.
+    pub fn threads(&self) -> u64 {
+        self.threads.load(Ordering::Relaxed)
+    }
+
+    /// A removal thread starts (`true`) or ends its work.
+    fn thread_working(&self, working: bool) {
+        if working {
+            self.threads.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.threads.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// How many entries failed so far (the first failure is what the removal returns).
     /// Updated when a pass over the tree ends.
     pub fn errors(&self) -> u64 {

@@ -670,6 +670,7 @@ struct Worker<'s, 'a> {
 impl<'s, 'a> Worker<'s, 'a> {
     /// `grown`: started beyond [`RemoveOptions::threads`], so it holds a smaller chunk.
     fn new(shared: &'s Shared<'a>, grow: Option<&'s mut dyn FnMut()>, grown: bool) -> Self {
+        shared.progress.thread_working(true);
         Worker {
             shared,
             grow,
@@ -706,7 +707,7 @@ impl<'s, 'a> Worker<'s, 'a> {
             }
         }
         self.publish();
-        self.total
+        mem::take(&mut self.total)
     }
 
     fn next_work(&mut self) -> Option<Work> {
@@ -1116,6 +1117,13 @@ impl<'s, 'a> Worker<'s, 'a> {
                 Removed::Failed
             }
         }
+    }
+}
+
+impl Drop for Worker<'_, '_> {
+    /// Also when the thread unwinds: `Progress::threads` counts only threads at work.
+    fn drop(&mut self) {
+        self.shared.progress.thread_working(false);
     }
 }
 

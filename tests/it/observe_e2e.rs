@@ -7,6 +7,7 @@ use crate::harness;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::storage_support::{Ext4Image, sync_directory_updates};
 use common::TestDb;
 use harness::{Site, free_port, http_get};
 use vfolder_controller::lifecycle::Status;
@@ -92,6 +93,17 @@ async fn metrics_count_a_real_removal_and_pass_promtool_and_prometheus() {
             &format!("vfolder_controller_removals_in_flight{{{volume}}}")
         ),
         Some(0.0)
+    );
+    // A removal takes back the threads it reported (none, if it ended within a second).
+    assert!(
+        matches!(
+            sample(
+                &after,
+                &format!("vfolder_controller_removal_threads{{{volume}}}")
+            ),
+            None | Some(0.0)
+        ),
+        "{after}"
     );
     assert!(after.contains("vfolder_controller_build_info"));
 
@@ -210,4 +222,49 @@ async fn healthz_turns_503_while_the_loop_is_blocked_and_recovers() {
         .await
         .expect("unlock");
     wait_code("/healthz", 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_thread_gauge_shows_a_removal_growing_on_slow_storage_and_its_end() {
+    let port = free_port();
+    let site = Site::new(TestDb::postgres().await, "", "").await;
+    // The volume on its own ext4 filesystem, the folder's directories with synchronous
+    // updates: every unlink waits for a journal commit, so the removal's threads wait.
+    let _disk = Ext4Image::new(site.mount(), 256);
+    let folder = site.folder_with_tree("slow", 40, 250).await;
+    sync_directory_updates(&site.folder_path(&folder));
+    let proc = site.start_with(
+        "m1",
+        &[(
+            "VFOLDER_CONTROLLER_HTTP_LISTEN",
+            &format!("127.0.0.1:{port}"),
+        )],
+    );
+    proc.wait_log("controller running", Duration::from_secs(60));
+    let series = "vfolder_controller_removal_threads{volume=\"local:volume1\"}";
+
+    assert_eq!(site.cli(&["force-delete", &folder.id.to_string()]).0, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut most = 0.0f64;
+    while site.detail(folder.id).await.folder.status != Status::DeleteComplete {
+        most = most.max(sample(&scrape(port), series).unwrap_or(0.0));
+        assert!(Instant::now() < deadline, "the removal did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let start = site.volume.removal_threads as f64;
+    assert!(
+        most > start || start >= 16.0,
+        "the gauge never showed more than the {start} threads a removal starts with: {most}"
+    );
+    assert_eq!(
+        sample(&scrape(port), series),
+        Some(0.0),
+        "{}",
+        proc.log_text()
+    );
+    assert!(
+        proc.log_text().contains("threads="),
+        "the completion log line names the threads: {}",
+        proc.log_text()
+    );
 }

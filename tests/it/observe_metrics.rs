@@ -67,6 +67,12 @@ fn exercised() -> Metrics {
     m.removal_started("local:volume1");
     m.removal_started("local:volume1");
     m.removal_started("nfs:volume2");
+    // Two removals on nfs:volume2: one grew from 2 to 16 threads, one started with 2 and
+    // ended (taking back what it had added).
+    m.add_removal_threads("nfs:volume2", 2);
+    m.add_removal_threads("nfs:volume2", 2);
+    m.add_removal_threads("nfs:volume2", 14);
+    m.add_removal_threads("nfs:volume2", -2);
     m.removal_finished(
         "local:volume1",
         1000,
@@ -205,6 +211,10 @@ fn calls_show_up_with_their_labels_and_values() {
     assert_eq!(
         v("vfolder_controller_removals_in_flight{volume=\"nfs:volume2\"}"),
         1.0
+    );
+    assert_eq!(
+        v("vfolder_controller_removal_threads{volume=\"nfs:volume2\"}"),
+        16.0
     );
     assert_eq!(
         v("vfolder_controller_files_removed_total{volume=\"local:volume1\"}"),

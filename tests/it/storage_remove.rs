@@ -486,7 +486,21 @@ fn a_removal_whose_threads_wait_on_the_storage_starts_more_up_to_its_cap() {
     let expected = fill(&path, 20, 40);
     sync_directory_updates(&path);
     let before = sb.snapshot_except(&path);
-    let Outcome::Completed(report) = sb.remove(&f).unwrap() else {
+    let progress = Progress::default();
+    let (outcome, most_seen) = std::thread::scope(|s| {
+        let removal = s.spawn(|| {
+            sb.volume
+                .remove_folder(&f, &CancellationToken::new(), &progress)
+                .unwrap()
+        });
+        let mut most = 0;
+        while !removal.is_finished() {
+            most = most.max(progress.threads());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        (removal.join().unwrap(), most)
+    });
+    let Outcome::Completed(report) = outcome else {
         panic!("cancelled, though nothing cancels it");
     };
     assert_eq!(report.counts, expected);
@@ -494,6 +508,12 @@ fn a_removal_whose_threads_wait_on_the_storage_starts_more_up_to_its_cap() {
         (2..=6).contains(&report.threads),
         "started with 1 thread, may grow to 6: {report:?}"
     );
+    // The live count shows the growth while it runs, and nothing once it returned.
+    assert!(
+        most_seen >= 2 && most_seen as usize <= report.threads,
+        "seen {most_seen} threads at work, report {report:?}"
+    );
+    assert_eq!(progress.threads(), 0);
     assert!(!path.exists());
     assert_same(&before, &sb.snapshot_except(&path));
 }
