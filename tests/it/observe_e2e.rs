@@ -26,11 +26,8 @@ fn scrape(port: u16) -> String {
     body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_a_real_removal_and_pass_promtool_and_prometheus() {
-    let port = free_port();
-    let site = Site::new(TestDb::postgres().await, "", "").await;
-    let folder = site.folder_with_tree("measured", 4, 25).await;
+/// Starts a controller serving `/metrics` on `port` and waits until it runs.
+fn start_serving_metrics(site: &Site, port: u16) -> harness::Proc {
     let proc = site.start_with(
         "m1",
         &[(
@@ -39,6 +36,15 @@ async fn metrics_count_a_real_removal_and_pass_promtool_and_prometheus() {
         )],
     );
     proc.wait_log("controller running", Duration::from_secs(60));
+    proc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_real_removal_and_pass_promtool_and_prometheus() {
+    let port = free_port();
+    let site = Site::new(TestDb::postgres().await, "", "").await;
+    let folder = site.folder_with_tree("measured", 4, 25).await;
+    let _proc = start_serving_metrics(&site, port);
 
     let volume = "volume=\"local:volume1\"";
     let before = scrape(port);
@@ -233,14 +239,7 @@ async fn the_thread_gauge_shows_a_removal_growing_on_slow_storage_and_its_end() 
     let _disk = Ext4Image::new(site.mount(), 256);
     let folder = site.folder_with_tree("slow", 40, 250).await;
     sync_directory_updates(&site.folder_path(&folder));
-    let proc = site.start_with(
-        "m1",
-        &[(
-            "VFOLDER_CONTROLLER_HTTP_LISTEN",
-            &format!("127.0.0.1:{port}"),
-        )],
-    );
-    proc.wait_log("controller running", Duration::from_secs(60));
+    let proc = start_serving_metrics(&site, port);
     let series = "vfolder_controller_removal_threads{volume=\"local:volume1\"}";
 
     assert_eq!(site.cli(&["force-delete", &folder.id.to_string()]).0, 0);
