@@ -14,6 +14,8 @@
 #                                             # another build (A/B) with the same bench
 #   VFC_BENCH_TRASH=200000 bash benches/controller.sh ...  # that many folders in the trash
 #                                             # (delete-pending, in place) throughout
+#   VFC_BENCH_TRASH_MOVED=1 VFC_BENCH_TRASH=N ...   # the volume moves its trash, and those
+#                                             # N folders are already moved
 #   VFC_BENCH_RTT_US=500 bash benches/controller.sh ...   # the controller reaches the database
 #                                             # through benches/tools' delay_proxy, 250 us each
 #                                             # way: a database on another host

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgListener};
 use uuid::Uuid;
-use vfolder_controller::config::{Config, DEFAULT_MAX_REMOVAL_THREADS, VolumeConfig};
+use vfolder_controller::config::{Config, DEFAULT_MAX_REMOVAL_THREADS, TrashMode, VolumeConfig};
 use vfolder_controller::lifecycle::Status;
 use vfolder_controller::storage::{FolderRef, Volumes};
 use vfolder_controller::store::{self, EVENT_CHANNEL};
@@ -84,10 +84,18 @@ async fn main() -> Res<()> {
         .ok()
         .and_then(|w| w.parse().ok())
         .unwrap_or(16);
+    // `VFC_BENCH_TRASH_MOVED=1`: the volume moves its trash, and the folders of
+    // `VFC_BENCH_TRASH` are already moved (what a claim that looks for moves must read past).
+    let moved = std::env::var("VFC_BENCH_TRASH_MOVED").is_ok_and(|v| v == "1");
     let volume = VolumeConfig {
         mount: mount.clone(),
         max_concurrent_removals: workers,
         removal_threads: 1,
+        trash: if moved {
+            TrashMode::Move
+        } else {
+            TrashMode::InPlace
+        },
         ..VolumeConfig::builtin_default()
     };
     let config_path = site.path().join("config.toml");
@@ -96,7 +104,10 @@ async fn main() -> Res<()> {
         &args.controller_database_url,
         &volume,
         &format!("max_concurrent_removals = {workers}"),
-        &format!("removal_threads = 1\nmax_concurrent_removals = {workers}"),
+        &format!(
+            "removal_threads = 1\nmax_concurrent_removals = {workers}{}",
+            if moved { "\ntrash = \"move\"" } else { "" }
+        ),
     )?;
     Config::load(Some(&config_path), Vec::new())?;
     let store = store::connect(&args.database_url).await?;
@@ -155,8 +166,19 @@ async fn main() -> Res<()> {
         ))
         .execute(&mut db)
         .await?;
+        if moved {
+            sqlx::raw_sql(
+                "INSERT INTO vfolder_controller_state (vfolder_id, location)
+                 SELECT id, 'trash' FROM vfolders WHERE name LIKE 'trash-%'",
+            )
+            .execute(&mut db)
+            .await?;
+        }
         sqlx::raw_sql("VACUUM ANALYZE").execute(&mut db).await?;
-        println!("{trash} folders in the trash (delete-pending, in place) for the whole run\n");
+        println!(
+            "{trash} folders in the trash (delete-pending, {}) for the whole run\n",
+            if moved { "moved" } else { "in place" }
+        );
     }
     let (files, dirs) = if args.quick {
         (20_000, 200)

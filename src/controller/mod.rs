@@ -120,6 +120,8 @@ impl Context {
 struct Served {
     host: String,
     moves_trash: bool,
+    /// The last claim that looked for moves found some (see [`looks_for_moves`]).
+    moves_found: bool,
     slots: Arc<Semaphore>,
     /// Free slots worth a claim when the only news is a finished worker (see `pass`).
     refill_batch: usize,
@@ -139,6 +141,7 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
         .map(|v| Served {
             host: v.host.clone(),
             moves_trash: v.trash == TrashMode::Move,
+            moves_found: false,
             slots: Arc::new(Semaphore::new(v.max_concurrent_removals)),
             refill_batch: (v
                 .max_concurrent_removals
@@ -284,6 +287,17 @@ impl Drop for Slot {
     }
 }
 
+/// Whether a claim on this volume looks for moves into and out of the trash. Finding none
+/// costs a read of every folder already in that trash (an index cannot tell moved from not
+/// moved: that is in the controller's own table), so a claim looks only when a move can be
+/// new: on a pass woken by a status change, the resync poll or a database retry (`eager`),
+/// or when the last look found moves (a backlog of moves keeps its slots busy). The refills
+/// of a backlog of removals, most passes, skip it. A move that falls due without a status
+/// change (its backoff ended, another replica's lease expired) waits for the resync poll.
+fn looks_for_moves(volume: &Served, eager: bool) -> bool {
+    volume.moves_trash && (eager || volume.moves_found)
+}
+
 /// Folders in flight in one replica (removing, or removed and waiting for their result to
 /// be written), per slot of `controller.max_concurrent_removals`. Results are written in
 /// batches within milliseconds, so this is only reached when the database is slow to take
@@ -392,11 +406,12 @@ impl Runner {
             }
             let host = self.served[i].host.clone();
             let slots = self.served[i].slots.clone();
+            let moves = looks_for_moves(&self.served[i], eager);
             let request = ClaimRequest {
                 owner: self.ctx.replica.clone(),
                 lease: self.ctx.config.lease_duration,
                 limit: free as u32,
-                move_hosts: if self.served[i].moves_trash {
+                move_hosts: if moves {
                     vec![host.clone()]
                 } else {
                     Vec::new()
@@ -405,6 +420,9 @@ impl Runner {
                 exclude: self.running.values().copied().collect(),
             };
             let claims = self.ctx.store.claim_due(&request).await?;
+            if moves {
+                self.served[i].moves_found = claims.iter().any(|c| c.kind != WorkKind::Remove);
+            }
             // Slots freed while the claim ran (results are written after the slot is given
             // back) wait for the next pass: counting them now would add a tombstone claim
             // to nearly every pass of a backlog.
@@ -484,5 +502,32 @@ impl Runner {
         );
         let handle = self.workers.spawn(work.instrument(span));
         self.running.insert(handle.id(), id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(moves_trash: bool, moves_found: bool) -> Served {
+        Served {
+            host: "local:v".into(),
+            moves_trash,
+            moves_found,
+            slots: Arc::new(Semaphore::new(1)),
+            refill_batch: 1,
+        }
+    }
+
+    #[test]
+    fn a_claim_looks_for_moves_when_one_can_be_new_or_the_last_look_found_some() {
+        // A volume whose trash is in place has no moves to look for.
+        assert!(!looks_for_moves(&volume(false, false), true));
+        assert!(!looks_for_moves(&volume(false, true), true));
+        // Woken by a status change, the poll or a retry: always look.
+        assert!(looks_for_moves(&volume(true, false), true));
+        // A refill after a finished folder: only while moves keep being found.
+        assert!(looks_for_moves(&volume(true, true), false));
+        assert!(!looks_for_moves(&volume(true, false), false));
     }
 }

@@ -545,6 +545,45 @@ async fn a_status_change_is_picked_up_by_notify_alone() {
     assert!(!site.folder_path(&folder).exists());
 }
 
+/// Moves are looked for on a pass a status change woke, and on the refills that follow
+/// while moves keep being found: a backlog of moves on a volume with one slot converges
+/// folder after folder, though all of them were trashed by one statement (one wake-up) and
+/// the resync poll is an hour away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_moves_keeps_its_slot_busy_without_the_poll() {
+    let site = Site::new(
+        TestDb::postgres().await,
+        "",
+        "trash = \"move\"\nmax_concurrent_removals = 1",
+    )
+    .await;
+    let mut folders = Vec::new();
+    for i in 0..6 {
+        folders.push(site.folder_with_tree(&format!("backlog-{i}"), 2, 5).await);
+    }
+    let proc = site.start_with(
+        "r1",
+        &[
+            ("VFOLDER_CONTROLLER_CONTROLLER_RESYNC_INTERVAL", "1h"),
+            ("VFOLDER_CONTROLLER_CONTROLLER_POLL_INTERVAL", "1h"),
+        ],
+    );
+    proc.wait_log("listening for status events", LONG);
+    // Past the first pass: from here only a wake-up or a refill makes the loop claim.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    site.raw_sql("UPDATE vfolders SET status = 'delete-pending' WHERE name LIKE 'backlog-%'")
+        .await;
+    for folder in &folders {
+        site.wait_for(folder.id, Duration::from_secs(10), "moved to trash", |d| {
+            d.state
+                .as_ref()
+                .is_some_and(|s| s.location == Location::Trash)
+        })
+        .await;
+        assert!(site.trash_path(folder).is_dir() && !site.folder_path(folder).exists());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failure_goes_to_delete_error_and_retry_recovers() {
     let site = Site::new(TestDb::postgres().await, "", "").await;
