@@ -516,13 +516,9 @@ async fn trash_move_mode_restores_data_byte_for_byte(db: TestDb) {
     assert!(!trash.exists() && !live.exists());
 }
 
-/// The wake-up path on its own: with the resync poll an hour away, only the NOTIFY a status
-/// change sends can bring the controller to a folder within seconds (every other controller
-/// test also converges by polling, so a broken listener would pass them).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_status_change_is_picked_up_by_notify_alone() {
-    let site = Site::new(TestDb::postgres().await, "", "").await;
-    let folder = site.folder_with_tree("notify-only", 2, 10).await;
+/// Starts a replica whose resync poll is an hour away and waits past its first pass: from
+/// then on only a wake-up (or a refill after a finished folder) makes its loop claim.
+async fn start_with_the_poll_an_hour_away(site: &Site) -> harness::Proc {
     let proc = site.start_with(
         "r1",
         &[
@@ -531,8 +527,18 @@ async fn a_status_change_is_picked_up_by_notify_alone() {
         ],
     );
     proc.wait_log("listening for status events", LONG);
-    // Past the first pass: from here only a wake-up makes the loop claim again.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    proc
+}
+
+/// The wake-up path on its own: with the resync poll an hour away, only the NOTIFY a status
+/// change sends can bring the controller to a folder within seconds (every other controller
+/// test also converges by polling, so a broken listener would pass them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_change_is_picked_up_by_notify_alone() {
+    let site = Site::new(TestDb::postgres().await, "", "").await;
+    let folder = site.folder_with_tree("notify-only", 2, 10).await;
+    let _proc = start_with_the_poll_an_hour_away(&site).await;
     site.raw_sql(&format!(
         "UPDATE vfolders SET status = 'delete-ongoing' WHERE id = '{}'",
         folder.id
@@ -561,16 +567,7 @@ async fn a_backlog_of_moves_keeps_its_slot_busy_without_the_poll() {
     for i in 0..6 {
         folders.push(site.folder_with_tree(&format!("backlog-{i}"), 2, 5).await);
     }
-    let proc = site.start_with(
-        "r1",
-        &[
-            ("VFOLDER_CONTROLLER_CONTROLLER_RESYNC_INTERVAL", "1h"),
-            ("VFOLDER_CONTROLLER_CONTROLLER_POLL_INTERVAL", "1h"),
-        ],
-    );
-    proc.wait_log("listening for status events", LONG);
-    // Past the first pass: from here only a wake-up or a refill makes the loop claim.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _proc = start_with_the_poll_an_hour_away(&site).await;
     site.raw_sql("UPDATE vfolders SET status = 'delete-pending' WHERE name LIKE 'backlog-%'")
         .await;
     for folder in &folders {
