@@ -515,12 +515,20 @@ async fn a_volume_with_reclaim_orphans_is_scanned_and_reclaimed_by_run(db: TestD
         "a live folder was touched"
     );
     assert!(mount.join("README").is_file(), "a foreign file was touched");
-    let audit: Vec<_> = site
-        .audit(None)
-        .await
-        .into_iter()
-        .filter(|e| e.action == "orphan-reclaimed")
-        .collect();
+    // The audit entry is written once the removal has returned, a moment after the
+    // directory is gone.
+    let audit = loop {
+        let audit: Vec<_> = site
+            .audit(None)
+            .await
+            .into_iter()
+            .filter(|e| e.action == "orphan-reclaimed")
+            .collect();
+        if !audit.is_empty() || Instant::now() >= deadline {
+            break audit;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(audit.len(), 1, "{audit:#?}");
     assert_eq!(audit[0].actor.as_deref(), Some("r1"));
     drop(proc);
