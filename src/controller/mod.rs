@@ -155,7 +155,7 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
 
     let maintenance = CancellationToken::new();
     let mut background = JoinSet::new();
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::new(wakeup::Wake::default());
     let interval = if ctx.store.capabilities().notifications {
         ctx.config.resync_interval
     } else {
@@ -290,12 +290,14 @@ impl Drop for Slot {
 /// Whether a claim on this volume looks for moves into and out of the trash. Finding none
 /// costs a read of every folder already in that trash (an index cannot tell moved from not
 /// moved: that is in the controller's own table), so a claim looks only when a move can be
-/// new: on a pass woken by a status change, the resync poll or a database retry (`eager`),
+/// new (`moves_may_be_new`): after the resync poll, a database retry, the listener's
+/// (re)connection, the volume's return, or a status change to `delete-pending` or `ready`;
 /// or when the last look found moves (a backlog of moves keeps its slots busy). The refills
-/// of a backlog of removals, most passes, skip it. A move that falls due without a status
-/// change (its backoff ended, another replica's lease expired) waits for the resync poll.
-fn looks_for_moves(volume: &Served, eager: bool) -> bool {
-    volume.moves_trash && (eager || volume.moves_found)
+/// of a backlog of removals and the wake-ups for `delete-ongoing`, most passes, skip it. A
+/// move that falls due without a status change (its backoff ended, another replica's lease
+/// expired) waits for the resync poll.
+fn looks_for_moves(volume: &Served, moves_may_be_new: bool) -> bool {
+    volume.moves_trash && (moves_may_be_new || volume.moves_found)
 }
 
 /// Folders in flight in one replica (removing, or removed and waiting for their result to
@@ -319,14 +321,17 @@ struct Runner {
 }
 
 impl Runner {
-    async fn run(&mut self, interval: Duration, wake: &Notify, shutdown: &CancellationToken) {
+    async fn run(&mut self, interval: Duration, wake: &wakeup::Wake, shutdown: &CancellationToken) {
         let mut db_failures = 0u32;
         // A wake-up, a poll tick or a database retry claims whatever is free; a finished
         // worker alone waits until a batch of slots is free, so a backlog of small folders is
         // claimed a few rows per statement instead of one.
         let mut eager = true;
+        // Whether a move into or out of a trash may have fallen due since the last pass:
+        // after a poll tick, a retry, or a wake-up that says so (not one for delete-ongoing).
+        let mut moves_may_be_new = true;
         loop {
-            match self.pass(eager).await {
+            match self.pass(eager, moves_may_be_new).await {
                 Ok(()) => {
                     if db_failures > 0 {
                         tracing::info!("database reachable again");
@@ -356,15 +361,15 @@ impl Runner {
             } else {
                 jittered(interval)
             };
-            eager = tokio::select! {
+            (eager, moves_may_be_new) = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = wake.notified() => true,
-                _ = self.slot_freed.notified() => false,
+                _ = wake.notified() => (true, wake.take_moves()),
+                _ = self.slot_freed.notified() => (false, false),
                 Some(done) = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
                     self.finished(done);
-                    false
+                    (false, false)
                 }
-                _ = tokio::time::sleep(pause) => true,
+                _ = tokio::time::sleep(pause) => (true, true),
             };
             while let Some(done) = self.workers.try_join_next_with_id() {
                 self.finished(done);
@@ -385,7 +390,12 @@ impl Runner {
 
     /// One pass: for every served volume with free slots, claim due rows and start them.
     /// Unless `eager`, a volume is skipped until `refill_batch` of its slots are free.
-    async fn pass(&mut self, eager: bool) -> Result<(), crate::store::Error> {
+    /// `moves_may_be_new`: see [`looks_for_moves`].
+    async fn pass(
+        &mut self,
+        eager: bool,
+        moves_may_be_new: bool,
+    ) -> Result<(), crate::store::Error> {
         // Out of descriptors or memory: more claims would only meet the same shortage.
         if self.ctx.pressure.paused() {
             return Ok(());
@@ -406,7 +416,7 @@ impl Runner {
             }
             let host = self.served[i].host.clone();
             let slots = self.served[i].slots.clone();
-            let moves = looks_for_moves(&self.served[i], eager);
+            let moves = looks_for_moves(&self.served[i], moves_may_be_new);
             let request = ClaimRequest {
                 owner: self.ctx.replica.clone(),
                 lease: self.ctx.config.lease_duration,
@@ -524,9 +534,9 @@ mod tests {
         // A volume whose trash is in place has no moves to look for.
         assert!(!looks_for_moves(&volume(false, false), true));
         assert!(!looks_for_moves(&volume(false, true), true));
-        // Woken by a status change, the poll or a retry: always look.
+        // A move may be new (the poll, a retry, a status change that can start one): look.
         assert!(looks_for_moves(&volume(true, false), true));
-        // A refill after a finished folder: only while moves keep being found.
+        // A refill, or a wake-up for delete-ongoing: only while moves keep being found.
         assert!(looks_for_moves(&volume(true, true), false));
         assert!(!looks_for_moves(&volume(true, false), false));
     }

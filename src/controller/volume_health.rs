@@ -225,7 +225,7 @@ pub async fn probe(
     ctx: Arc<Context>,
     host: String,
     interval: Duration,
-    wake: Arc<Notify>,
+    wake: Arc<super::wakeup::Wake>,
     cancel: CancellationToken,
 ) {
     let Some(entry) = ctx.volume_health.volumes.get(&host) else {
@@ -254,7 +254,8 @@ pub async fn probe(
             Ok(()) => {
                 failures = 0;
                 if ctx.volume_health.mark_available(&host).await {
-                    wake.notify_one();
+                    // Moves on the volume may have fallen due while it was away.
+                    wake.work(true);
                 }
                 delay = jittered(interval);
             }
