@@ -474,18 +474,22 @@ async fn reclaim_removes_only_orphans_no_row_claimed_during_the_grace_period(db:
     for kept in [&early, &blip, &late] {
         assert!(mount.join(kept).is_dir(), "{}", kept.display());
     }
-    let audit: Vec<_> = site
-        .audit(None)
-        .await
-        .into_iter()
-        .filter(|e| e.action == "orphan-reclaimed")
-        .collect();
+    let audit = reclaims(&site).await;
     assert_eq!(audit.len(), 1, "{audit:#?}");
     assert_eq!(audit[0].actor.as_deref(), Some("alice"));
     assert_eq!(audit[0].progress.map(|p| p.files), Some(6));
     // Reclaimed once: a second run finds nothing due.
     let (_, out, _) = site.cli(&["orphans", "reclaim"]);
     assert!(out.contains("0 reclaimed"), "{out}");
+}
+
+/// The audit entries of reclaimed orphans.
+async fn reclaims(site: &Site) -> Vec<vfolder_controller::store::AuditEntry> {
+    site.audit(None)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "orphan-reclaimed")
+        .collect()
 }
 
 async fn a_volume_with_reclaim_orphans_is_scanned_and_reclaimed_by_run(db: TestDb) {
@@ -518,12 +522,7 @@ async fn a_volume_with_reclaim_orphans_is_scanned_and_reclaimed_by_run(db: TestD
     // The audit entry is written once the removal has returned, a moment after the
     // directory is gone.
     let audit = loop {
-        let audit: Vec<_> = site
-            .audit(None)
-            .await
-            .into_iter()
-            .filter(|e| e.action == "orphan-reclaimed")
-            .collect();
+        let audit = reclaims(&site).await;
         if !audit.is_empty() || Instant::now() >= deadline {
             break audit;
         }
