@@ -311,11 +311,9 @@ fn run_pass(
         let mut tick = || crew.tick();
         let grow: Option<&mut dyn FnMut()> = shared.grows.then_some(&mut tick);
         let mut counts = Worker::new(&shared, grow, false).run();
+        let threads = crew.threads();
         counts.add(&crew.join());
-        Pass {
-            counts,
-            threads: crew.peak,
-        }
+        Pass { counts, threads }
     });
     progress.add_errors(shared.errors.load(Ordering::Relaxed));
     if let Some(err) = lock(&shared.first_error).take() {
@@ -339,8 +337,6 @@ struct Crew<'scope, 'env> {
     shared: &'env Shared<'env>,
     helpers: Vec<ScopedJoinHandle<'scope, Counts>>,
     max: usize,
-    /// The most threads (the caller included) that were working at once.
-    peak: usize,
     /// Created at the first look, so a removal shorter than a window never reads `/proc`.
     probe: Option<WaitProbe>,
     /// How many of `Shared::tids` the probe watches already.
@@ -355,26 +351,28 @@ impl<'scope, 'env> Crew<'scope, 'env> {
             shared,
             helpers: Vec::new(),
             max,
-            peak: 1,
             probe: None,
             watching: 0,
             next_look: Instant::now() + GROW_WINDOW,
         }
     }
 
+    /// The threads started so far, the caller included. Every one works until the pass
+    /// ends, so this is also the most that worked at once.
+    fn threads(&self) -> usize {
+        self.helpers.len() + 1
+    }
+
     /// Starts up to `n` more helpers, never beyond the cap.
     fn start(&mut self, n: usize) {
-        for _ in 0..n.min(self.max.saturating_sub(self.peak)) {
+        for _ in 0..n.min(self.max.saturating_sub(self.threads())) {
             let shared = self.shared;
-            let grown = self.peak >= shared.opts.threads.max(1);
+            let grown = self.threads() >= shared.opts.threads.max(1);
             let spawned = std::thread::Builder::new()
-                .name(format!("remove-{}", self.peak))
+                .name(format!("remove-{}", self.threads()))
                 .spawn_scoped(self.scope, move || Worker::new(shared, None, grown).run());
             match spawned {
-                Ok(handle) => {
-                    self.helpers.push(handle);
-                    self.peak += 1;
-                }
+                Ok(handle) => self.helpers.push(handle),
                 // Fewer threads is slower, not wrong.
                 Err(_) => break,
             }
@@ -400,7 +398,7 @@ impl<'scope, 'env> Crew<'scope, 'env> {
         }
         let window = probe.sample();
         let idle = Duration::from_nanos(self.shared.idle_ns.swap(0, Ordering::Relaxed));
-        if window.threads == 0 || self.peak >= self.max {
+        if window.threads == 0 || self.threads() >= self.max {
             return;
         }
         let waiting = lock(&self.shared.queue).work.len();
@@ -409,7 +407,7 @@ impl<'scope, 'env> Crew<'scope, 'env> {
             .length
             .saturating_mul(u32::try_from(window.threads).unwrap_or(u32::MAX));
         if waiting > 0 && asleep * 2 > total {
-            self.start(waiting.min(self.peak));
+            self.start(waiting.min(self.threads()));
         }
     }
 
