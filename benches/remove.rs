@@ -21,8 +21,9 @@
 //! fixed number; the controller's default is 16, see `volumes[].max_removal_threads`).
 //!
 //! With `DIR` it removes `DIR` and prints one line, `files=.. dirs=.. symlinks=.. bytes=..
-//! elapsed_ms=.. threads=.. max_threads=.. ops_per_s=.. limit=.. order=..` (`threads`: the
-//! most that worked at once; `ops_per_s`: unlinks and rmdirs
+//! elapsed_ms=.. threads=.. max_threads=.. helped=.. ops_per_s=.. limit=.. order=..` (`threads`: the
+//! most that worked at once; `helped`: entries unlinked by a thread helping another empty a
+//! big directory; `ops_per_s`: unlinks and rmdirs
 //! per second achieved; `limit`: the volume limit it ran under, `none` or `N`; `order`: the
 //! engine's `EntryOrder`, `inode` by default, `directory` for the order before it), exiting
 //! non-zero if the engine reported an error or `DIR` is still there. Without `DIR` (as a plain `cargo bench` or `cargo test --benches` runs it,
@@ -176,7 +177,7 @@ fn remove(args: &Args) -> Result<Counts, String> {
     let c = report.counts;
     let ops = c.files + c.dirs + c.symlinks;
     println!(
-        "files={} dirs={} symlinks={} bytes={} elapsed_ms={:.1} threads={} max_threads={} ops_per_s={:.0} limit={} order={}",
+        "files={} dirs={} symlinks={} bytes={} elapsed_ms={:.1} threads={} max_threads={} helped={} ops_per_s={:.0} limit={} order={}",
         c.files,
         c.dirs,
         c.symlinks,
@@ -184,6 +185,7 @@ fn remove(args: &Args) -> Result<Counts, String> {
         report.elapsed.as_secs_f64() * 1000.0,
         report.threads,
         opts.max_threads.max(opts.threads),
+        report.helped,
         ops as f64 / report.elapsed.as_secs_f64(),
         args.max_ops
             .map_or_else(|| "none".to_owned(), |n| n.to_string()),

@@ -145,14 +145,32 @@ pub struct Report {
     /// The most OS threads that removed at once: [`RemoveOptions::threads`], or more when
     /// the removal grew because its threads were waiting on the storage.
     pub threads: usize,
+    /// Files and symlinks unlinked by a thread that helped another empty a big directory
+    /// (see `storage::remove`), included in `counts`.
+    pub helped: u64,
 }
 
 impl Report {
-    fn new(counts: Counts, threads: usize, started: Instant) -> Report {
+    /// Nothing removed yet, by one thread, in no time.
+    fn nothing() -> Report {
         Report {
-            counts,
-            elapsed: started.elapsed(),
-            threads,
+            counts: Counts::default(),
+            elapsed: Duration::ZERO,
+            threads: 1,
+            helped: 0,
         }
+    }
+
+    /// Adds what `other` removed; `threads` keeps the most that removed at once.
+    fn absorb(&mut self, other: &Report) {
+        self.counts.add(&other.counts);
+        self.threads = self.threads.max(other.threads);
+        self.helped += other.helped;
+    }
+
+    /// This report, timed from `started` until now.
+    fn since(mut self, started: Instant) -> Report {
+        self.elapsed = started.elapsed();
+        self
     }
 }

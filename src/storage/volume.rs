@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::layout::{Layout, TRASH_DIR};
 use super::remove::{DIR_FLAGS, RemoveOptions, ident, remove_tree};
-use super::{Counts, Error, FolderRef, OpsLimiter, Outcome, Progress, Report};
+use super::{Error, FolderRef, OpsLimiter, Outcome, Progress, Report};
 use crate::config::VolumeConfig;
 
 /// Mode of directories this module creates (subject to the umask).
@@ -152,19 +152,17 @@ impl Volume {
         let started = std::time::Instant::now();
         let layout = Layout::of(folder)?;
         let root = self.open_root()?;
-        let mut counts = Counts::default();
-        let mut threads = 1;
+        let mut report = Report::nothing();
         for trash in [false, true] {
             let copy =
                 self.remove_copy(root.as_fd(), &layout, trash, folder.id, cancel, progress)?;
             let (Outcome::Completed(r) | Outcome::Cancelled(r)) = copy;
-            counts.add(&r.counts);
-            threads = threads.max(r.threads);
+            report.absorb(&r);
             if let Outcome::Cancelled(_) = copy {
-                return Ok(Outcome::Cancelled(Report::new(counts, threads, started)));
+                return Ok(Outcome::Cancelled(report.since(started)));
             }
         }
-        Ok(Outcome::Completed(Report::new(counts, threads, started)))
+        Ok(Outcome::Completed(report.since(started)))
     }
 
     /// Removes one copy of the folder: the trash copy with `trash`, else the live one, then
@@ -407,11 +405,7 @@ impl Volume {
         let comps = parent_comps(layout, trash);
         let started = std::time::Instant::now();
         let Some(dirs) = self.open_dirs(root, &comps, folder)? else {
-            return Ok(Outcome::Completed(Report::new(
-                Counts::default(),
-                1,
-                started,
-            )));
+            return Ok(Outcome::Completed(Report::nothing().since(started)));
         };
         let leaf = leaf_name(layout, folder)?;
         let parent = dirs.last().map_or(root, |f| f.as_fd());

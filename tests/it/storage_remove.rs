@@ -89,13 +89,10 @@ fn a_10000_deep_chain_is_removed() {
     assert_same(&before, &sb.snapshot_except(&path));
 }
 
-#[test]
-fn a_directory_of_100000_entries_is_removed() {
-    let sb = Sandbox::new();
-    let f = new_folder();
-    let path = sb.create(&f);
-    let dir = rustix::fs::open(&path, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
-    for i in 0..100_000 {
+/// Creates `n` empty files named `entry-<i>` in `dir`.
+fn many_files(dir: &Path, n: usize) {
+    let dir = rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+    for i in 0..n {
         let name = format!("entry-{i}");
         drop(
             rustix::fs::openat(
@@ -107,9 +104,59 @@ fn a_directory_of_100000_entries_is_removed() {
             .unwrap(),
         );
     }
+}
+
+#[test]
+fn a_directory_of_100000_entries_is_removed_by_both_threads() {
+    let sb = Sandbox::new();
+    let f = new_folder();
+    let path = sb.create(&f);
+    many_files(&path, 100_000);
     let before = sb.snapshot_except(&path);
-    let counts = completed(sb.remove(&f).unwrap());
-    assert_eq!((counts.files, counts.dirs), (100_000, 1));
+    let Outcome::Completed(report) = sb.remove(&f).unwrap() else {
+        panic!("cancelled, though nothing cancels it");
+    };
+    assert_eq!((report.counts.files, report.counts.dirs), (100_000, 1));
+    // The second thread had no directory of its own: everything it did was help.
+    assert!(
+        report.helped > 0 && report.helped < 100_000,
+        "the thread that read the directory and its helper share it: {report:?}"
+    );
+    assert!(!path.exists());
+    assert_same(&before, &sb.snapshot_except(&path));
+}
+
+#[test]
+fn a_big_directory_shared_by_its_threads_stops_when_cancelled_and_a_second_call_finishes() {
+    let sb = Sandbox::new();
+    let f = new_folder();
+    let path = sb.create(&f);
+    many_files(&path, 60_000);
+    let sub = path.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    many_files(&sub, 5_000);
+    let before = sb.snapshot_except(&path);
+    let cancel = CancellationToken::new();
+    let progress = Arc::new(Progress::default());
+    let first = cancel_after(20_000, &cancel, &progress, || {
+        sb.volume.remove_folder(&f, &cancel, &progress)
+    })
+    .unwrap();
+    let Outcome::Cancelled(first) = first else {
+        panic!("expected Cancelled, got {first:?}");
+    };
+    assert!(path.exists(), "partly removed");
+    assert!(first.counts.files < 65_000, "{first:?}");
+    let Outcome::Completed(second) = sb.remove(&f).unwrap() else {
+        panic!("cancelled, though nothing cancels it");
+    };
+    let mut total = first.counts;
+    total.add(&second.counts);
+    assert_eq!(
+        (total.files, total.dirs),
+        (65_000, 2),
+        "each entry counted once"
+    );
     assert!(!path.exists());
     assert_same(&before, &sb.snapshot_except(&path));
 }
@@ -137,6 +184,8 @@ fn two_removals_of_the_same_folder_at_once_both_succeed_and_count_each_entry_onc
         let f = new_folder();
         let path = sb.create(&f);
         let expected = fill(&path, 100, 40);
+        // One directory big enough that each removal's threads share it.
+        many_files(&path.join("d0"), 3_000);
         for d in 0..30 {
             let nested = path.join(format!("d{d}/n1/n2"));
             std::fs::create_dir_all(&nested).unwrap();
@@ -151,7 +200,7 @@ fn two_removals_of_the_same_folder_at_once_both_succeed_and_count_each_entry_onc
         for r in results {
             total.add(&completed(r.expect("both removals succeed")));
         }
-        assert_eq!(total.files, expected.files + 30);
+        assert_eq!(total.files, expected.files + 3_030);
         assert_eq!(total.dirs, expected.dirs + 60);
         assert!(!path.exists());
         assert_same(&before, &sb.snapshot_except(&path));
