@@ -113,9 +113,7 @@ fn a_directory_of_100000_entries_is_removed_by_both_threads() {
     let path = sb.create(&f);
     many_files(&path, 100_000);
     let before = sb.snapshot_except(&path);
-    let Outcome::Completed(report) = sb.remove(&f).unwrap() else {
-        panic!("cancelled, though nothing cancels it");
-    };
+    let report = completed_report(sb.remove(&f).unwrap());
     assert_eq!((report.counts.files, report.counts.dirs), (100_000, 1));
     // The second thread had no directory of its own: everything it did was help.
     assert!(
@@ -147,9 +145,7 @@ fn a_big_directory_shared_by_its_threads_stops_when_cancelled_and_a_second_call_
     };
     assert!(path.exists(), "partly removed");
     assert!(first.counts.files < 65_000, "{first:?}");
-    let Outcome::Completed(second) = sb.remove(&f).unwrap() else {
-        panic!("cancelled, though nothing cancels it");
-    };
+    let second = completed_report(sb.remove(&f).unwrap());
     let mut total = first.counts;
     total.add(&second.counts);
     assert_eq!(
@@ -549,9 +545,7 @@ fn a_removal_whose_threads_wait_on_the_storage_starts_more_up_to_its_cap() {
         }
         (removal.join().unwrap(), most)
     });
-    let Outcome::Completed(report) = outcome else {
-        panic!("cancelled, though nothing cancels it");
-    };
+    let report = completed_report(outcome);
     assert_eq!(report.counts, expected);
     assert!(
         (2..=6).contains(&report.threads),
@@ -575,9 +569,7 @@ fn a_rate_limited_removal_keeps_its_threads_though_they_wait() {
     let path = sb.create(&f);
     let expected = fill(&path, 10, 20);
     sync_directory_updates(&path);
-    let Outcome::Completed(report) = sb.remove(&f).unwrap() else {
-        panic!("cancelled, though nothing cancels it");
-    };
+    let report = completed_report(sb.remove(&f).unwrap());
     assert_eq!(report.counts, expected);
     assert_eq!(report.threads, 1, "{report:?}");
     assert!(
@@ -600,9 +592,7 @@ fn a_removal_that_keeps_its_core_busy_does_not_start_more_threads() {
             std::fs::File::create(dir.join(format!("f{i}"))).unwrap();
         }
     }
-    let Outcome::Completed(report) = sb.remove(&f).unwrap() else {
-        panic!("cancelled, though nothing cancels it");
-    };
+    let report = completed_report(sb.remove(&f).unwrap());
     assert_eq!(report.counts.files, 60_000);
     assert_eq!(report.threads, 1, "{report:?}");
     assert!(

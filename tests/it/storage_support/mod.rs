@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use vfolder_controller::config::{TrashMode, VolumeConfig};
-use vfolder_controller::storage::{Counts, FolderRef, Outcome, Progress, Volume};
+use vfolder_controller::storage::{Counts, FolderRef, Outcome, Progress, Report, Volume};
 
 pub const HOST: &str = "local:test";
 pub const SCOPE: &str = "user:fedcba98-7654-3210-fedc-ba9876543210";
@@ -188,11 +188,16 @@ pub fn fill(dir: &Path, dirs: usize, files: usize) -> Counts {
     }
 }
 
-pub fn completed(outcome: Outcome) -> Counts {
+/// The report of a removal that must have completed.
+pub fn completed_report(outcome: Outcome) -> Report {
     match outcome {
-        Outcome::Completed(r) => r.counts,
+        Outcome::Completed(r) => r,
         Outcome::Cancelled(r) => panic!("cancelled: {r:?}"),
     }
+}
+
+pub fn completed(outcome: Outcome) -> Counts {
+    completed_report(outcome).counts
 }
 
 /// Runs `removal` on another thread and cancels `cancel` once `progress` has counted
