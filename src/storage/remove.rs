@@ -18,12 +18,13 @@
 //! - **Mounts are not crossed.** A directory on another device, or that `statx` marks as a
 //!   mount root (which also catches bind mounts of the same filesystem), is not entered;
 //!   [`Error::MountInsideTree`] names it and everything above it stays.
-//! - **Cancellation** is checked before every unlink, also in the middle of a chunk (a relaxed atomic load; the token itself
-//!   is polled every few entries and by idle threads every 20 ms), so a removal stops within
-//!   milliseconds plus one system call. A removal waiting for its volume's rate limit
-//!   ([`RemoveOptions::limiter`], before every unlink and rmdir) polls the token while it
-//!   waits and stops as promptly. It returns [`Outcome::Cancelled`] with the tree partly
-//!   removed; calling again resumes from what is left. Cancellation is not an error.
+//! - **Cancellation** is checked before every unlink, also in the middle of a chunk (a
+//!   relaxed atomic load; the token itself is polled every few entries and by idle threads
+//!   every 20 ms), so a removal stops within milliseconds plus one system call. A removal
+//!   waiting for its volume's rate limit ([`RemoveOptions::limiter`], before every unlink
+//!   and rmdir) polls the token while it waits and stops as promptly. It returns
+//!   [`Outcome::Cancelled`] with the tree partly removed; calling again resumes from what
+//!   is left. Cancellation is not an error.
 //! - **Inode order, in bounded chunks.** Each directory's files and symlinks are unlinked in
 //!   inode-number order ([`EntryOrder::Inode`], the default and the rule everywhere: on ext4
 //!   it frees inode-table and bitmap blocks in order rather than at random, and no measured
@@ -50,7 +51,8 @@
 //!   threads (a chunk takes at most about 6 MiB: 32 bytes per entry plus 4 MiB of names;
 //!   2.5 MiB for 64 Ki names of 8 bytes; a helper may keep a chunk until its last block is
 //!   done, and offers not yet taken keep at most one chunk per thread waiting for work) and
-//!   the number of directories waiting to be opened, not with the number of files. No recursion: depth costs heap, not stack.
+//!   the number of directories waiting to be opened, not with the number of files. No
+//!   recursion: depth costs heap, not stack.
 //! - **More threads only while they wait on the storage.** With
 //!   [`RemoveOptions::max_threads`] above `threads`, the calling thread looks every
 //!   [`GROW_WINDOW`] at how the removal's threads spent it (the kernel's per-thread
