@@ -689,7 +689,7 @@ impl Threads {
         let fixed = |n: usize| format!("removal_threads = {n}\nmax_removal_threads = {n}");
         match self {
             Threads::Default => String::new(),
-            Threads::PerCore => fixed(std::thread::available_parallelism().map_or(2, |n| n.get())),
+            Threads::PerCore => fixed(VolumeConfig::builtin_default().removal_threads),
             Threads::Fixed(n) => fixed(n),
         }
     }

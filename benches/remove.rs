@@ -21,15 +21,16 @@
 //! fixed number; the controller's default is 16, see `volumes[].max_removal_threads`).
 //!
 //! With `DIR` it removes `DIR` and prints one line, `files=.. dirs=.. symlinks=.. bytes=..
-//! elapsed_ms=.. threads=.. max_threads=.. helped=.. ops_per_s=.. limit=.. order=..` (`threads`: the
-//! most that worked at once; `helped`: entries unlinked by a thread helping another empty a
-//! big directory; `ops_per_s`: unlinks and rmdirs
-//! per second achieved; `limit`: the volume limit it ran under, `none` or `N`; `order`: the
-//! engine's `EntryOrder`, `inode` by default, `directory` for the order before it), exiting
-//! non-zero if the engine reported an error or `DIR` is still there. Without `DIR` (as a plain `cargo bench` or `cargo test --benches` runs it,
-//! with harness flags such as `--bench` or `--test-threads=2` that are then ignored) it is a
-//! smoke check: it builds a small tree in a temporary directory, removes it and exits
-//! non-zero unless every entry was counted and the tree is gone.
+//! elapsed_ms=.. threads=.. max_threads=.. helped=.. ops_per_s=.. limit=.. order=..`
+//! (`threads`: the most that worked at once; `helped`: entries unlinked by a thread helping
+//! another empty a big directory; `ops_per_s`: unlinks and rmdirs per second achieved;
+//! `limit`: the volume limit it ran under, `none` or `N`; `order`: the engine's
+//! `EntryOrder`, `inode` by default, `directory` for the order before it), exiting non-zero
+//! if the engine reported an error or `DIR` is still there. Without `DIR` (as a plain
+//! `cargo bench` or `cargo test --benches` runs it, with harness flags such as `--bench` or
+//! `--test-threads=2` that are then ignored) it is a smoke check: it builds a small tree in
+//! a temporary directory, removes it and exits non-zero unless every entry was counted and
+//! the tree is gone.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;

@@ -50,7 +50,7 @@ use uuid::Uuid;
 use super::backoff::RetrySchedule;
 use super::volume_health::{self, CheckFailed, PendingCheck};
 use super::{Context, Slot};
-use crate::storage::{self, Counts, FolderRef, Outcome as RemoveOutcome, Progress};
+use crate::storage::{self, Counts, FolderRef, Outcome as RemoveOutcome, Progress, Report};
 use crate::store::{self, Claim, Completion, Location, TombstoneClaim, TombstoneEnd, WorkKind};
 
 /// How long cleanup that must still run after cancellation (releasing a lease) may take.
@@ -188,16 +188,9 @@ impl From<Claim> for Work {
 /// What the filesystem work ended with.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The folder's data is gone.
-    Removed {
-        /// What was removed.
-        counts: Counts,
-        /// How long it took.
-        elapsed: Duration,
-        /// The most threads that removed at once (more than the volume's
-        /// `removal_threads` when they waited on the storage).
-        threads: usize,
-    },
+    /// The folder's data is gone: what was removed, how long it took and with how many
+    /// threads at most.
+    Removed(Report),
     /// The data was moved to (or restored from) the trash.
     Moved(Location),
     /// Shutdown interrupted the work.
@@ -440,11 +433,7 @@ async fn remove(
     ctx.metrics.add_removal_threads(&host, -threads_shown);
     let counts = progress.snapshot();
     let outcome = match joined {
-        Ok(Ok(RemoveOutcome::Completed(report))) => Outcome::Removed {
-            counts: report.counts,
-            elapsed: report.elapsed,
-            threads: report.threads,
-        },
+        Ok(Ok(RemoveOutcome::Completed(report))) => Outcome::Removed(report),
         Ok(Ok(RemoveOutcome::Cancelled(report))) if deleted => Outcome::RowDeleted(report.counts),
         Ok(Ok(RemoveOutcome::Cancelled(report))) if lease_lost => Outcome::LeaseLost(report.counts),
         Ok(Ok(RemoveOutcome::Cancelled(report))) => Outcome::Cancelled(report.counts),
@@ -553,11 +542,12 @@ async fn record(
     // What a removal that stops short saves before handing the folder back.
     let progress = |counts| (work.kind == WorkKind::Remove).then(|| total(saved, counts));
     match outcome {
-        Outcome::Removed {
+        Outcome::Removed(Report {
             counts,
             elapsed,
             threads,
-        } => {
+            ..
+        }) => {
             ctx.pressure.relieve();
             count_removal(ctx, host, counts, elapsed, ReconcileResult::Ok);
             let done = Completion {

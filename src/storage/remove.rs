@@ -492,6 +492,13 @@ impl Node {
         })
     }
 
+    /// Adds `n` units of work that keep this directory both unfinished and open: listed
+    /// subdirectories not yet opened, or threads helping with one of its chunks.
+    fn hold(&self, n: usize) {
+        self.pending.fetch_add(n, Ordering::AcqRel);
+        self.unopened.fetch_add(n, Ordering::AcqRel);
+    }
+
     /// Ends one unit of "unopened" work; the last one closes the directory's descriptor.
     fn release_unopened(&self) {
         if self.unopened.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -987,6 +994,13 @@ impl<'s, 'a> Worker<'s, 'a> {
         if stopped {
             return None;
         }
+        self.release(node, fd)
+    }
+
+    /// Ends this thread's scan of (or help with) `node`, open as `fd`: the last unit of
+    /// work in it removes the directory. Returns a directory to scan again, if one turned
+    /// out not empty.
+    fn release(&mut self, node: Arc<Node>, fd: Arc<OwnedFd>) -> Option<(Arc<Node>, Arc<OwnedFd>)> {
         node.release_unopened();
         if node.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             return self.finish(node, Some(fd));
@@ -1033,8 +1047,7 @@ impl<'s, 'a> Worker<'s, 'a> {
             return;
         }
         // A helper keeps the directory open and unfinished, as a scan of it does.
-        offered.node.pending.fetch_add(n, Ordering::AcqRel);
-        offered.node.unopened.fetch_add(n, Ordering::AcqRel);
+        offered.node.hold(n);
         q.offers += n;
         q.work.extend((0..n).map(|_| Work::Help(offered.clone())));
         drop(q);
@@ -1052,12 +1065,7 @@ impl<'s, 'a> Worker<'s, 'a> {
         self.publish();
         let helped = self.removed_entries() - before;
         self.shared.helped.fetch_add(helped, Ordering::Relaxed);
-        let node = &offered.node;
-        node.release_unopened();
-        if node.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            return self.finish(node.clone(), Some(offered.fd.clone()));
-        }
-        None
+        self.release(offered.node.clone(), offered.fd.clone())
     }
 
     fn entry(&mut self, node: &Arc<Node>, fd: BorrowedFd<'_>, name: &CStr, ty: FileType) {
@@ -1082,8 +1090,7 @@ impl<'s, 'a> Worker<'s, 'a> {
     }
 
     fn push_child(&mut self, node: &Arc<Node>, name: &CStr) {
-        node.pending.fetch_add(1, Ordering::AcqRel);
-        node.unopened.fetch_add(1, Ordering::AcqRel);
+        node.hold(1);
         self.children.push(Work::Open {
             parent: node.clone(),
             name: name.to_owned(),

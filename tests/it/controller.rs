@@ -563,10 +563,7 @@ async fn a_backlog_of_moves_keeps_its_slot_busy_without_the_poll() {
         "trash = \"move\"\nmax_concurrent_removals = 1",
     )
     .await;
-    let mut folders = Vec::new();
-    for i in 0..6 {
-        folders.push(site.folder_with_tree(&format!("backlog-{i}"), 2, 5).await);
-    }
+    let folders = site.folders_with_trees("backlog-", 6, 2, 5).await;
     let _proc = start_with_the_poll_an_hour_away(&site).await;
     site.raw_sql("UPDATE vfolders SET status = 'delete-pending' WHERE name LIKE 'backlog-%'")
         .await;
@@ -634,10 +631,9 @@ async fn one_slot_removes_the_next_folder_while_the_last_result_waits_for_the_da
         "removal_threads = 1\nmax_concurrent_removals = 1",
     )
     .await;
-    let mut folders = Vec::new();
-    for i in 0..IN_FLIGHT_PER_SLOT + 2 {
-        folders.push(site.folder_with_tree(&format!("f{i}"), 2, 10).await);
-    }
+    let folders = site
+        .folders_with_trees("f", IN_FLIGHT_PER_SLOT + 2, 2, 10)
+        .await;
     let proc = site.start("r1");
     proc.wait_log("listening for status events", LONG);
     let blocker = hold_in_transaction(&site, "LOCK TABLE vfolder_audit IN SHARE MODE").await;
@@ -755,10 +751,7 @@ async fn kill_9_at_random_moments_loses_no_work() {
     )
     .await;
     let before = sentinel_snapshots(&site);
-    let mut folders = Vec::new();
-    for i in 0..200 {
-        folders.push(site.folder_with_tree(&format!("f{i}"), 6, 100).await);
-    }
+    let folders = site.folders_with_trees("f", 200, 6, 100).await;
     site.raw_sql("UPDATE vfolders SET status = 'delete-ongoing'")
         .await;
 
@@ -871,10 +864,7 @@ async fn sigterm_releases_the_lease_and_another_replica_resumes_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_the_work_and_never_double_start() {
     let site = Site::new(TestDb::postgres().await, "", "").await;
-    let mut folders = Vec::new();
-    for i in 0..300 {
-        folders.push(site.folder_with_tree(&format!("r{i}"), 2, 4).await);
-    }
+    let folders = site.folders_with_trees("r", 300, 2, 4).await;
     // Structured logs: the starts are counted from JSON fields, not from human text.
     let procs: Vec<_> = ["a", "b", "c"]
         .iter()

@@ -169,10 +169,7 @@ async fn a_volume_down_30_times_the_retry_budget_costs_no_attempts_and_resumes_a
     )
     .await;
     let bind = BindMount::mount(&site.dir.path().join("source1"), site.mount());
-    let mut folders = Vec::new();
-    for i in 0..5 {
-        folders.push(site.folder_with_tree(&format!("f{i}"), 3, 10).await);
-    }
+    let folders = site.folders_with_trees("f", 5, 3, 10).await;
     let refs: Vec<&Folder> = folders.iter().collect();
     bind.unmount();
     let down_at = Instant::now();
@@ -341,10 +338,7 @@ async fn removals_on_a_rate_limited_volume_together_stay_under_the_limit() {
         &format!("max_ops_per_second = {LIMIT}\nmax_concurrent_removals = 4"),
     )
     .await;
-    let mut folders = Vec::new();
-    for i in 0..3 {
-        folders.push(site.folder_with_tree(&format!("r{i}"), 10, 200).await);
-    }
+    let folders = site.folders_with_trees("r", 3, 10, 200).await;
     let refs: Vec<&Folder> = folders.iter().collect();
     let (_proc, _port) = start(&site, "r1");
     let started = Instant::now();

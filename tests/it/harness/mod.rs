@@ -108,6 +108,24 @@ mount = "{}"
         self.folder_on("local:volume1", name, dirs, files).await
     }
 
+    /// `n` folders like [`Site::folder_with_tree`], named `<prefix><i>` for `i` in `0..n`.
+    pub async fn folders_with_trees(
+        &self,
+        prefix: &str,
+        n: usize,
+        dirs: usize,
+        files: usize,
+    ) -> Vec<Folder> {
+        let mut folders = Vec::with_capacity(n);
+        for i in 0..n {
+            folders.push(
+                self.folder_with_tree(&format!("{prefix}{i}"), dirs, files)
+                    .await,
+            );
+        }
+        folders
+    }
+
     /// Like [`Site::folder_with_tree`], on the volume `host` (configured in the site).
     pub async fn folder_on(&self, host: &str, name: &str, dirs: usize, files: usize) -> Folder {
         let new = NewFolder {
