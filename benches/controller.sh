@@ -10,6 +10,8 @@
 #                                             # database profile (commits, flushes, statements)
 #   bash benches/controller.sh --end-to-end   # only (d): one folder of 100,000 files end to end
 #   VFC_BENCH_WORKERS=N bash benches/controller.sh ...   # N removal slots instead of 16
+#   VFC_BENCH_REMOVAL_THREADS=N bash benches/controller.sh ...   # N threads per removal
+#                                             # instead of the default (one per core)
 #   VFC_BENCH_BINARY=/path/to/vfolder-controller bash benches/controller.sh ...   # measure
 #                                             # another build (A/B) with the same bench
 #   VFC_BENCH_TRASH=200000 bash benches/controller.sh ...  # that many folders in the trash

@@ -87,10 +87,15 @@ async fn main() -> Res<()> {
     // `VFC_BENCH_TRASH_MOVED=1`: the volume moves its trash, and the folders of
     // `VFC_BENCH_TRASH` are already moved (what a claim that looks for moves must read past).
     let moved = std::env::var("VFC_BENCH_TRASH_MOVED").is_ok_and(|v| v == "1");
+    // Threads per removal: the default (one per core) unless `VFC_BENCH_REMOVAL_THREADS`
+    // sets them, e.g. to 16, what a 16-core host gets by default.
+    let removal_threads: Option<usize> = std::env::var("VFC_BENCH_REMOVAL_THREADS")
+        .ok()
+        .and_then(|w| w.parse().ok());
     let volume = VolumeConfig {
         mount: mount.clone(),
         max_concurrent_removals: workers,
-        removal_threads: 1,
+        removal_threads: removal_threads.unwrap_or(VolumeConfig::builtin_default().removal_threads),
         trash: if moved {
             TrashMode::Move
         } else {
@@ -105,7 +110,8 @@ async fn main() -> Res<()> {
         &volume,
         &format!("max_concurrent_removals = {workers}"),
         &format!(
-            "removal_threads = 1\nmax_concurrent_removals = {workers}{}",
+            "max_concurrent_removals = {workers}{}{}",
+            removal_threads.map_or(String::new(), |n| format!("\nremoval_threads = {n}")),
             if moved { "\ntrash = \"move\"" } else { "" }
         ),
     )?;
@@ -197,8 +203,9 @@ async fn main() -> Res<()> {
     if let Some(n) = args.converge_only {
         let c = converge(&args, &config_path, &volumes, &volume, &mut db, n).await?;
         println!(
-            "converged {n} rows {}, peak RSS {:.1} MiB\n\n{}",
+            "converged {n} rows {} ({workers} slots, {} removal threads), peak RSS {:.1} MiB\n\n{}",
             c.rate(n),
+            volume.removal_threads,
             c.hwm as f64 / 1024.0,
             c.profile
         );
@@ -209,7 +216,10 @@ async fn main() -> Res<()> {
         let c = converge(&args, &config_path, &volumes, &volume, &mut db, n).await?;
         profiles.push(format!("{part}, {n} rows:\n\n{}", c.profile));
         rows.push((
-            format!("{part} converge {n} delete-ongoing rows (tiny trees), {workers} workers"),
+            format!(
+                "{part} converge {n} delete-ongoing rows (tiny trees), {workers} workers, {} removal threads",
+                volume.removal_threads
+            ),
             c.rate(n),
             "≥ 1,000 rows/s".to_owned(),
         ));

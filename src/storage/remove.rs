@@ -45,8 +45,15 @@
 //!   the thread that read the directory, with the same checks, and the directory is
 //!   removed only once every helper is done with it.
 //!   [`Report::helped`](super::Report::helped) counts what helpers unlinked.
-//! - **Bounded resources.** [`RemoveOptions::threads`] OS threads share a stack of
-//!   directories to open; entries are read with `getdents64` into one reusable buffer per
+//! - **Threads only where there is work for them.** The calling thread starts alone; it
+//!   starts the other [`RemoveOptions::threads`] the first time another thread could take
+//!   work: a directory queued while it is busy (or a second one when it is done), or a
+//!   chunk of more than one block. So a small folder (one directory of at most 64 entries,
+//!   or a single subdirectory) is removed without starting a thread, however many
+//!   `threads` are configured: with one per core on a 16-core host, starting 15 threads for
+//!   each small folder of a purge made it converge about 6 × slower (`benches/README.md`).
+//! - **Bounded resources.** At most [`RemoveOptions::threads`] OS threads (until the
+//!   removal grows, below) share a stack of directories to open; entries are read with `getdents64` into one reusable buffer per
 //!   thread and collected into that thread's one chunk, so memory grows with the number of
 //!   threads (a chunk takes at most about 6 MiB: 32 bytes per entry plus 4 MiB of names;
 //!   2.5 MiB for 64 Ki names of 8 bytes; a helper may keep a chunk until its last block is
@@ -166,7 +173,8 @@ pub enum EntryOrder {
 /// How [`remove_tree`] runs.
 #[derive(Clone, Debug)]
 pub struct RemoveOptions {
-    /// OS threads to start with (at least one; the calling thread is one of them).
+    /// OS threads the removal works with (at least one; the calling thread is one of them).
+    /// The others are started only once there is work for them (see the module docs).
     pub threads: usize,
     /// The most OS threads the removal may grow to while its threads mostly sleep waiting
     /// on the storage (see the module docs). At or below `threads`: exactly `threads`.
@@ -313,11 +321,10 @@ fn run_pass(
         restart: AtomicBool::new(false),
     };
     let pass = std::thread::scope(|scope| {
-        let mut crew = Crew::new(scope, &shared, max_threads);
-        crew.start(threads - 1);
-        let mut tick = || crew.tick();
-        let grow: Option<&mut dyn FnMut()> = shared.grows.then_some(&mut tick);
-        let mut counts = Worker::new(&shared, grow, false).run();
+        let mut crew = Crew::new(scope, &shared, threads, max_threads);
+        let mut tick = |at| crew.tick(at);
+        let starts: Option<&mut dyn FnMut(Moment)> = (max_threads > 1).then_some(&mut tick);
+        let mut counts = Worker::new(&shared, starts, false).run();
         let threads = crew.threads();
         counts.add(&crew.join());
         Report {
@@ -342,12 +349,14 @@ fn run_pass(
     Ok((pass, end))
 }
 
-/// The helper threads of one pass, started and joined by the calling thread, which also
-/// decides (in [`Crew::tick`], between its own entries) whether to start more.
+/// The helper threads of one pass, started and joined by the calling thread, which decides
+/// (in [`Crew::tick`], between its own entries) when to start them and whether to start more.
 struct Crew<'scope, 'env> {
     scope: &'scope Scope<'scope, 'env>,
     shared: &'env Shared<'env>,
     helpers: Vec<ScopedJoinHandle<'scope, Counts>>,
+    /// [`RemoveOptions::threads`]: started as soon as there is work for them.
+    base: usize,
     max: usize,
     /// Created at the first look, so a removal shorter than a window never reads `/proc`.
     probe: Option<WaitProbe>,
@@ -357,11 +366,17 @@ struct Crew<'scope, 'env> {
 }
 
 impl<'scope, 'env> Crew<'scope, 'env> {
-    fn new(scope: &'scope Scope<'scope, 'env>, shared: &'env Shared<'env>, max: usize) -> Self {
+    fn new(
+        scope: &'scope Scope<'scope, 'env>,
+        shared: &'env Shared<'env>,
+        base: usize,
+        max: usize,
+    ) -> Self {
         Crew {
             scope,
             shared,
             helpers: Vec::new(),
+            base,
             max,
             probe: None,
             watching: 0,
@@ -391,10 +406,21 @@ impl<'scope, 'env> Crew<'scope, 'env> {
         }
     }
 
-    /// Once per [`GROW_WINDOW`]: starts more helpers if the threads slept more than half
-    /// of the window (idle waits for work aside) while directories were waiting for a
-    /// thread. A thread is judged from its first whole window on.
-    fn tick(&mut self) {
+    /// Starts the other [`RemoveOptions::threads`] the first time there is work for them
+    /// (a small folder never pays for threads it cannot use). Then, if the pass grows, once
+    /// per [`GROW_WINDOW`]: starts more helpers if the threads slept more than half of the
+    /// window (idle waits for work aside) while directories were waiting for a thread. A
+    /// thread is judged from its first whole window on.
+    fn tick(&mut self, at: Moment) {
+        if self.threads() < self.base {
+            if self.work_to_share(at) {
+                self.start(self.base - self.threads());
+            }
+            return;
+        }
+        if !self.shared.grows {
+            return;
+        }
         let now = Instant::now();
         if now < self.next_look {
             return;
@@ -421,6 +447,18 @@ impl<'scope, 'env> Crew<'scope, 'env> {
         if waiting > 0 && asleep * 2 > total {
             self.start(waiting.min(self.threads()));
         }
+    }
+
+    /// Whether another thread could take work now: blocks of the calling thread's chunk
+    /// nobody has claimed, or a queued directory that the calling thread is not about to
+    /// take itself. Only the calling thread queues work until the helpers start.
+    fn work_to_share(&self, at: Moment) -> bool {
+        let taken_by_caller = match at {
+            Moment::SpareBlocks => return true,
+            Moment::Busy => 0,
+            Moment::BetweenItems => 1,
+        };
+        lock(&self.shared.queue).work.len() > taken_by_caller
     }
 
     /// Waits for every helper and sums what they removed.
@@ -708,12 +746,23 @@ impl Offered {
     }
 }
 
+/// Where the calling thread is when it looks whether to start threads ([`Crew::tick`]).
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    /// In the middle of a work item, so any queued directory is left for others.
+    Busy,
+    /// Unlinking a chunk that has blocks nobody has claimed yet.
+    SpareBlocks,
+    /// Done with a work item: it takes the next queued one itself.
+    BetweenItems,
+}
+
 /// One thread's state: its `getdents` buffer, the chunk of entries it is removing, counts
 /// not yet published, and directories found but not yet handed to the shared stack.
 struct Worker<'s, 'a> {
     shared: &'s Shared<'a>,
-    /// On the thread that may start more threads: called between entries.
-    grow: Option<&'s mut dyn FnMut()>,
+    /// On the thread that starts the others ([`Crew::tick`]): called between entries.
+    starts: Option<&'s mut dyn FnMut(Moment)>,
     cap: ChunkCap,
     buf: Vec<MaybeUninit<u8>>,
     chunk: Chunk,
@@ -725,11 +774,11 @@ struct Worker<'s, 'a> {
 
 impl<'s, 'a> Worker<'s, 'a> {
     /// `grown`: started beyond [`RemoveOptions::threads`], so it holds a smaller chunk.
-    fn new(shared: &'s Shared<'a>, grow: Option<&'s mut dyn FnMut()>, grown: bool) -> Self {
+    fn new(shared: &'s Shared<'a>, starts: Option<&'s mut dyn FnMut(Moment)>, grown: bool) -> Self {
         shared.progress.thread_working(true);
         Worker {
             shared,
-            grow,
+            starts,
             cap: ChunkCap::of(shared.opts, grown),
             buf: vec![MaybeUninit::uninit(); DIRENT_BUF],
             chunk: Chunk::default(),
@@ -755,7 +804,7 @@ impl<'s, 'a> Worker<'s, 'a> {
             }
             self.hand_over_children();
             self.publish();
-            self.tick();
+            self.tick(Moment::BetweenItems);
             let mut q = lock(&self.shared.queue);
             q.active -= 1;
             if q.active == 0 && q.work.is_empty() {
@@ -801,10 +850,10 @@ impl<'s, 'a> Worker<'s, 'a> {
         }
     }
 
-    /// Lets the thread that may start more threads look whether it should.
-    fn tick(&mut self) {
-        if let Some(grow) = self.grow.as_mut() {
-            grow();
+    /// Lets the thread that starts the others look whether it should.
+    fn tick(&mut self, at: Moment) {
+        if let Some(starts) = self.starts.as_mut() {
+            starts(at);
         }
     }
 
@@ -956,6 +1005,7 @@ impl<'s, 'a> Worker<'s, 'a> {
                             self.push_child(&node, name);
                             if self.children.len() >= CHILD_BATCH {
                                 self.hand_over_children();
+                                self.tick(Moment::Busy);
                             }
                         } else {
                             chunk.push(entry.ino(), name, entry.file_type());
@@ -1021,7 +1071,11 @@ impl<'s, 'a> Worker<'s, 'a> {
                 if let Some(name) = offered.chunk.name(listed) {
                     self.entry(&offered.node, fd, name, listed.ty);
                 }
-                self.tick();
+                self.tick(if offered.blocks_left() > 0 {
+                    Moment::SpareBlocks
+                } else {
+                    Moment::Busy
+                });
             }
             if self.children.len() >= CHILD_BATCH
                 || self.unpublished.files + self.unpublished.symlinks >= PUBLISH_EVERY

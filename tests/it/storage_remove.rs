@@ -124,6 +124,67 @@ fn a_directory_of_100000_entries_is_removed_by_both_threads() {
     assert_same(&before, &sb.snapshot_except(&path));
 }
 
+/// A removal starts its other `removal_threads` only once there is work one of them could
+/// take, so the many small folders of a purge do not each pay for thread starts they cannot
+/// use (with one thread per core on a 16-core host that was most of a small folder's cost).
+#[test]
+fn a_removal_starts_its_other_threads_only_when_there_is_work_for_them() {
+    let sb = Sandbox::with(|c| {
+        c.removal_threads = 8;
+        c.max_removal_threads = Some(8);
+    });
+    type Make = fn(&Path) -> Counts;
+    let cases: [(&str, Make, usize); 5] = [
+        (
+            "one directory of 60 files (one block)",
+            |p| {
+                many_files(p, 60);
+                Counts {
+                    files: 60,
+                    dirs: 1,
+                    ..Counts::default()
+                }
+            },
+            1,
+        ),
+        ("one subdirectory of 20 files", |p| fill(p, 1, 20), 1),
+        (
+            "one directory of 1,000 files (blocks to share)",
+            |p| {
+                many_files(p, 1_000);
+                Counts {
+                    files: 1_000,
+                    dirs: 1,
+                    ..Counts::default()
+                }
+            },
+            8,
+        ),
+        ("three subdirectories of 10 files", |p| fill(p, 3, 10), 8),
+        (
+            "a subdirectory beside 10 files",
+            |p| {
+                many_files(p, 10);
+                let mut c = fill(p, 1, 10);
+                c.files += 10;
+                c
+            },
+            8,
+        ),
+    ];
+    for (shape, make, threads) in cases {
+        let f = new_folder();
+        let path = sb.create(&f);
+        let expected = make(&path);
+        let before = sb.snapshot_except(&path);
+        let report = completed_report(sb.remove(&f).unwrap());
+        assert_eq!(report.counts, expected, "{shape}");
+        assert_eq!(report.threads, threads, "{shape}: {report:?}");
+        assert!(!path.exists(), "{shape}");
+        assert_same(&before, &sb.snapshot_except(&path));
+    }
+}
+
 #[test]
 fn a_big_directory_shared_by_its_threads_stops_when_cancelled_and_a_second_call_finishes() {
     let sb = Sandbox::new();
