@@ -106,6 +106,16 @@ fn many_files(dir: &Path, n: usize) {
     }
 }
 
+/// Fills `dir` with `n` empty files; the counts of removing it (it included).
+fn one_directory(dir: &Path, n: usize) -> Counts {
+    many_files(dir, n);
+    Counts {
+        files: n as u64,
+        dirs: 1,
+        ..Counts::default()
+    }
+}
+
 #[test]
 fn a_directory_of_100000_entries_is_removed_by_both_threads() {
     let sb = Sandbox::new();
@@ -137,36 +147,21 @@ fn a_removal_starts_its_other_threads_only_when_there_is_work_for_them() {
     let cases: [(&str, Make, usize); 5] = [
         (
             "one directory of 60 files (one block)",
-            |p| {
-                many_files(p, 60);
-                Counts {
-                    files: 60,
-                    dirs: 1,
-                    ..Counts::default()
-                }
-            },
+            |p| one_directory(p, 60),
             1,
         ),
         ("one subdirectory of 20 files", |p| fill(p, 1, 20), 1),
         (
             "one directory of 1,000 files (blocks to share)",
-            |p| {
-                many_files(p, 1_000);
-                Counts {
-                    files: 1_000,
-                    dirs: 1,
-                    ..Counts::default()
-                }
-            },
+            |p| one_directory(p, 1_000),
             8,
         ),
         ("three subdirectories of 10 files", |p| fill(p, 3, 10), 8),
         (
             "a subdirectory beside 10 files",
             |p| {
-                many_files(p, 10);
                 let mut c = fill(p, 1, 10);
-                c.files += 10;
+                c.files += one_directory(p, 10).files;
                 c
             },
             8,
