@@ -53,13 +53,13 @@
 //!   `threads` are configured: with one per core on a 16-core host, starting 15 threads for
 //!   each small folder of a purge made it converge about 6 × slower (`benches/README.md`).
 //! - **Bounded resources.** At most [`RemoveOptions::threads`] OS threads (until the
-//!   removal grows, below) share a stack of directories to open; entries are read with `getdents64` into one reusable buffer per
-//!   thread and collected into that thread's one chunk, so memory grows with the number of
-//!   threads (a chunk takes at most about 6 MiB: 32 bytes per entry plus 4 MiB of names;
-//!   2.5 MiB for 64 Ki names of 8 bytes; a helper may keep a chunk until its last block is
-//!   done, and offers not yet taken keep at most one chunk per thread waiting for work) and
-//!   the number of directories waiting to be opened, not with the number of files. No
-//!   recursion: depth costs heap, not stack.
+//!   removal grows, below) share a stack of directories to open; entries are read with
+//!   `getdents64` into one reusable buffer per thread and collected into that thread's one
+//!   chunk, so memory grows with the number of threads (a chunk takes at most about 6 MiB:
+//!   32 bytes per entry plus 4 MiB of names; 2.5 MiB for 64 Ki names of 8 bytes; a helper
+//!   may keep a chunk until its last block is done, and offers not yet taken keep at most
+//!   one chunk per thread waiting for work) and the number of directories waiting to be
+//!   opened, not with the number of files. No recursion: depth costs heap, not stack.
 //! - **More threads only while they wait on the storage.** With
 //!   [`RemoveOptions::max_threads`] above `threads`, the calling thread looks every
 //!   [`GROW_WINDOW`] at how the removal's threads spent it (the kernel's per-thread
