@@ -142,8 +142,9 @@ pub struct Report {
     pub counts: Counts,
     /// Wall-clock time of this call.
     pub elapsed: Duration,
-    /// The most OS threads that removed at once: [`RemoveOptions::threads`], or more when
-    /// the removal grew because its threads were waiting on the storage.
+    /// The most OS threads that removed at once: at most [`RemoveOptions::threads`] (1 for a
+    /// small folder, which gave the others no work to start for), or more when the removal
+    /// grew because its threads were waiting on the storage.
     pub threads: usize,
     /// Files and symlinks unlinked by a thread that helped another empty a big directory
     /// (see `storage::remove`), included in `counts`.

@@ -322,8 +322,8 @@ fn run_pass(
     };
     let pass = std::thread::scope(|scope| {
         let mut crew = Crew::new(scope, &shared, threads, max_threads);
-        let mut tick = |at| crew.tick(at);
-        let starts: Option<&mut dyn FnMut(Moment)> = (max_threads > 1).then_some(&mut tick);
+        let mut tick = |at: Moment<'_>| crew.tick(at);
+        let starts: Option<&mut dyn FnMut(Moment<'_>)> = (max_threads > 1).then_some(&mut tick);
         let mut counts = Worker::new(&shared, starts, false).run();
         let threads = crew.threads();
         counts.add(&crew.join());
@@ -411,7 +411,7 @@ impl<'scope, 'env> Crew<'scope, 'env> {
     /// per [`GROW_WINDOW`]: starts more helpers if the threads slept more than half of the
     /// window (idle waits for work aside) while directories were waiting for a thread. A
     /// thread is judged from its first whole window on.
-    fn tick(&mut self, at: Moment) {
+    fn tick(&mut self, at: Moment<'_>) {
         if self.threads() < self.base {
             if self.work_to_share(at) {
                 self.start(self.base - self.threads());
@@ -452,10 +452,10 @@ impl<'scope, 'env> Crew<'scope, 'env> {
     /// Whether another thread could take work now: blocks of the calling thread's chunk
     /// nobody has claimed, or a queued directory that the calling thread is not about to
     /// take itself. Only the calling thread queues work until the helpers start.
-    fn work_to_share(&self, at: Moment) -> bool {
+    fn work_to_share(&self, at: Moment<'_>) -> bool {
         let taken_by_caller = match at {
-            Moment::SpareBlocks => return true,
-            Moment::Busy => 0,
+            Moment::InChunk(offered) if offered.blocks_left() > 0 => return true,
+            Moment::InChunk(_) | Moment::Busy => 0,
             Moment::BetweenItems => 1,
         };
         lock(&self.shared.queue).work.len() > taken_by_caller
@@ -747,12 +747,12 @@ impl Offered {
 }
 
 /// Where the calling thread is when it looks whether to start threads ([`Crew::tick`]).
-#[derive(Clone, Copy, Debug)]
-enum Moment {
+#[derive(Clone, Copy)]
+enum Moment<'o> {
     /// In the middle of a work item, so any queued directory is left for others.
     Busy,
-    /// Unlinking a chunk that has blocks nobody has claimed yet.
-    SpareBlocks,
+    /// Unlinking this chunk (busy too): its blocks nobody has claimed are work to share.
+    InChunk(&'o Offered),
     /// Done with a work item: it takes the next queued one itself.
     BetweenItems,
 }
@@ -762,7 +762,7 @@ enum Moment {
 struct Worker<'s, 'a> {
     shared: &'s Shared<'a>,
     /// On the thread that starts the others ([`Crew::tick`]): called between entries.
-    starts: Option<&'s mut dyn FnMut(Moment)>,
+    starts: Option<&'s mut dyn FnMut(Moment<'_>)>,
     cap: ChunkCap,
     buf: Vec<MaybeUninit<u8>>,
     chunk: Chunk,
@@ -774,7 +774,11 @@ struct Worker<'s, 'a> {
 
 impl<'s, 'a> Worker<'s, 'a> {
     /// `grown`: started beyond [`RemoveOptions::threads`], so it holds a smaller chunk.
-    fn new(shared: &'s Shared<'a>, starts: Option<&'s mut dyn FnMut(Moment)>, grown: bool) -> Self {
+    fn new(
+        shared: &'s Shared<'a>,
+        starts: Option<&'s mut dyn FnMut(Moment<'_>)>,
+        grown: bool,
+    ) -> Self {
         shared.progress.thread_working(true);
         Worker {
             shared,
@@ -851,7 +855,7 @@ impl<'s, 'a> Worker<'s, 'a> {
     }
 
     /// Lets the thread that starts the others look whether it should.
-    fn tick(&mut self, at: Moment) {
+    fn tick(&mut self, at: Moment<'_>) {
         if let Some(starts) = self.starts.as_mut() {
             starts(at);
         }
@@ -1071,11 +1075,7 @@ impl<'s, 'a> Worker<'s, 'a> {
                 if let Some(name) = offered.chunk.name(listed) {
                     self.entry(&offered.node, fd, name, listed.ty);
                 }
-                self.tick(if offered.blocks_left() > 0 {
-                    Moment::SpareBlocks
-                } else {
-                    Moment::Busy
-                });
+                self.tick(Moment::InChunk(offered));
             }
             if self.children.len() >= CHILD_BATCH
                 || self.unpublished.files + self.unpublished.symlinks >= PUBLISH_EVERY

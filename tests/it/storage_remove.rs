@@ -15,7 +15,7 @@ use rustix::fs::{Mode, OFlags};
 use storage_support::*;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use vfolder_controller::storage::{Counts, FolderRef, Outcome, Progress};
+use vfolder_controller::storage::{Counts, FolderRef, Progress};
 
 #[test]
 fn a_filled_folder_is_removed_counted_and_reported_live() {
@@ -196,9 +196,7 @@ fn a_big_directory_shared_by_its_threads_stops_when_cancelled_and_a_second_call_
         sb.volume.remove_folder(&f, &cancel, &progress)
     })
     .unwrap();
-    let Outcome::Cancelled(first) = first else {
-        panic!("expected Cancelled, got {first:?}");
-    };
+    let first = cancelled_report(first);
     assert!(path.exists(), "partly removed");
     assert!(first.counts.files < 65_000, "{first:?}");
     let second = completed_report(sb.remove(&f).unwrap());
@@ -271,9 +269,7 @@ fn cancellation_returns_cancelled_and_a_second_call_finishes() {
         sb.volume.remove_folder(&f, &cancel, &progress)
     })
     .unwrap();
-    let Outcome::Cancelled(first) = first else {
-        panic!("expected Cancelled, got {first:?}");
-    };
+    let first = cancelled_report(first);
     assert!(path.exists(), "partly removed");
     assert!(first.counts.files < expected.files);
     let second = completed(sb.remove(&f).unwrap());
@@ -558,9 +554,7 @@ fn a_removal_waiting_for_its_rate_limit_stops_when_cancelled() {
         cancel.cancel();
         removal.join().unwrap()
     });
-    let Outcome::Cancelled(report) = outcome else {
-        panic!("expected a cancelled removal, got {outcome:?}");
-    };
+    let report = cancelled_report(outcome);
     assert!(report.counts.files < 50, "{report:?}");
     assert!(path.is_dir(), "what is left stays for the next attempt");
     assert_eq!(

@@ -196,6 +196,14 @@ pub fn completed_report(outcome: Outcome) -> Report {
     }
 }
 
+/// The report of a removal that must have been cancelled.
+pub fn cancelled_report(outcome: Outcome) -> Report {
+    match outcome {
+        Outcome::Cancelled(r) => r,
+        Outcome::Completed(r) => panic!("expected Cancelled, completed: {r:?}"),
+    }
+}
+
 pub fn completed(outcome: Outcome) -> Counts {
     completed_report(outcome).counts
 }
