@@ -127,6 +127,15 @@ impl Status {
         )
     }
 
+    /// A deletion not yet finished: in the trash, being removed, or failed. These sets drain
+    /// (the trash timer empties the trash, removals end, an operator retries or restores a
+    /// failure), so they stay bounded by the retention and the removal rate. `delete-complete`
+    /// is history: it grows with `history_retention` (without bound at `never`, and with
+    /// whatever history an adopted table brought), as the live statuses grow with the platform.
+    pub fn is_unfinished_deletion(self) -> bool {
+        self.is_deletion() && self != Status::DeleteComplete
+    }
+
     /// The status a legacy spelling of the reference platform stands for, as the platform
     /// meant it: `deleted-complete` was its *trash* in 24.03–25.x (the data is still on disk
     /// and restorable), so it is `delete-pending`, never `delete-complete`, which would
@@ -438,5 +447,21 @@ mod tests {
         let trash: Vec<_> = ALL.into_iter().filter(|s| s.is_in_trash()).collect();
         assert_eq!(live, [Status::Ready, Status::Performing, Status::Cloning]);
         assert_eq!(trash, [Status::DeletePending, Status::DeleteOngoing]);
+    }
+
+    #[test]
+    fn every_deletion_but_the_completed_one_is_unfinished() {
+        let unfinished: Vec<_> = ALL
+            .into_iter()
+            .filter(|s| s.is_unfinished_deletion())
+            .collect();
+        assert_eq!(
+            unfinished,
+            [
+                Status::DeletePending,
+                Status::DeleteOngoing,
+                Status::DeleteError
+            ]
+        );
     }
 }

@@ -3,10 +3,11 @@
 //! signal), and each volume's orphans and unfinished removals as its last complete orphan
 //! scan found them.
 //!
-//! Cost: every statement here reads the deletion sets, the controller's small tables or an
-//! index, never the live set, so a refresh costs the same with ten or ten million `ready`
-//! rows. The price is that a big live status is an estimate on PostgreSQL
-//! ([`crate::store::Admin::status_counts`]); the deletion statuses are always exact.
+//! Cost: every statement here reads the unfinished deletions, the controller's small tables
+//! or an index, never the live set or the `delete-complete` history, so a refresh costs the
+//! same with ten or ten million `ready` or `delete-complete` rows. The price is that a big
+//! live status or history is an estimate on PostgreSQL
+//! ([`crate::store::Admin::status_counts`]); unfinished deletions are always exact.
 
 use std::sync::Arc;
 

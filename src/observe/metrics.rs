@@ -257,7 +257,7 @@ impl Metrics {
         );
         registry.register(
             "folders",
-            "Folder rows in the database by status (the same in every replica); deletion statuses exact, live statuses above 10,000 rows estimated on PostgreSQL (see folders_estimated)",
+            "Folder rows in the database by status (the same in every replica); delete-pending, delete-ongoing and delete-error exact, the others above 10,000 rows estimated on PostgreSQL (see folders_estimated)",
             self.folders.clone(),
         );
         registry.register(

@@ -219,9 +219,10 @@ pub struct Capabilities {
     pub embedded: bool,
 }
 
-/// Live rows of one status counted exactly before [`Admin::status_counts`] may switch to an
-/// estimate: a bounded index-only count of this many entries stays around a millisecond.
-pub const EXACT_LIVE_COUNT: i64 = 10_000;
+/// Rows of one growing status (live, or `delete-complete` history) counted exactly before
+/// [`Admin::status_counts`] may switch to an estimate: a bounded index-only count of this many
+/// entries stays around a millisecond.
+pub const EXACT_COUNT_LIMIT: i64 = 10_000;
 
 /// The rows in one status, counted or estimated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -230,9 +231,9 @@ pub struct StatusCount {
     pub status: Status,
     /// How many rows are in it (or about how many, when not `exact`).
     pub rows: i64,
-    /// `true`: counted. `false`: the query planner's estimate (PostgreSQL, live statuses
-    /// above [`EXACT_LIVE_COUNT`] rows), as fresh as the table's last `ANALYZE` scaled to its
-    /// current size.
+    /// `true`: counted. `false`: the query planner's estimate (PostgreSQL, live statuses and
+    /// `delete-complete` above [`EXACT_COUNT_LIMIT`] rows), as fresh as the table's last
+    /// `ANALYZE` scaled to its current size.
     pub exact: bool,
 }
 
@@ -303,11 +304,12 @@ pub trait Admin: Readiness {
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
 
     /// Rows per status of the lifecycle, for the `folders` gauge; a status without rows may
-    /// be missing. Deletion statuses ([`Status::is_deletion`]) are always counted exactly.
-    /// Live statuses are counted exactly up to [`EXACT_LIVE_COUNT`] rows; a backend whose
-    /// count would grow with the live set (PostgreSQL) reports a bigger one as the query
-    /// planner's estimate, marked `exact: false`, so no periodic statement reads the whole
-    /// live set.
+    /// be missing. Unfinished deletions ([`Status::is_unfinished_deletion`]: the trash,
+    /// removals, failures) are always counted exactly. The others, which grow with the
+    /// platform (live statuses) or with the history retention (`delete-complete`), are counted
+    /// exactly up to [`EXACT_COUNT_LIMIT`] rows; a backend whose count would grow with them
+    /// (PostgreSQL) reports a bigger one as the query planner's estimate, marked
+    /// `exact: false`, so no periodic statement reads the whole live set or history.
     async fn status_counts(&self) -> Result<Vec<StatusCount>>;
 
     /// The last recorded availability of `host`, if any replica recorded one.

@@ -66,9 +66,10 @@ fn migrator(mode: SchemaMode) -> &'static Migrator {
     }
 }
 
-/// One statement counting every status of the lifecycle: the deletion statuses in full
-/// (small sets, each an index-only count on `vfolders_status_changed_idx`), the live ones up
-/// to one row past [`super::EXACT_LIVE_COUNT`], so its cost does not grow with the live set.
+/// One statement counting every status of the lifecycle: the unfinished deletions in full
+/// (sets that drain, each an index-only count on `vfolders_status_changed_idx`), the live
+/// statuses and `delete-complete` up to one row past [`super::EXACT_COUNT_LIMIT`], so its
+/// cost grows with neither the live set nor the history.
 /// The statuses are literals (not a parameter): the planner then prices each count from the
 /// status's own statistics and keeps the index-only scan. They are this program's constant
 /// spellings, which contain no quote.
@@ -77,12 +78,12 @@ static STATUS_COUNTS: LazyLock<String> = LazyLock::new(|| {
         .iter()
         .map(|status| {
             let s = status.as_str();
-            if status.is_deletion() {
+            if status.is_unfinished_deletion() {
                 format!("('{s}', (SELECT count(*) FROM vfolders WHERE status = '{s}'))")
             } else {
                 format!(
                     "('{s}', (SELECT count(*) FROM (SELECT 1 FROM vfolders WHERE status = '{s}' LIMIT {}) AS b))",
-                    super::EXACT_LIVE_COUNT + 1
+                    super::EXACT_COUNT_LIMIT + 1
                 )
             }
         })
@@ -916,7 +917,7 @@ impl Admin for PgStore {
             .map_err(db("counting vfolders per status"))?;
         let mut counts = Vec::new();
         for (status, n) in super::known_counts(rows) {
-            if status.is_deletion() || n <= super::EXACT_LIVE_COUNT {
+            if status.is_unfinished_deletion() || n <= super::EXACT_COUNT_LIMIT {
                 counts.push(StatusCount {
                     status,
                     rows: n,

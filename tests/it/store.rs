@@ -409,7 +409,7 @@ conformance!(
     forget_works_only_from_delete_error,
     audit_filters_by_folder_time_and_limit,
     status_counts_and_oldest_unconverged,
-    deletion_status_counts_are_exact,
+    status_counts_of_small_sets_are_exact,
 );
 
 async fn create_get_and_list_round_trip(db: TestDb) {
@@ -1368,7 +1368,7 @@ fn exact_count(status: Status, rows: i64) -> store::StatusCount {
     }
 }
 
-async fn deletion_status_counts_are_exact(db: TestDb) {
+async fn status_counts_of_small_sets_are_exact(db: TestDb) {
     let store = db.migrated().await;
     let raw = db.raw().await;
     let wanted = [
@@ -1404,21 +1404,28 @@ async fn deletion_status_counts_are_exact(db: TestDb) {
 
 // ----- PostgreSQL only -----------------------------------------------------------------------
 
-/// Past `EXACT_LIVE_COUNT` rows a live status is not counted on PostgreSQL (that would read
-/// the whole live set every refresh) but estimated by the planner; deletion statuses stay
-/// exact whatever the size of the live set.
+/// Past `EXACT_COUNT_LIMIT` rows a live status, or the `delete-complete` history, is not
+/// counted on PostgreSQL (that would read the whole set every refresh) but estimated by the
+/// planner; unfinished deletions stay exact whatever their size and the others'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_big_live_set_is_estimated_on_postgres_and_deletion_counts_stay_exact() {
+async fn big_live_and_history_sets_are_estimated_on_postgres_and_unfinished_deletions_stay_exact() {
     let db = TestDb::postgres().await;
     let store = db.migrated().await;
     let raw = db.raw().await;
-    let live = 3 * store::EXACT_LIVE_COUNT;
+    let big = 3 * store::EXACT_COUNT_LIMIT;
+    let trash = store::EXACT_COUNT_LIMIT + 5;
     raw.execute(&format!(
         "INSERT INTO vfolders (id, host, name, status)
          SELECT gen_random_uuid(), 'local:volume1', 'bulk-' || g, 'ready'
-         FROM generate_series(1, {live}) g;
+         FROM generate_series(1, {big}) g;
          INSERT INTO vfolders (id, host, name, status)
          SELECT gen_random_uuid(), 'local:volume1', 'gone-' || g, 'delete-complete'
+         FROM generate_series(1, {big}) g;
+         INSERT INTO vfolders (id, host, name, status)
+         SELECT gen_random_uuid(), 'local:volume1', 'trashed-' || g, 'delete-pending'
+         FROM generate_series(1, {trash}) g;
+         INSERT INTO vfolders (id, host, name, status)
+         SELECT gen_random_uuid(), 'local:volume1', 'failed-' || g, 'delete-error'
          FROM generate_series(1, 7) g;
          INSERT INTO vfolders (id, host, name, status)
          VALUES (gen_random_uuid(), 'local:volume1', 'busy', 'performing');
@@ -1427,20 +1434,26 @@ async fn a_big_live_set_is_estimated_on_postgres_and_deletion_counts_stay_exact(
     .await
     .unwrap();
     let counts = store.status_counts().await.unwrap();
-    let ready = counts
-        .iter()
-        .find(|c| c.status == Status::Ready)
-        .expect("ready is reported");
-    assert!(!ready.exact, "{ready:?}");
-    // After ANALYZE the estimate is close (the whole table was sampled).
-    let error = (ready.rows - live).abs();
+    for status in [Status::Ready, Status::DeleteComplete] {
+        let count = counts
+            .iter()
+            .find(|c| c.status == status)
+            .unwrap_or_else(|| panic!("{status} is reported: {counts:?}"));
+        assert!(!count.exact, "{count:?}");
+        // After ANALYZE the estimate is close (the whole table was sampled).
+        let error = (count.rows - big).abs();
+        assert!(
+            error <= big / 20,
+            "{status}: estimate {} for {big} rows",
+            count.rows
+        );
+    }
     assert!(
-        error <= live / 20,
-        "estimate {} for {live} rows",
-        ready.rows
+        counts.contains(&exact_count(Status::DeletePending, trash)),
+        "{counts:?}"
     );
     assert!(
-        counts.contains(&exact_count(Status::DeleteComplete, 7)),
+        counts.contains(&exact_count(Status::DeleteError, 7)),
         "{counts:?}"
     );
     assert!(
