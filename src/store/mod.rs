@@ -397,6 +397,8 @@ pub trait Work: Readiness {
 
     /// Age of the oldest row still waiting for each kind of work (`remove`: oldest
     /// `delete-ongoing`; `trash-timer`: most overdue `delete-pending`), for the SLO gauge.
+    /// Times follow the timers' clock (nothing before an adoption counts). On PostgreSQL it
+    /// reads the oldest few rows of each set off an index, not the whole trash or backlog.
     async fn oldest_unconverged(
         &self,
         trash_retention: Duration,

@@ -1207,17 +1207,40 @@ impl Work for PgStore {
         trash_retention: Duration,
     ) -> Result<Vec<(&'static str, Duration)>> {
         let (remove, timer): (Option<f64>, Option<f64>) = sqlx::query_as(
-            // The timers' clock: nothing before an adoption counts.
+            // The timers' clock: nothing before an adoption counts. Each age is the least of
+            // a few single-row lookups, not a minimum over the set, so that a trash of a
+            // week's deletions (or a backlog of removals) is not read on every refresh: the
+            // oldest time straight off the (status, status_changed) index (greatest() with
+            // a constant keeps that order), the oldest own purge time off the state table's
+            // purge_after index, and the rows without a time (NULL sorts last, so the index
+            // finds them apart; an own table's trigger stamps them, so there are few).
             "WITH clock AS (SELECT (SELECT adopted_at FROM vfolder_controller_meta) AS adopted_at)
              SELECT
-                 (SELECT extract(epoch FROM now() - min(greatest(
-                          coalesce(status_changed, created_at), c.adopted_at)))::float8
-                  FROM vfolders WHERE status = 'delete-ongoing'),
-                 (SELECT extract(epoch FROM now() - min(coalesce(s.purge_after,
-                          greatest(v.status_changed, c.adopted_at) + make_interval(secs => $1),
-                          now() + make_interval(secs => $1))))::float8
-                  FROM vfolders v LEFT JOIN vfolder_controller_state s ON s.vfolder_id = v.id
-                  WHERE v.status = 'delete-pending')
+                 extract(epoch FROM now() - least(
+                     (SELECT greatest(v.status_changed, c.adopted_at) FROM vfolders v
+                      WHERE v.status = 'delete-ongoing' AND v.status_changed IS NOT NULL
+                      ORDER BY v.status_changed LIMIT 1),
+                     (SELECT min(greatest(v.created_at, c.adopted_at)) FROM vfolders v
+                      WHERE v.status = 'delete-ongoing' AND v.status_changed IS NULL)
+                 ))::float8,
+                 extract(epoch FROM now() - least(
+                     (SELECT greatest(v.status_changed, c.adopted_at) + make_interval(secs => $1)
+                      FROM vfolders v
+                      WHERE v.status = 'delete-pending' AND v.status_changed IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM vfolder_controller_state s
+                                        WHERE s.vfolder_id = v.id AND s.purge_after IS NOT NULL)
+                      ORDER BY v.status_changed LIMIT 1),
+                     (SELECT coalesce(c.adopted_at, now()) + make_interval(secs => $1)
+                      FROM vfolders v
+                      WHERE v.status = 'delete-pending' AND v.status_changed IS NULL
+                        AND NOT EXISTS (SELECT 1 FROM vfolder_controller_state s
+                                        WHERE s.vfolder_id = v.id AND s.purge_after IS NOT NULL)
+                      LIMIT 1),
+                     (SELECT s.purge_after
+                      FROM vfolder_controller_state s JOIN vfolders v ON v.id = s.vfolder_id
+                      WHERE s.purge_after IS NOT NULL AND v.status = 'delete-pending'
+                      ORDER BY s.purge_after LIMIT 1)
+                 ))::float8
              FROM clock c",
         )
         .bind(secs(trash_retention))

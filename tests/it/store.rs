@@ -7,7 +7,7 @@
 
 use crate::common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use common::{Backend, TestDb};
 use vfolder_controller::lifecycle::{ADOPTED_TRANSITIONS, ALL, RowStatus, Status, TRANSITIONS};
@@ -409,6 +409,7 @@ conformance!(
     forget_works_only_from_delete_error,
     audit_filters_by_folder_time_and_limit,
     status_counts_and_oldest_unconverged,
+    the_trash_timer_age_is_that_of_the_most_overdue_purge_time,
     status_counts_of_small_sets_are_exact,
 );
 
@@ -1368,6 +1369,46 @@ fn exact_count(status: Status, rows: i64) -> store::StatusCount {
     }
 }
 
+/// The `trash-timer` age is how long the most overdue folder in the trash has waited past its
+/// purge time: its own `purge_after` when it has one (however old its status time), else its
+/// status time plus the retention.
+async fn the_trash_timer_age_is_that_of_the_most_overdue_purge_time(db: TestDb) {
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let week = Duration::from_secs(7 * 86400);
+    let trash = async |name: &str, purge_after: Option<chrono::Duration>| {
+        let folder = store
+            .create_folder(&new_folder(name, HOST), "alice")
+            .await
+            .unwrap();
+        let mut req = request(folder.id, Status::DeletePending, AuditAction::Trash);
+        req.purge_after = purge_after.map(|d| Utc::now() + d);
+        store.set_status(&req).await.unwrap();
+        folder.id
+    };
+    let timer_age = async || {
+        let ages = store.oldest_unconverged(week).await.unwrap();
+        let (_, age) = ages.into_iter().find(|(k, _)| *k == "trash-timer").unwrap();
+        age.as_secs_f64()
+    };
+    let near = |age: f64, want: f64| (age - want).abs() < 600.0;
+
+    // Trashed a month ago but kept until next month by its own purge time: not overdue.
+    let kept = trash("kept", Some(chrono::Duration::days(30))).await;
+    raw.age_status(kept, chrono::Duration::days(30)).await;
+    trash("fresh", None).await;
+    assert_eq!(timer_age().await, 0.0);
+    // An own purge time two hours ago.
+    trash("early", Some(chrono::Duration::hours(-2))).await;
+    let age = timer_age().await;
+    assert!(near(age, 7200.0), "{age}");
+    // Trashed eight days ago with a week's retention: a day overdue, the most.
+    let old = trash("old", None).await;
+    raw.age_status(old, chrono::Duration::days(8)).await;
+    let age = timer_age().await;
+    assert!(near(age, 86400.0), "{age}");
+}
+
 async fn status_counts_of_small_sets_are_exact(db: TestDb) {
     let store = db.migrated().await;
     let raw = db.raw().await;
@@ -1460,6 +1501,74 @@ async fn big_live_and_history_sets_are_estimated_on_postgres_and_unfinished_dele
         counts.contains(&exact_count(Status::Performing, 1)),
         "{counts:?}"
     );
+}
+
+/// On an adopted table the unconverged ages count from the adoption at the earliest: a status
+/// time before it, or none at all, is not trusted (a removal without one counts from its
+/// creation). Only PostgreSQL tables are adopted; the adoption is stood in for by its clock,
+/// `vfolder_controller_meta.adopted_at`, set after the rows were written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconverged_ages_count_from_the_adoption_at_the_earliest() {
+    let db = TestDb::postgres().await;
+    let store = db.migrated().await;
+    let raw = db.raw().await;
+    let week = Duration::from_secs(7 * 86400);
+    let mut trashed = Vec::new();
+    for name in ["recent", "untimed"] {
+        let folder = store
+            .create_folder(&new_folder(name, HOST), "alice")
+            .await
+            .unwrap();
+        store
+            .set_status(&request(
+                folder.id,
+                Status::DeletePending,
+                AuditAction::Trash,
+            ))
+            .await
+            .unwrap();
+        trashed.push(folder.id);
+    }
+    let [recent, untimed] = trashed[..] else {
+        unreachable!()
+    };
+    let removal = ongoing(&store, "removal", HOST).await;
+    let old_removal = ongoing(&store, "old-removal", HOST).await;
+    raw.execute(&format!(
+        "UPDATE vfolder_controller_meta SET mode = 'adopted', adopted_at = now() - interval '10 days';
+         UPDATE vfolders SET status_changed = now() - interval '9 days' WHERE id = '{recent}';
+         UPDATE vfolders SET status_changed = NULL, created_at = now() - interval '5 days'
+         WHERE id = '{removal}';"
+    ))
+    .await
+    .unwrap();
+    let ages = async || {
+        let ages: BTreeMap<_, _> = store
+            .oldest_unconverged(week)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(kind, age)| (kind, (age.as_secs_f64() / 86400.0 * 10.0).round() / 10.0))
+            .collect();
+        (ages["remove"], ages["trash-timer"])
+    };
+    // Times after the adoption are trusted: trashed 9 days ago, 2 days overdue; a removal
+    // without a time, created 5 days ago.
+    assert_eq!(ages().await, (5.0, 2.0));
+    // No time, or one from two years ago: counted from the adoption 10 days ago.
+    raw.execute(&format!(
+        "UPDATE vfolders SET status_changed = NULL WHERE id = '{untimed}';
+         UPDATE vfolders SET status_changed = now() - interval '2 years' WHERE id = '{old_removal}';"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ages().await, (10.0, 3.0));
+    raw.execute(&format!(
+        "UPDATE vfolders SET status_changed = now() - interval '2 years' WHERE id = '{untimed}'"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ages().await, (10.0, 3.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
