@@ -180,9 +180,10 @@ pub async fn run(ctx: Arc<Context>, config: &Config, shutdown: CancellationToken
         store: ctx.store.clone(),
         retention: ctx.config.history_retention,
     }));
-    // The table-wide gauges read the deletion sets in full (exact counts, the oldest
-    // waiting row) and never the live set (bounded count, then the planner's estimate), so
-    // they cost little; a sixth of the loop's pace is still plenty for a dashboard.
+    // The table-wide gauges count the unfinished deletions, find the oldest waiting rows off
+    // an index and never read the live set or the history (bounded counts, then the
+    // planner's estimate), so they cost little; a sixth of the loop's pace is still plenty
+    // for a dashboard.
     let gauges = maintenance::Schedule {
         interval: interval * 6,
         ..every
