@@ -350,16 +350,35 @@ fn claim_request(owner: &str) -> ClaimRequest {
 
 /// A folder in `delete-ongoing` (created, then force-deleted).
 async fn ongoing(store: &Arc<dyn Store>, name: &str, host: &str) -> uuid::Uuid {
+    created_then(
+        store,
+        name,
+        host,
+        Status::DeleteOngoing,
+        AuditAction::ForceDelete,
+    )
+    .await
+}
+
+/// A folder in `delete-pending` (created, then trashed), with no purge time of its own.
+async fn trashed(store: &Arc<dyn Store>, name: &str, host: &str) -> uuid::Uuid {
+    created_then(store, name, host, Status::DeletePending, AuditAction::Trash).await
+}
+
+/// A new folder, then one status change.
+async fn created_then(
+    store: &Arc<dyn Store>,
+    name: &str,
+    host: &str,
+    to: Status,
+    action: AuditAction,
+) -> uuid::Uuid {
     let folder = store
         .create_folder(&new_folder(name, host), "alice")
         .await
         .unwrap();
     store
-        .set_status(&request(
-            folder.id,
-            Status::DeleteOngoing,
-            AuditAction::ForceDelete,
-        ))
+        .set_status(&request(folder.id, to, action))
         .await
         .unwrap();
     folder.id
@@ -1513,25 +1532,8 @@ async fn unconverged_ages_count_from_the_adoption_at_the_earliest() {
     let store = db.migrated().await;
     let raw = db.raw().await;
     let week = Duration::from_secs(7 * 86400);
-    let mut trashed = Vec::new();
-    for name in ["recent", "untimed"] {
-        let folder = store
-            .create_folder(&new_folder(name, HOST), "alice")
-            .await
-            .unwrap();
-        store
-            .set_status(&request(
-                folder.id,
-                Status::DeletePending,
-                AuditAction::Trash,
-            ))
-            .await
-            .unwrap();
-        trashed.push(folder.id);
-    }
-    let [recent, untimed] = trashed[..] else {
-        unreachable!()
-    };
+    let recent = trashed(&store, "recent", HOST).await;
+    let untimed = trashed(&store, "untimed", HOST).await;
     let removal = ongoing(&store, "removal", HOST).await;
     let old_removal = ongoing(&store, "old-removal", HOST).await;
     raw.execute(&format!(
@@ -1924,22 +1926,10 @@ async fn a_status_change_records_an_entry_whatever_the_history_holds(db: TestDb)
 async fn an_unknown_trash_time_starts_when_the_controller_first_sees_the_row(db: TestDb) {
     let store = db.migrated().await;
     let raw = db.raw().await;
-    let folder = store
-        .create_folder(&new_folder("null-time", HOST), "alice")
-        .await
-        .unwrap();
-    store
-        .set_status(&request(
-            folder.id,
-            Status::DeletePending,
-            AuditAction::Trash,
-        ))
-        .await
-        .unwrap();
-    raw.age_status(folder.id, chrono::Duration::days(400)).await;
+    let folder = trashed(&store, "null-time", HOST).await;
+    raw.age_status(folder, chrono::Duration::days(400)).await;
     raw.execute(&format!(
-        "UPDATE vfolders SET status_changed = NULL WHERE id = '{}'",
-        folder.id
+        "UPDATE vfolders SET status_changed = NULL WHERE id = '{folder}'"
     ))
     .await
     .unwrap();
@@ -1951,8 +1941,8 @@ async fn an_unknown_trash_time_starts_when_the_controller_first_sees_the_row(db:
             .unwrap(),
         0
     );
-    assert_eq!(raw.status(folder.id).await, "delete-pending");
-    assert!(raw.status_changed(folder.id).await.is_some(), "not stamped");
+    assert_eq!(raw.status(folder).await, "delete-pending");
+    assert!(raw.status_changed(folder).await.is_some(), "not stamped");
     let ages = store.oldest_unconverged(retention).await.unwrap();
     assert_eq!(
         ages.iter()
@@ -1962,7 +1952,7 @@ async fn an_unknown_trash_time_starts_when_the_controller_first_sees_the_row(db:
         "counted overdue: {ages:?}"
     );
     // Once the full retention has passed since it was first seen, it is purged.
-    raw.age_status(folder.id, chrono::Duration::hours(2)).await;
+    raw.age_status(folder, chrono::Duration::hours(2)).await;
     assert_eq!(
         store
             .purge_expired_trash(retention, "timer", 10)
@@ -1970,7 +1960,7 @@ async fn an_unknown_trash_time_starts_when_the_controller_first_sees_the_row(db:
             .unwrap(),
         1
     );
-    assert_eq!(raw.status(folder.id).await, "delete-ongoing");
+    assert_eq!(raw.status(folder).await, "delete-ongoing");
 }
 
 /// The database holds canonical statuses only: an enum-name spelling is stored as the status
