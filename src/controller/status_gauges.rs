@@ -6,9 +6,9 @@
 //! Cost: no statement here reads the live set or the `delete-complete` history, so a refresh
 //! costs the same with ten or ten million `ready` or `delete-complete` rows. The folders
 //! gauge counts the unfinished deletions; the ages read the oldest few rows off an index; the
-//! rest reads the controller's small tables. The price is that a big
-//! live status or history is an estimate on PostgreSQL
-//! ([`crate::store::Admin::status_counts`]); unfinished deletions are always exact.
+//! rest reads the controller's small tables. The price is that a big live status or history
+//! is an estimate on PostgreSQL ([`crate::store::Admin::status_counts`]); unfinished
+//! deletions are always exact.
 
 use std::sync::Arc;
 

@@ -118,6 +118,16 @@ macro_rules! folder_columns {
     };
 }
 
+/// The trash timer's rule for which clock a folder `v` in the trash follows: true when it has
+/// no purge time of its own, so its status time plus the retention applies. The timer and the
+/// gauge of how overdue it is read the same rule.
+macro_rules! without_own_purge_time {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM vfolder_controller_state s
+                     WHERE s.vfolder_id = v.id AND s.purge_after IS NOT NULL)"
+    };
+}
+
 /// Columns of a [`ControllerState`], from `vfolder_controller_state s`.
 macro_rules! state_columns {
     () => {
@@ -1112,7 +1122,7 @@ impl Work for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db("stamping unknown status times"))?;
-        let done = sqlx::query(
+        let done = sqlx::query(concat!(
             "WITH clock AS (
                  -- On an adopted table a time before the adoption is not trusted: every
                  -- folder's clock starts at the adoption at the earliest (NULL: unknown,
@@ -1128,8 +1138,9 @@ impl Work for PgStore {
                    AND (v.status_changed <= now() - make_interval(secs => $1)
                         OR (v.status_changed IS NULL AND c.adopted_at IS NOT NULL))
                    AND (c.adopted_at IS NULL OR c.adopted_at <= now() - make_interval(secs => $1))
-                   AND NOT EXISTS (SELECT 1 FROM vfolder_controller_state s
-                                   WHERE s.vfolder_id = v.id AND s.purge_after IS NOT NULL)
+                   AND ",
+            without_own_purge_time!(),
+            "
                  ORDER BY v.status_changed
                  LIMIT $2
                  FOR UPDATE OF v SKIP LOCKED
@@ -1150,8 +1161,8 @@ impl Work for PgStore {
                  RETURNING v.id, v.host, v.name
              )
              INSERT INTO vfolder_audit (vfolder_id, host, name, action, from_status, to_status, actor)
-             SELECT id, host, name, 'trash-timer', 'delete-pending', 'delete-ongoing', $3 FROM moved",
-        )
+             SELECT id, host, name, 'trash-timer', 'delete-pending', 'delete-ongoing', $3 FROM moved"
+        ))
         .bind(secs(retention))
         .bind(i64::from(limit))
         .bind(actor)
@@ -1206,7 +1217,7 @@ impl Work for PgStore {
         &self,
         trash_retention: Duration,
     ) -> Result<Vec<(&'static str, Duration)>> {
-        let (remove, timer): (Option<f64>, Option<f64>) = sqlx::query_as(
+        let (remove, timer): (Option<f64>, Option<f64>) = sqlx::query_as(concat!(
             // The timers' clock: nothing before an adoption counts. Each age is the least of
             // a few single-row lookups, not a minimum over the set, so that a trash of a
             // week's deletions (or a backlog of removals) is not read on every refresh: the
@@ -1227,22 +1238,24 @@ impl Work for PgStore {
                      (SELECT greatest(v.status_changed, c.adopted_at) + make_interval(secs => $1)
                       FROM vfolders v
                       WHERE v.status = 'delete-pending' AND v.status_changed IS NOT NULL
-                        AND NOT EXISTS (SELECT 1 FROM vfolder_controller_state s
-                                        WHERE s.vfolder_id = v.id AND s.purge_after IS NOT NULL)
+                        AND ",
+            without_own_purge_time!(),
+            "
                       ORDER BY v.status_changed LIMIT 1),
                      (SELECT coalesce(c.adopted_at, now()) + make_interval(secs => $1)
                       FROM vfolders v
                       WHERE v.status = 'delete-pending' AND v.status_changed IS NULL
-                        AND NOT EXISTS (SELECT 1 FROM vfolder_controller_state s
-                                        WHERE s.vfolder_id = v.id AND s.purge_after IS NOT NULL)
+                        AND ",
+            without_own_purge_time!(),
+            "
                       LIMIT 1),
                      (SELECT s.purge_after
                       FROM vfolder_controller_state s JOIN vfolders v ON v.id = s.vfolder_id
                       WHERE s.purge_after IS NOT NULL AND v.status = 'delete-pending'
                       ORDER BY s.purge_after LIMIT 1)
                  ))::float8
-             FROM clock c",
-        )
+             FROM clock c"
+        ))
         .bind(secs(trash_retention))
         .fetch_one(&self.pool)
         .await
